@@ -1,0 +1,42 @@
+// Command cairn is Cairn's single binary: the CSI driver in its modes and
+// the command-line tools for people.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `cairn — node-local CSI storage for Kubernetes
+
+Usage:
+  cairn standalone --endpoint unix:///path/csi.sock --data-root DIR --node-id ID [flags]
+      Serve CSI Identity, Controller and Node over the engine in one process.
+  cairn version
+      Print the version.
+
+Run "cairn <command> -h" for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "standalone":
+		err = runStandalone(os.Args[2:])
+	case "version", "--version":
+		fmt.Println(version())
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "cairn: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cairn %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+
+	"github.com/cairn-csi/cairn/internal/csi"
+	"github.com/cairn-csi/cairn/internal/engine"
+)
+
+func version() string { return "cairn " + csi.Version }
+
+func runStandalone(args []string) error {
+	fs := flag.NewFlagSet("standalone", flag.ContinueOnError)
+	endpoint := fs.String("endpoint", "unix:///run/cairn/csi.sock", "CSI endpoint (unix:///path or a socket path)")
+	dataRoot := fs.String("data-root", "", "directory holding volumes and snapshots (required)")
+	nodeID := fs.String("node-id", "", "this node's ID, reported by NodeGetInfo and used as topology (required)")
+	httpEndpoint := fs.String("http-endpoint", "", "address for /healthz and /metrics, e.g. 127.0.0.1:9808 (off if empty)")
+	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
+	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
+	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dataRoot == "" {
+		return errors.New("--data-root is required")
+	}
+	if *nodeID == "" {
+		return errors.New("--node-id is required")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	csi.RegisterMetrics(reg)
+	engine.RegisterMetrics(reg, eng)
+
+	srv := csi.NewGRPCServer()
+	csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes}).Register(srv, true, true)
+	lis, err := csi.Listen(*endpoint)
+	if err != nil {
+		return err
+	}
+	if *httpEndpoint != "" {
+		go serveHTTP(*httpEndpoint, reg, eng.Health)
+	}
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(lis) }()
+	klog.InfoS("Cairn standalone serving", "version", csi.Version, "nodeID", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode())
+	select {
+	case err := <-errCh:
+		return err
+	case <-ctx.Done():
+	}
+	klog.InfoS("Shutting down")
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+// serveHTTP serves /healthz (the engine's health) and /metrics.
+func serveHTTP(addr string, reg *prometheus.Registry, health func() error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := health(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	klog.InfoS("Serving health and metrics", "address", addr)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		klog.ErrorS(err, "HTTP endpoint failed", "address", addr)
+		os.Exit(1)
+	}
+}

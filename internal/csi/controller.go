@@ -1,0 +1,333 @@
+package csi
+
+import (
+	"context"
+	"sort"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cairn-csi/cairn/internal/engine"
+)
+
+type controllerServer struct {
+	csipb.UnimplementedControllerServer
+	s *Services
+}
+
+func (c *controllerServer) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRequest) (*csipb.CreateVolumeResponse, error) {
+	if err := required(req.GetName(), "name"); err != nil {
+		return nil, err
+	}
+	caps, err := checkCapabilities(req.GetVolumeCapabilities(), "volume_capabilities")
+	if err != nil {
+		return nil, err
+	}
+	paramFs, err := checkVolumeParameters(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCapacity(req.GetCapacityRange()); err != nil {
+		return nil, err
+	}
+	if !topologyAllows(req.GetAccessibilityRequirements(), TopologyKey, c.s.opts.NodeID) {
+		return nil, status.Errorf(codes.ResourceExhausted, "accessibility_requirements: this driver serves only node %q", c.s.opts.NodeID)
+	}
+	fsType := caps.FsType
+	if fsType == "" {
+		fsType = paramFs
+	}
+	ereq := engine.CreateVolumeRequest{
+		Name:          req.GetName(),
+		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
+		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
+		Block:         caps.Block,
+		FsType:        fsType,
+		Parameters:    req.GetParameters(),
+	}
+	if src := req.GetVolumeContentSource(); src != nil {
+		switch {
+		case src.GetSnapshot() != nil:
+			ereq.SourceSnapshotID = src.GetSnapshot().GetSnapshotId()
+			if err := required(ereq.SourceSnapshotID, "volume_content_source.snapshot.snapshot_id"); err != nil {
+				return nil, err
+			}
+		case src.GetVolume() != nil:
+			ereq.SourceVolumeID = src.GetVolume().GetVolumeId()
+			if err := required(ereq.SourceVolumeID, "volume_content_source.volume.volume_id"); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, invalid("volume_content_source: snapshot or volume is required")
+		}
+	}
+	vol, err := c.s.engine.CreateVolume(ctx, ereq)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.CreateVolumeResponse{Volume: c.s.csiVolume(vol)}, nil
+}
+
+func (s *Services) csiVolume(v *engine.Volume) *csipb.Volume {
+	out := &csipb.Volume{
+		VolumeId:           v.ID,
+		CapacityBytes:      v.SizeBytes,
+		AccessibleTopology: s.topology(),
+		VolumeContext:      map[string]string{},
+	}
+	if v.FsType != "" {
+		out.VolumeContext["fsType"] = v.FsType
+	}
+	if src := v.Source; src != nil {
+		switch src.Kind {
+		case "snapshot":
+			out.ContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Snapshot{Snapshot: &csipb.VolumeContentSource_SnapshotSource{SnapshotId: src.ID}}}
+		case "volume":
+			out.ContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Volume{Volume: &csipb.VolumeContentSource_VolumeSource{VolumeId: src.ID}}}
+		}
+	}
+	return out
+}
+
+func (c *controllerServer) DeleteVolume(ctx context.Context, req *csipb.DeleteVolumeRequest) (*csipb.DeleteVolumeResponse, error) {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return nil, err
+	}
+	if err := c.s.engine.DeleteVolume(ctx, req.GetVolumeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.DeleteVolumeResponse{}, nil
+}
+
+func (c *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csipb.ValidateVolumeCapabilitiesRequest) (*csipb.ValidateVolumeCapabilitiesResponse, error) {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return nil, err
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, invalid("volume_capabilities is required")
+	}
+	vol, err := c.s.engine.GetVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	caps, err := checkCapabilities(req.GetVolumeCapabilities(), "volume_capabilities")
+	if err != nil {
+		// Well-formed but unsupported: not confirmed, with the reason.
+		return &csipb.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	}
+	if caps.Block != vol.Block {
+		return &csipb.ValidateVolumeCapabilitiesResponse{Message: "volume was created for " + map[bool]string{true: "block", false: "filesystem"}[vol.Block] + " access"}, nil
+	}
+	if _, err := checkVolumeParameters(req.GetParameters()); err != nil {
+		return &csipb.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	}
+	return &csipb.ValidateVolumeCapabilitiesResponse{Confirmed: &csipb.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// page applies CSI pagination over a sorted list of IDs: the token is the
+// ID to start at.
+func page(ids []string, token string, max int32, validToken func(string) bool) (start, end int, next string, err error) {
+	if max < 0 {
+		return 0, 0, "", invalid("max_entries must not be negative")
+	}
+	if token != "" {
+		if !validToken(token) {
+			return 0, 0, "", status.Errorf(codes.Aborted, "starting_token %q is not a token this driver issued", token)
+		}
+		start = sort.SearchStrings(ids, token)
+	}
+	end = len(ids)
+	if max > 0 && start+int(max) < end {
+		end = start + int(max)
+		next = ids[end]
+	}
+	return start, end, next, nil
+}
+
+func (c *controllerServer) ListVolumes(ctx context.Context, req *csipb.ListVolumesRequest) (*csipb.ListVolumesResponse, error) {
+	vols, err := c.s.engine.ListVolumes(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	ids := make([]string, len(vols))
+	for i, v := range vols {
+		ids[i] = v.ID
+	}
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), engine.ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csipb.ListVolumesResponse{NextToken: next}
+	for _, v := range vols[start:end] {
+		resp.Entries = append(resp.Entries, &csipb.ListVolumesResponse_Entry{
+			Volume: c.s.csiVolume(v),
+		})
+	}
+	return resp, nil
+}
+
+func (c *controllerServer) ControllerGetVolume(ctx context.Context, req *csipb.ControllerGetVolumeRequest) (*csipb.ControllerGetVolumeResponse, error) {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return nil, err
+	}
+	v, err := c.s.engine.GetVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.ControllerGetVolumeResponse{
+		Volume: c.s.csiVolume(v),
+		Status: &csipb.ControllerGetVolumeResponse_VolumeStatus{},
+	}, nil
+}
+
+func (c *controllerServer) GetCapacity(ctx context.Context, req *csipb.GetCapacityRequest) (*csipb.GetCapacityResponse, error) {
+	for i, vc := range req.GetVolumeCapabilities() {
+		if err := checkCapability(vc, "volume_capabilities["+itoa(i)+"]"); err != nil {
+			return &csipb.GetCapacityResponse{}, nil // nothing can be provisioned with these
+		}
+	}
+	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && seg[TopologyKey] != c.s.opts.NodeID {
+		return &csipb.GetCapacityResponse{}, nil
+	}
+	capa, err := c.s.engine.Capacity()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.GetCapacityResponse{AvailableCapacity: capa.AvailableBytes}, nil
+}
+
+func (c *controllerServer) ControllerGetCapabilities(context.Context, *csipb.ControllerGetCapabilitiesRequest) (*csipb.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csipb.ControllerServiceCapability
+	for _, t := range []csipb.ControllerServiceCapability_RPC_Type{
+		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csipb.ControllerServiceCapability_RPC_GET_VOLUME,
+		csipb.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csipb.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csipb.ControllerServiceCapability{Type: &csipb.ControllerServiceCapability_Rpc{Rpc: &csipb.ControllerServiceCapability_RPC{Type: t}}})
+	}
+	return &csipb.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRequest) (*csipb.CreateSnapshotResponse, error) {
+	if err := required(req.GetName(), "name"); err != nil {
+		return nil, err
+	}
+	if err := required(req.GetSourceVolumeId(), "source_volume_id"); err != nil {
+		return nil, err
+	}
+	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	snap, err := c.s.engine.CreateSnapshot(ctx, req.GetName(), req.GetSourceVolumeId(), req.GetParameters())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
+func csiSnapshot(s *engine.Snapshot) *csipb.Snapshot {
+	return &csipb.Snapshot{
+		SnapshotId:     s.ID,
+		SourceVolumeId: s.SourceVolumeID,
+		SizeBytes:      s.SizeBytes,
+		CreationTime:   timestamppb.New(s.CreatedAt),
+		ReadyToUse:     true,
+	}
+}
+
+func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRequest) (*csipb.DeleteSnapshotResponse, error) {
+	if err := required(req.GetSnapshotId(), "snapshot_id"); err != nil {
+		return nil, err
+	}
+	if err := c.s.engine.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.DeleteSnapshotResponse{}, nil
+}
+
+func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequest) (*csipb.ListSnapshotsResponse, error) {
+	var snaps []*engine.Snapshot
+	if id := req.GetSnapshotId(); id != "" {
+		s, err := c.s.engine.GetSnapshot(ctx, id)
+		if err != nil && !isNotFoundErr(err) {
+			return nil, toStatus(err)
+		}
+		if s != nil {
+			snaps = []*engine.Snapshot{s}
+		}
+	} else {
+		all, err := c.s.engine.ListSnapshots(ctx)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		snaps = all
+	}
+	if src := req.GetSourceVolumeId(); src != "" {
+		kept := snaps[:0]
+		for _, s := range snaps {
+			if s.SourceVolumeID == src {
+				kept = append(kept, s)
+			}
+		}
+		snaps = kept
+	}
+	ids := make([]string, len(snaps))
+	for i, s := range snaps {
+		ids[i] = s.ID
+	}
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), engine.ValidSnapshotID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csipb.ListSnapshotsResponse{NextToken: next}
+	for _, s := range snaps[start:end] {
+		resp.Entries = append(resp.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+	}
+	return resp, nil
+}
+
+func (c *controllerServer) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
+	if err := required(req.GetSnapshotId(), "snapshot_id"); err != nil {
+		return nil, err
+	}
+	s, err := c.s.engine.GetSnapshot(ctx, req.GetSnapshotId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.GetSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
+}
+
+func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csipb.ControllerExpandVolumeRequest) (*csipb.ControllerExpandVolumeResponse, error) {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return nil, err
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, invalid("capacity_range is required")
+	}
+	if err := checkCapacity(req.GetCapacityRange()); err != nil {
+		return nil, err
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		if err := checkCapability(vc, "volume_capability"); err != nil {
+			return nil, err
+		}
+	}
+	res, err := c.s.engine.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.ControllerExpandVolumeResponse{CapacityBytes: res.SizeBytes, NodeExpansionRequired: res.NodeExpansionRequired}, nil
+}

@@ -1,0 +1,138 @@
+// Package csi serves the CSI Identity, Controller and Node services over
+// gRPC on a unix socket. Each handler validates its request (validate.go),
+// calls the storage backend and maps errors to gRPC codes (errors.go); no
+// storage logic lives here.
+package csi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+
+	"github.com/cairn-csi/cairn/internal/engine"
+)
+
+// Driver identity.
+const (
+	DriverName  = "cairn.csi.dev"
+	TopologyKey = "topology.cairn.csi.dev/node"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// Options configures the servers.
+type Options struct {
+	NodeID string
+	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means no limit.
+	MaxVolumesPerNode int64
+}
+
+// Services serves the CSI services for one engine.
+type Services struct {
+	opts   Options
+	engine *engine.Engine
+}
+
+// New returns CSI services over eng.
+func New(eng *engine.Engine, opts Options) *Services {
+	return &Services{engine: eng, opts: opts}
+}
+
+// Register adds the selected services to a gRPC server.
+func (s *Services) Register(srv *grpc.Server, controller, node bool) {
+	csipb.RegisterIdentityServer(srv, &identityServer{s: s, controller: controller})
+	if controller {
+		csipb.RegisterControllerServer(srv, &controllerServer{s: s})
+	}
+	if node {
+		csipb.RegisterNodeServer(srv, &nodeServer{s: s})
+	}
+}
+
+// NewGRPCServer returns a gRPC server with Cairn's interceptor chain.
+func NewGRPCServer() *grpc.Server {
+	return grpc.NewServer(grpc.ChainUnaryInterceptor(requestIDInterceptor, loggingInterceptor, metricsInterceptor, recoverInterceptor))
+}
+
+// Listen opens the endpoint, unix:///path or a plain path, removing a
+// stale socket left by a previous process.
+func Listen(endpoint string) (net.Listener, error) {
+	path := endpoint
+	if strings.HasPrefix(endpoint, "unix:") {
+		u, err := url.Parse(endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %q: %w", endpoint, err)
+		}
+		path = u.Path
+		if path == "" {
+			path = u.Opaque
+		}
+	} else if strings.Contains(endpoint, "://") {
+		return nil, fmt.Errorf("endpoint %q: only unix:// sockets are supported", endpoint)
+	}
+	if path == "" {
+		return nil, fmt.Errorf("endpoint %q names no socket path", endpoint)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("Listening for CSI calls", "endpoint", path)
+	return l, nil
+}
+
+func (s *Services) topology() []*csipb.Topology {
+	return []*csipb.Topology{{Segments: map[string]string{TopologyKey: s.opts.NodeID}}}
+}
+
+type identityServer struct {
+	csipb.UnimplementedIdentityServer
+	s          *Services
+	controller bool
+}
+
+func (i *identityServer) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
+	return &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}, nil
+}
+
+func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
+	svc := func(t csipb.PluginCapability_Service_Type) *csipb.PluginCapability {
+		return &csipb.PluginCapability{Type: &csipb.PluginCapability_Service_{Service: &csipb.PluginCapability_Service{Type: t}}}
+	}
+	exp := func(t csipb.PluginCapability_VolumeExpansion_Type) *csipb.PluginCapability {
+		return &csipb.PluginCapability{Type: &csipb.PluginCapability_VolumeExpansion_{VolumeExpansion: &csipb.PluginCapability_VolumeExpansion{Type: t}}}
+	}
+	caps := []*csipb.PluginCapability{
+		svc(csipb.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS),
+		exp(csipb.PluginCapability_VolumeExpansion_ONLINE),
+		exp(csipb.PluginCapability_VolumeExpansion_OFFLINE),
+	}
+	if i.controller {
+		caps = append([]*csipb.PluginCapability{svc(csipb.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
+	}
+	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (i *identityServer) Probe(context.Context, *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
+	if err := i.s.engine.Health(); err != nil {
+		klog.ErrorS(err, "Probe failed")
+		return nil, toStatus(fmt.Errorf("%w: %v", engine.ErrUnavailable, err))
+	}
+	klog.V(5).InfoS("Probe ok", "cloneMode", i.s.engine.CloneMode())
+	return &csipb.ProbeResponse{}, nil
+}

@@ -1,0 +1,12 @@
+package csi
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/cairn-csi/cairn/internal/engine"
+)
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func isNotFoundErr(err error) bool { return errors.Is(err, engine.ErrNotFound) }

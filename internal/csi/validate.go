@@ -1,0 +1,185 @@
+package csi
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// All request validation lives in this file: the servers call these
+// functions before they touch the backend.
+
+// supportedFsTypes are the file systems Cairn formats.
+var supportedFsTypes = []string{"ext4", "xfs"}
+
+// singleNodeModes are the access modes a node-local volume can honour.
+var singleNodeModes = []csipb.VolumeCapability_AccessMode_Mode{
+	csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
+	csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+	csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+	csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER,
+}
+
+// capSummary is what the engine needs from a list of capabilities.
+type capSummary struct {
+	Block      bool
+	FsType     string
+	MountFlags []string
+}
+
+// checkCapability validates one capability; field names the request field
+// for error messages.
+func checkCapability(c *csipb.VolumeCapability, field string) error {
+	if c == nil {
+		return invalid("%s: capability is empty", field)
+	}
+	am := c.GetAccessMode()
+	if am == nil {
+		return invalid("%s.access_mode is required", field)
+	}
+	if !slices.Contains(singleNodeModes, am.GetMode()) {
+		return invalid("%s.access_mode %s is not supported: Cairn volumes are node-local; use a SINGLE_NODE_* mode (ReadWriteOnce or ReadWriteOncePod)", field, am.GetMode())
+	}
+	switch {
+	case c.GetBlock() != nil:
+	case c.GetMount() != nil:
+		fs := c.GetMount().GetFsType()
+		if fs != "" && !slices.Contains(supportedFsTypes, fs) {
+			return invalid("%s.mount.fs_type %q is not supported (use %s)", field, fs, strings.Join(supportedFsTypes, " or "))
+		}
+	default:
+		return invalid("%s.access_type: mount or block is required", field)
+	}
+	return nil
+}
+
+// checkCapabilities validates a non-empty list and summarises it.
+func checkCapabilities(caps []*csipb.VolumeCapability, field string) (capSummary, error) {
+	var s capSummary
+	if len(caps) == 0 {
+		return s, invalid("%s is required", field)
+	}
+	var sawBlock, sawMount bool
+	for i, c := range caps {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := checkCapability(c, f); err != nil {
+			return s, err
+		}
+		if c.GetBlock() != nil {
+			sawBlock = true
+			continue
+		}
+		sawMount = true
+		if fs := c.GetMount().GetFsType(); fs != "" {
+			if s.FsType != "" && s.FsType != fs {
+				return s, invalid("%s: conflicting fs_type %q and %q", field, s.FsType, fs)
+			}
+			s.FsType = fs
+		}
+		s.MountFlags = c.GetMount().GetMountFlags()
+	}
+	if sawBlock && sawMount {
+		return s, invalid("%s: a volume is either block or mount, not both", field)
+	}
+	s.Block = sawBlock
+	return s, nil
+}
+
+// Parameters Cairn understands in StorageClasses. Keys with the
+// csi.storage.k8s.io/ prefix come from the external-provisioner and are
+// accepted as they are.
+const (
+	paramFsType       = "fsType"
+	kubernetesPrefix  = "csi.storage.k8s.io/"
+	paramK8sFsType    = kubernetesPrefix + "fstype"
+	paramSnapshotType = "type"
+)
+
+// checkVolumeParameters rejects unknown StorageClass parameters so that a
+// typo does not silently give the user something else, and returns the
+// file system a parameter asks for.
+func checkVolumeParameters(params map[string]string) (string, error) {
+	var fs string
+	for k, v := range params {
+		switch {
+		case k == paramFsType || k == paramK8sFsType:
+			if v != "" && !slices.Contains(supportedFsTypes, v) {
+				return "", invalid("parameters.%s %q is not supported (use %s)", k, v, strings.Join(supportedFsTypes, " or "))
+			}
+			fs = v
+		case strings.HasPrefix(k, kubernetesPrefix):
+		default:
+			return "", invalid("parameters: unknown key %q (Cairn knows %s and %s*)", k, paramFsType, kubernetesPrefix)
+		}
+	}
+	return fs, nil
+}
+
+// checkSnapshotParameters validates VolumeSnapshotClass parameters.
+func checkSnapshotParameters(params map[string]string) error {
+	for k, v := range params {
+		switch {
+		case k == paramSnapshotType:
+			if v != "" && v != "snap" {
+				return invalid("parameters.type %q is not supported by this driver build (use \"snap\")", v)
+			}
+		case strings.HasPrefix(k, kubernetesPrefix):
+		default:
+			return invalid("parameters: unknown key %q (Cairn knows %q)", k, paramSnapshotType)
+		}
+	}
+	return nil
+}
+
+// checkPath requires an absolute, clean path for field.
+func checkPath(p, field string) error {
+	if p == "" {
+		return invalid("%s is required", field)
+	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s %q must be an absolute path", field, p)
+	}
+	if strings.Contains(p, "\x00") {
+		return invalid("%s contains a NUL byte", field)
+	}
+	return nil
+}
+
+func required(v, field string) error {
+	if v == "" {
+		return invalid("%s is required", field)
+	}
+	return nil
+}
+
+// checkCapacity validates a capacity range.
+func checkCapacity(r *csipb.CapacityRange) error {
+	if r == nil {
+		return nil
+	}
+	if r.GetRequiredBytes() < 0 || r.GetLimitBytes() < 0 {
+		return invalid("capacity_range: bytes must not be negative")
+	}
+	return nil
+}
+
+// checkTopology returns an error unless the requirement (if any) allows
+// the node with the given segments.
+func topologyAllows(req *csipb.TopologyRequirement, key, node string) bool {
+	if req == nil || (len(req.GetRequisite()) == 0 && len(req.GetPreferred()) == 0) {
+		return true
+	}
+	list := req.GetRequisite()
+	if len(list) == 0 {
+		list = req.GetPreferred()
+	}
+	for _, t := range list {
+		if v, ok := t.GetSegments()[key]; ok && v == node {
+			return true
+		}
+	}
+	return false
+}
