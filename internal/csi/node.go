@@ -111,7 +111,7 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetV
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetVolumePath(), "volume_path"); err != nil {
+	if err := required(req.GetVolumePath(), "volume_path"); err != nil {
 		return nil, err
 	}
 	st, err := n.s.engine.VolumeStats(ctx, req.GetVolumeId(), req.GetVolumePath())
@@ -134,7 +134,7 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpand
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetVolumePath(), "volume_path"); err != nil {
+	if err := required(req.GetVolumePath(), "volume_path"); err != nil {
 		return nil, err
 	}
 	if err := checkCapacity(req.GetCapacityRange()); err != nil {
