@@ -1,0 +1,41 @@
+# Cairn — see README.md. Targets need root (loop devices, mounts).
+GO ?= go
+GOFLAGS ?=
+TEST_TIMEOUT ?= 45m
+
+.PHONY: all build demo test unit sanity integration bench deps vet clean
+
+all: build
+
+build:
+	$(GO) build -o bin/cairn ./cmd/cairn
+
+# Quick start: the mysql-pvc walkthrough on a loop-backed XFS data root.
+demo: deps
+	$(GO) run ./demo
+
+# Everything CI runs: vet, unit tests, csi-sanity, integration tests.
+test: deps vet
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit:
+	$(GO) test -count=1 ./internal/...
+
+sanity:
+	$(GO) test -count=1 -v ./test/sanity/
+
+integration:
+	$(GO) test -count=1 -v ./test/integration/
+
+bench: deps
+	$(GO) run ./bench
+
+vet:
+	$(GO) vet ./...
+
+# System packages a fresh Debian machine needs (idempotent, quiet).
+deps:
+	@bash hack/install-deps.sh
+
+clean:
+	rm -rf bin _out
