@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cairn-csi/cairn/internal/loop"
 )
 
@@ -54,4 +56,25 @@ func Leaks(dataRoot string, dirs ...string) ([]string, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// UnmountAll lazily unmounts every mount point under dir (deepest first),
+// for test clean-up after a failure.
+func UnmountAll(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			mps = append(mps, fields[4])
+		}
+	}
+	f.Close()
+	for i := len(mps) - 1; i >= 0; i-- {
+		unix.Unmount(mps[i], unix.MNT_DETACH)
+	}
 }

@@ -24,6 +24,15 @@ const (
 	// device, once for the file). The kernel silently falls back to
 	// buffered I/O if the backing file system cannot do it.
 	loFlagsDirectIO = 16
+
+	// BlockSize is the logical block size of every Cairn loop device. It
+	// is fixed rather than left to the kernel, which derives it from the
+	// backing file's direct-I/O alignment; on XFS that alignment becomes
+	// the file system block size once a file shares extents (after a
+	// snapshot or clone), so the same volume would otherwise show 512-byte
+	// sectors on one attach and 4096 on the next, and a file system made
+	// with the smaller sector size would refuse to mount.
+	BlockSize = 4096
 )
 
 // Device is an attached loop device.
@@ -68,7 +77,7 @@ func Attach(file string, readOnly bool, tag string) (*Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
+		cfg := unix.LoopConfig{Fd: uint32(backing.Fd()), Size: BlockSize}
 		cfg.Info.Flags = loFlagsDirectIO
 		if readOnly {
 			cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
