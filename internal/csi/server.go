@@ -107,7 +107,10 @@ type identityServer struct {
 }
 
 func (i *identityServer) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
-	return &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}, nil
+	return &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version, Manifest: map[string]string{
+		// How snapshots and clones are made on this data root.
+		DriverName + "/clone-mode": string(i.s.engine.CloneMode()),
+	}}, nil
 }
 
 func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
@@ -134,5 +137,8 @@ func (i *identityServer) Probe(context.Context, *csipb.ProbeRequest) (*csipb.Pro
 		return nil, toStatus(fmt.Errorf("%w: %v", engine.ErrUnavailable, err))
 	}
 	klog.V(5).InfoS("Probe ok", "cloneMode", i.s.engine.CloneMode())
+	if i.s.engine.CloneMode() == engine.CloneCopy {
+		klog.V(2).InfoS("Data root cannot reflink: snapshots and clones are sparse copies, O(data) instead of O(1)")
+	}
 	return &csipb.ProbeResponse{}, nil
 }

@@ -62,7 +62,15 @@ func PickSize(required, limit int64, fsType string) (int64, error) {
 	if size == 0 {
 		size = DefaultVolumeSize
 		if limit > 0 && limit < size {
+			// Any size up to the limit will do: round the limit down (to
+			// 1 MiB, else 4 KiB) so the rounding up below stays within it.
 			size = limit
+			for _, align := range []int64{sizeAlign, minAlign} {
+				if s := limit / align * align; s > 0 {
+					size = s
+					break
+				}
+			}
 		}
 	}
 	if fsType == "xfs" && size < MinXFSSize {
