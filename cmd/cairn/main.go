@@ -12,6 +12,8 @@ const usage = `cairn — node-local CSI storage for Kubernetes
 Usage:
   cairn standalone --endpoint unix:///path/csi.sock --data-root DIR --node-id ID [flags]
       Serve CSI Identity, Controller and Node over the engine in one process.
+  cairn backup list|show|verify|restore|delete|gc --target URL
+      Inspect and maintain a backup store (run "cairn backup help").
   cairn version
       Print the version.
 
@@ -27,6 +29,8 @@ func main() {
 	switch os.Args[1] {
 	case "standalone":
 		err = runStandalone(os.Args[2:])
+	case "backup":
+		os.Exit(runBackupCLI(os.Args[2:]))
 	case "version", "--version":
 		fmt.Println(version())
 	case "help", "-h", "--help":

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
 func version() string { return "cairn " + csi.Version }
@@ -31,6 +33,8 @@ func runStandalone(args []string) error {
 	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
 	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
+	var targets targetFlags
+	fs.Var(&targets, "backup-target", "a backup target NAME=URL (repeatable): file:///path or s3://bucket/prefix?endpoint=host:port; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -46,10 +50,15 @@ func runStandalone(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy})
+	stores, err := targets.open(ctx)
 	if err != nil {
 		return err
 	}
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, BackupTargets: stores})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	csi.RegisterMetrics(reg)
@@ -99,4 +108,35 @@ func serveHTTP(addr string, reg *prometheus.Registry, health func() error) {
 		klog.ErrorS(err, "HTTP endpoint failed", "address", addr)
 		os.Exit(1)
 	}
+}
+
+// targetFlags collects --backup-target NAME=URL flags.
+type targetFlags []string
+
+func (t *targetFlags) String() string { return strings.Join(*t, ",") }
+
+func (t *targetFlags) Set(v string) error {
+	name, url, ok := strings.Cut(v, "=")
+	if !ok || !engine.ValidTargetName(name) || url == "" {
+		return fmt.Errorf("%q: want NAME=URL with NAME of lower-case letters, digits and '-'", v)
+	}
+	*t = append(*t, v)
+	return nil
+}
+
+func (t targetFlags) open(ctx context.Context) (map[string]objstore.Store, error) {
+	out := map[string]objstore.Store{}
+	for _, v := range t {
+		name, url, _ := strings.Cut(v, "=")
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--backup-target %s given twice", name)
+		}
+		st, err := objstore.Open(ctx, url, objstore.Credentials{})
+		if err != nil {
+			return nil, fmt.Errorf("--backup-target %s: %w", name, err)
+		}
+		out[name] = st
+		klog.InfoS("Backup target configured", "name", name, "store", st.String())
+	}
+	return out, nil
 }

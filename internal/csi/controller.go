@@ -228,8 +228,21 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 	if err := required(req.GetSourceVolumeId(), "source_volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
+	kind, err := checkSnapshotParameters(req.GetParameters(), c.s.engine.BackupTargets())
+	if err != nil {
 		return nil, err
+	}
+	if kind.Backup {
+		info, err := c.s.engine.CreateBackup(ctx, req.GetName(), req.GetSourceVolumeId(), kind.Target)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if !info.Ready && info.LastError != "" {
+			// Not final: the CO shows the error and keeps asking while
+			// the upload retries.
+			return nil, status.Errorf(codes.Unavailable, "backup %s: upload failed, retrying: %s", info.Handle, info.LastError)
+		}
+		return &csipb.CreateSnapshotResponse{Snapshot: csiBackup(info)}, nil
 	}
 	snap, err := c.s.engine.CreateSnapshot(ctx, req.GetName(), req.GetSourceVolumeId(), req.GetParameters())
 	if err != nil {
@@ -248,66 +261,109 @@ func csiSnapshot(s *engine.Snapshot) *csipb.Snapshot {
 	}
 }
 
+func csiBackup(b *engine.BackupInfo) *csipb.Snapshot {
+	return &csipb.Snapshot{
+		SnapshotId:     b.Handle.String(),
+		SourceVolumeId: b.Handle.VolumeID,
+		SizeBytes:      b.SizeBytes,
+		CreationTime:   timestamppb.New(b.CreatedAt),
+		ReadyToUse:     b.Ready,
+	}
+}
+
 func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRequest) (*csipb.DeleteSnapshotResponse, error) {
 	if err := required(req.GetSnapshotId(), "snapshot_id"); err != nil {
 		return nil, err
 	}
-	if err := c.s.engine.DeleteSnapshot(ctx, req.GetSnapshotId()); err != nil {
+	del := c.s.engine.DeleteSnapshot
+	if engine.IsBackupHandle(req.GetSnapshotId()) {
+		del = c.s.engine.DeleteBackup
+	}
+	if err := del(ctx, req.GetSnapshotId()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csipb.DeleteSnapshotResponse{}, nil
 }
 
 func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequest) (*csipb.ListSnapshotsResponse, error) {
-	var snaps []*engine.Snapshot
+	var snaps []*csipb.Snapshot
 	if id := req.GetSnapshotId(); id != "" {
-		s, err := c.s.engine.GetSnapshot(ctx, id)
+		s, err := c.getSnapshot(ctx, id)
 		if err != nil && !isNotFoundErr(err) {
 			return nil, toStatus(err)
 		}
 		if s != nil {
-			snaps = []*engine.Snapshot{s}
+			snaps = []*csipb.Snapshot{s}
 		}
 	} else {
 		all, err := c.s.engine.ListSnapshots(ctx)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		snaps = all
+		for _, s := range all {
+			snaps = append(snaps, csiSnapshot(s))
+		}
+		backups, err := c.s.engine.ListBackups(ctx)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for _, b := range backups {
+			snaps = append(snaps, csiBackup(b))
+		}
 	}
 	if src := req.GetSourceVolumeId(); src != "" {
 		kept := snaps[:0]
 		for _, s := range snaps {
-			if s.SourceVolumeID == src {
+			if s.GetSourceVolumeId() == src {
 				kept = append(kept, s)
 			}
 		}
 		snaps = kept
 	}
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i].GetSnapshotId() < snaps[j].GetSnapshotId() })
 	ids := make([]string, len(snaps))
 	for i, s := range snaps {
-		ids[i] = s.ID
+		ids[i] = s.GetSnapshotId()
 	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), engine.ValidSnapshotID)
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), func(t string) bool {
+		_, perr := engine.ParseBackupHandle(t)
+		return engine.ValidSnapshotID(t) || perr == nil
+	})
 	if err != nil {
 		return nil, err
 	}
 	resp := &csipb.ListSnapshotsResponse{NextToken: next}
 	for _, s := range snaps[start:end] {
-		resp.Entries = append(resp.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+		resp.Entries = append(resp.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: s})
 	}
 	return resp, nil
+}
+
+// getSnapshot finds a local snapshot or a backup by ID.
+func (c *controllerServer) getSnapshot(ctx context.Context, id string) (*csipb.Snapshot, error) {
+	if engine.IsBackupHandle(id) {
+		b, err := c.s.engine.GetBackup(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return csiBackup(b), nil
+	}
+	s, err := c.s.engine.GetSnapshot(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return csiSnapshot(s), nil
 }
 
 func (c *controllerServer) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
 	if err := required(req.GetSnapshotId(), "snapshot_id"); err != nil {
 		return nil, err
 	}
-	s, err := c.s.engine.GetSnapshot(ctx, req.GetSnapshotId())
+	s, err := c.getSnapshot(ctx, req.GetSnapshotId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csipb.GetSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
+	return &csipb.GetSnapshotResponse{Snapshot: s}, nil
 }
 
 func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csipb.ControllerExpandVolumeRequest) (*csipb.ControllerExpandVolumeResponse, error) {

@@ -118,20 +118,52 @@ func checkVolumeParameters(params map[string]string) (string, error) {
 	return fs, nil
 }
 
-// checkSnapshotParameters validates VolumeSnapshotClass parameters.
-func checkSnapshotParameters(params map[string]string) error {
-	for k, v := range params {
+// snapshotKind is what a VolumeSnapshotClass asks for.
+type snapshotKind struct {
+	Backup bool
+	Target string
+}
+
+const paramBackupTarget = "backupTarget"
+
+// checkSnapshotParameters validates VolumeSnapshotClass parameters: type
+// snap (default, a local reflink) or backup (to backupTarget, which may be
+// left out when exactly one target is configured).
+func checkSnapshotParameters(params map[string]string, targets []string) (snapshotKind, error) {
+	var k snapshotKind
+	for key, v := range params {
 		switch {
-		case k == paramSnapshotType:
-			if v != "" && v != "snap" {
-				return invalid("parameters.type %q is not supported by this driver build (use \"snap\")", v)
+		case key == paramSnapshotType:
+			switch v {
+			case "", "snap":
+			case "backup":
+				k.Backup = true
+			default:
+				return k, invalid("parameters.type %q is not supported (use \"snap\" or \"backup\")", v)
 			}
-		case strings.HasPrefix(k, kubernetesPrefix):
+		case key == paramBackupTarget:
+			k.Target = v
+		case strings.HasPrefix(key, kubernetesPrefix):
 		default:
-			return invalid("parameters: unknown key %q (Cairn knows %q)", k, paramSnapshotType)
+			return k, invalid("parameters: unknown key %q (Cairn knows %q and %q)", key, paramSnapshotType, paramBackupTarget)
 		}
 	}
-	return nil
+	if !k.Backup {
+		if k.Target != "" {
+			return k, invalid("parameters.backupTarget is set but parameters.type is not \"backup\"")
+		}
+		return k, nil
+	}
+	if k.Target == "" {
+		if len(targets) != 1 {
+			return k, invalid("parameters.backupTarget is required with type \"backup\" (configured targets: %s)", strings.Join(targets, ", "))
+		}
+		k.Target = targets[0]
+	}
+	if !slices.Contains(targets, k.Target) {
+		return k, invalid("parameters.backupTarget %q is not configured (configured targets: %s)", k.Target, strings.Join(targets, ", "))
+	}
+	return k, nil
 }
 
 // checkPath requires an absolute, clean path for field.

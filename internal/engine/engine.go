@@ -23,8 +23,10 @@ import (
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
 // Config configures an Engine.
@@ -37,6 +39,8 @@ type Config struct {
 	// ForceCopy disables reflinks even where the file system has them
 	// (tests and benchmarks of the fallback).
 	ForceCopy bool
+	// BackupTargets are the object stores backups can go to, by name.
+	BackupTargets map[string]objstore.Store
 }
 
 // Engine is the storage engine over one data root.
@@ -49,6 +53,7 @@ type Engine struct {
 	mounter       *mount.SafeFormatAndMount
 	exec          utilexec.Interface
 	trashSeq      atomic.Int64
+	bk            backups
 }
 
 // CloneMode names how snapshots and clones are made.
@@ -80,6 +85,13 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		exec:          ex,
 		mounter:       &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: ex},
 	}
+	for name := range cfg.BackupTargets {
+		if !ValidTargetName(name) {
+			return nil, fmt.Errorf("backup target name %q: use lower-case letters, digits and '-'", name)
+		}
+	}
+	bg, stop := context.WithCancel(context.Background())
+	e.bk = backups{targets: cfg.BackupTargets, repos: map[string]*backup.Repo{}, runs: map[string]*jobRun{}, restore: map[string]*restoreRun{}, bg: bg, stop: stop}
 	if e.freezeTimeout <= 0 {
 		e.freezeTimeout = 10 * time.Second
 	}
@@ -95,6 +107,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
+	e.resumeBackups()
 	return e, nil
 }
 
@@ -110,7 +123,7 @@ func (e *Engine) initLayout() error {
 	case rm.FormatVersion > FormatVersion:
 		return fmt.Errorf("data root %s has format version %d; this driver knows up to %d", e.root, rm.FormatVersion, FormatVersion)
 	}
-	for _, d := range []string{volumesDir, snapshotsDir, tmpDir, trashDir} {
+	for _, d := range []string{volumesDir, snapshotsDir, backupsDir, tmpDir, trashDir} {
 		if err := os.MkdirAll(filepath.Join(e.root, d), 0o700); err != nil {
 			return err
 		}
@@ -258,7 +271,10 @@ func (e *Engine) copyConsistent(ctx context.Context, vol *VolumeMeta, dst string
 	if st == nil || st.State != stateStaged {
 		return e.copyData(ctx, src, dst)
 	}
-	if st.Block || st.ReadOnly {
+	// A staging path that is no longer a mount point must not be frozen:
+	// FIFREEZE would freeze whatever file system holds the directory (the
+	// host's, or the data root, deadlocking the copy until the timeout).
+	if st.Block || st.ReadOnly || !e.isMounted(st.Path) {
 		if err := e.flushLoop(vol.ID); err != nil {
 			return err
 		}

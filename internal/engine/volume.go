@@ -103,6 +103,9 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 	} else if fsType == "" {
 		fsType = "ext4"
 	}
+	if IsBackupHandle(req.SourceSnapshotID) {
+		return e.restoreVolume(ctx, req)
+	}
 	id := VolumeIDForName(req.Name)
 	keys := []string{id}
 	if req.SourceSnapshotID != "" {

@@ -50,6 +50,12 @@ type env struct {
 // copy fallback) and starts the driver on it with extra environment.
 func newEnv(t *testing.T, rootFs string, driverEnv ...string) *env {
 	t.Helper()
+	return newEnvArgs(t, rootFs, nil, driverEnv...)
+}
+
+// newEnvArgs is newEnv with extra driver flags.
+func newEnvArgs(t *testing.T, rootFs string, args []string, driverEnv ...string) *env {
+	t.Helper()
 	work := t.TempDir()
 	fs, err := scratchfs.Create(filepath.Join(work, "root.img"), filepath.Join(work, "root"), rootFs, 16<<30)
 	if err != nil {
@@ -57,7 +63,7 @@ func newEnv(t *testing.T, rootFs string, driverEnv ...string) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	e := &env{t: t, ctx: ctx, fs: fs, work: work, mnt: filepath.Join(work, "mnt")}
-	e.d = &harness.Driver{Bin: binary, Socket: filepath.Join(work, "csi.sock"), DataRoot: fs.Mount, NodeID: "it-node", Log: filepath.Join(work, "cairn.log"), Env: driverEnv}
+	e.d = &harness.Driver{Bin: binary, Socket: filepath.Join(work, "csi.sock"), DataRoot: fs.Mount, NodeID: "it-node", Log: filepath.Join(work, "cairn.log"), Env: driverEnv, Args: args}
 	t.Cleanup(func() {
 		e.d.Close()
 		if t.Failed() {

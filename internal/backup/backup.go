@@ -1,0 +1,489 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/cairn-csi/cairn/internal/faults"
+	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/objstore"
+)
+
+// Source is what to back up.
+type Source struct {
+	// Path is the file to back up: a snapshot, not a live volume.
+	Path string
+	// ParentPath is the local snapshot the Parent backup was made from.
+	// With both set the backup is incremental: blocks whose extents are
+	// the same in both files are taken from Parent without being read.
+	ParentPath string
+	Parent     *Manifest
+}
+
+// Meta describes the backup being made.
+type Meta struct {
+	BackupID     string
+	VolumeID     string
+	VolumeName   string
+	SnapshotName string
+	Block        bool
+	FsType       string
+}
+
+// Progress reports a long operation's progress in volume bytes.
+type Progress struct {
+	BytesDone, BytesTotal int64
+}
+
+// blockPlan says what to do with one block.
+type blockPlan int8
+
+const (
+	planSkip  blockPlan = iota // hole: nothing stored
+	planRead                   // read, hash, dedup or upload
+	planReuse                  // unchanged since the parent: copy its entry
+)
+
+// Backup backs src up as a new backup and commits it by writing its
+// manifest last. If the backup already exists it is returned as it is; if
+// an earlier run crashed, the packs it uploaded are reused.
+func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(Progress)) (*Manifest, error) {
+	if !ValidBackupID(meta.BackupID) || !ValidVolumeID(meta.VolumeID) {
+		return nil, fmt.Errorf("invalid backup %q of volume %q", meta.BackupID, meta.VolumeID)
+	}
+	if m, err := r.Manifest(ctx, meta.VolumeID, meta.BackupID); err == nil {
+		return m, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	start := time.Now()
+	f, err := os.Open(src.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := st.Size()
+	bs := r.cfg.BlockSize
+
+	plan, parentEntries, err := r.plan(f, size, src)
+	if err != nil {
+		return nil, err
+	}
+
+	lock, err := r.acquireBackupLock(ctx, meta.BackupID)
+	if err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if committed {
+			return
+		}
+		lock.abandon() // keep the lock: a retry resumes with its packs
+	}()
+
+	idx, err := r.loadIndex(ctx, lock.resumedPacks())
+	if err != nil {
+		return nil, err
+	}
+
+	var (
+		stats         Stats
+		done          atomic.Int64
+		bytesRead     atomic.Int64
+		nNew          atomic.Int64
+		nDedup        atomic.Int64
+		nSkip         atomic.Int64
+		bytesUploaded atomic.Int64
+		packsUploaded atomic.Int64
+		entriesMu     sync.Mutex
+		entries       []Entry // Loc filled in at the end
+		pendingMu     sync.Mutex
+		pending       = map[string]bool{} // hashes queued for upload by this backup
+	)
+	if progress != nil {
+		stopProgress := make(chan struct{})
+		defer close(stopProgress)
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopProgress:
+					return
+				case <-t.C:
+					progress(Progress{BytesDone: done.Load(), BytesTotal: size})
+				}
+			}
+		}()
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err; cancel() })
+	}
+
+	blobs := make(chan blob, 8)
+	uploads := make(chan upload, 1)
+	var uploaders sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		uploaders.Add(1)
+		go func() {
+			defer uploaders.Done()
+			for u := range uploads {
+				if ctx.Err() != nil {
+					continue
+				}
+				if err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data))); err != nil {
+					fail(fmt.Errorf("upload pack %s: %w", u.id, err))
+					continue
+				}
+				idx.addPack(u.id, u.index)
+				if err := lock.addPack(ctx, u.id); err != nil {
+					fail(err)
+					continue
+				}
+				faults.Point("backup:after-pack")
+				bytesUploaded.Add(int64(len(u.data)))
+				packsUploaded.Add(1)
+			}
+		}()
+	}
+	packerDone := make(chan struct{})
+	go func() {
+		defer close(packerDone)
+		defer close(uploads)
+		var pb packBuilder
+		flush := func() {
+			if len(pb.index) == 0 {
+				return
+			}
+			id, data, index := pb.finish()
+			select {
+			case uploads <- upload{id: id, data: data, index: index}:
+			case <-ctx.Done():
+			}
+			pb = packBuilder{}
+		}
+		for b := range blobs {
+			pb.add(b.hash, b.data, b.rawLen, b.comp)
+			if pb.size() >= packTarget {
+				flush()
+			}
+		}
+		if ctx.Err() == nil {
+			flush()
+		}
+	}()
+
+	work := make(chan int64, 16)
+	workers := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	zero := make([]byte, bs)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, bs)
+			for n := range work {
+				if ctx.Err() != nil {
+					continue
+				}
+				off := n * bs
+				length := min(bs, size-off)
+				b := buf[:length]
+				if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+					fail(fmt.Errorf("read %s at %d: %w", src.Path, off, err))
+					continue
+				}
+				bytesRead.Add(length)
+				done.Add(length)
+				if bytes.Equal(b, zero[:length]) {
+					nSkip.Add(1)
+					continue
+				}
+				h := hashBlock(b)
+				entriesMu.Lock()
+				entries = append(entries, Entry{Offset: off, Hash: h})
+				entriesMu.Unlock()
+				if idx.has(h) {
+					nDedup.Add(1)
+					continue
+				}
+				pendingMu.Lock()
+				dup := pending[h]
+				pending[h] = true
+				pendingMu.Unlock()
+				if dup {
+					nDedup.Add(1)
+					continue
+				}
+				data, comp := encodeBlock(b)
+				nNew.Add(1)
+				select {
+				case blobs <- blob{hash: h, data: data, rawLen: length, comp: comp}:
+				case <-ctx.Done():
+				}
+			}
+		}()
+	}
+	reused := 0
+	for n, p := range plan {
+		switch p {
+		case planRead:
+			select {
+			case work <- int64(n):
+			case <-ctx.Done():
+			}
+		case planReuse:
+			if e, ok := parentEntries[int64(n)*bs]; ok {
+				entriesMu.Lock()
+				entries = append(entries, Entry{Offset: e.Offset, Hash: e.Hash})
+				entriesMu.Unlock()
+				reused++
+			}
+			done.Add(min(bs, size-int64(n)*bs))
+		default:
+			nSkip.Add(1)
+			done.Add(min(bs, size-int64(n)*bs))
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(blobs)
+	<-packerDone
+	uploaders.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
+	for i := range entries {
+		loc, ok := idx.get(entries[i].Hash)
+		if !ok {
+			return nil, fmt.Errorf("internal error: block %s at %d has no stored location", entries[i].Hash, entries[i].Offset)
+		}
+		entries[i].Loc = loc
+	}
+	stats.BytesRead = bytesRead.Load()
+	stats.BlocksNew = int(nNew.Load())
+	stats.BlocksDeduped = int(nDedup.Load())
+	stats.BlocksSkipped = int(nSkip.Load())
+	stats.BlocksReused = reused
+	stats.BytesUploaded = bytesUploaded.Load()
+	stats.PacksUploaded = int(packsUploaded.Load())
+	stats.DurationSecond = time.Since(start).Seconds()
+	m := &Manifest{
+		FormatVersion: FormatVersion,
+		ID:            meta.BackupID,
+		VolumeID:      meta.VolumeID,
+		VolumeName:    meta.VolumeName,
+		SnapshotName:  meta.SnapshotName,
+		SizeBytes:     size,
+		BlockSize:     bs,
+		Block:         meta.Block,
+		FsType:        meta.FsType,
+		CreatedAt:     start.UTC(),
+		CompletedAt:   time.Now().UTC(),
+		Blocks:        entries,
+		Stats:         stats,
+	}
+	if src.Parent != nil {
+		m.Parent = src.Parent.ID
+	}
+	if err := r.putJSON(ctx, manifestKey(meta.VolumeID, meta.BackupID), m); err != nil {
+		return nil, fmt.Errorf("commit manifest of backup %s: %w", meta.BackupID, err)
+	}
+	committed = true
+	if err := lock.release(ctx); err != nil {
+		klog.ErrorS(err, "Removing backup lock", "backup", meta.BackupID)
+	}
+	if progress != nil {
+		progress(Progress{BytesDone: size, BytesTotal: size})
+	}
+	klog.InfoS("Backup committed", "backup", meta.BackupID, "volume", meta.VolumeID, "store", r.store, "size", size,
+		"read", stats.BytesRead, "uploaded", stats.BytesUploaded, "new", stats.BlocksNew, "reused", stats.BlocksReused,
+		"deduped", stats.BlocksDeduped, "packs", stats.PacksUploaded, "duration", time.Since(start))
+	return m, nil
+}
+
+type blob struct {
+	hash   string
+	data   []byte
+	rawLen int64
+	comp   string
+}
+
+type upload struct {
+	id    string
+	data  []byte
+	index []packIndexEntry
+}
+
+// plan decides, block by block, whether to skip, read or reuse.
+func (r *Repo) plan(f *os.File, size int64, src Source) ([]blockPlan, map[int64]Entry, error) {
+	bs := r.cfg.BlockSize
+	nblocks := (size + bs - 1) / bs
+	plan := make([]blockPlan, nblocks)
+	err := fsops.ForEachDataRange(f, size, func(off, length int64) error {
+		for n := off / bs; n*bs < off+length; n++ {
+			plan[n] = planRead
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if src.ParentPath == "" || src.Parent == nil {
+		return plan, nil, nil
+	}
+	if src.Parent.BlockSize != bs {
+		klog.InfoS("Parent backup has another block size; making a full backup", "parent", src.Parent.ID)
+		return plan, nil, nil
+	}
+	pf, err := os.Open(src.ParentPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open parent snapshot: %w", err)
+	}
+	defer pf.Close()
+	pst, err := pf.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	cur, err := fsops.Extents(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	par, err := fsops.Extents(pf)
+	if err != nil {
+		return nil, nil, err
+	}
+	parentEntries := make(map[int64]Entry, len(src.Parent.Blocks))
+	for _, e := range src.Parent.Blocks {
+		parentEntries[e.Offset] = e
+	}
+	for n := range plan {
+		lo, hi := int64(n)*bs, min(int64(n+1)*bs, size)
+		if hi > pst.Size() {
+			continue // beyond the parent: read it
+		}
+		if sameExtents(clip(cur, lo, hi), clip(par, lo, hi)) {
+			plan[n] = planReuse
+		}
+	}
+	return plan, parentEntries, nil
+}
+
+// clip returns the extents overlapping [lo,hi), cut to that range, with
+// physical offsets adjusted.
+func clip(exts []fsops.Extent, lo, hi int64) []fsops.Extent {
+	i := sort.Search(len(exts), func(i int) bool { return exts[i].Logical+exts[i].Length > lo })
+	var out []fsops.Extent
+	for ; i < len(exts) && exts[i].Logical < hi; i++ {
+		e := exts[i]
+		s, t := max(e.Logical, lo), min(e.Logical+e.Length, hi)
+		out = append(out, fsops.Extent{Logical: s, Physical: e.Physical + (s - e.Logical), Length: t - s, Flags: e.Flags})
+	}
+	return out
+}
+
+// sameExtents reports whether two clipped extent lists map the same bytes
+// to the same physical blocks, so the data cannot differ.
+func sameExtents(a, b []fsops.Extent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	const unstable = fsops.FiemapExtentUnknown | fsops.FiemapExtentDelalloc
+	for i := range a {
+		if a[i].Flags&unstable != 0 || b[i].Flags&unstable != 0 {
+			return false
+		}
+		if a[i].Logical != b[i].Logical || a[i].Physical != b[i].Physical || a[i].Length != b[i].Length {
+			return false
+		}
+	}
+	return true
+}
+
+// blockIndex maps block hashes to their stored location.
+type blockIndex struct {
+	mu sync.RWMutex
+	m  map[string]Loc
+}
+
+func (x *blockIndex) has(h string) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.m[h]
+	return ok
+}
+
+func (x *blockIndex) get(h string) (Loc, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	l, ok := x.m[h]
+	return l, ok
+}
+
+func (x *blockIndex) addPack(id string, index []packIndexEntry) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, e := range index {
+		if _, ok := x.m[e.Hash]; !ok {
+			x.m[e.Hash] = Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}
+		}
+	}
+}
+
+// loadIndex builds the store's block index from every manifest, plus the
+// packs a crashed run of this backup uploaded.
+func (r *Repo) loadIndex(ctx context.Context, resumed []string) (*blockIndex, error) {
+	ms, err := r.Manifests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	x := &blockIndex{m: map[string]Loc{}}
+	for _, m := range ms {
+		for _, e := range m.Blocks {
+			x.m[e.Hash] = e.Loc
+		}
+	}
+	for _, id := range resumed {
+		index, err := r.readPackIndex(ctx, id)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			klog.ErrorS(err, "Ignoring unreadable pack of an interrupted backup", "pack", id)
+			continue
+		}
+		x.addPack(id, index)
+	}
+	return x, nil
+}

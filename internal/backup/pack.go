@@ -1,0 +1,150 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// packIndexEntry is one blob in a pack's trailing index.
+type packIndexEntry struct {
+	Hash      string `json:"h"`
+	Offset    int64  `json:"o"`
+	Length    int64  `json:"l"`
+	RawLength int64  `json:"r"`
+	Comp      string `json:"c"`
+}
+
+// packBuilder accumulates blobs into one pack object.
+type packBuilder struct {
+	buf   bytes.Buffer
+	index []packIndexEntry
+}
+
+func (p *packBuilder) add(hash string, blob []byte, rawLen int64, comp string) {
+	p.index = append(p.index, packIndexEntry{Hash: hash, Offset: int64(p.buf.Len()), Length: int64(len(blob)), RawLength: rawLen, Comp: comp})
+	p.buf.Write(blob)
+}
+
+func (p *packBuilder) size() int { return p.buf.Len() }
+
+// finish appends the index and trailer and returns the pack's ID (the
+// BLAKE3 of the whole object) and bytes.
+func (p *packBuilder) finish() (string, []byte, []packIndexEntry) {
+	idx, _ := json.Marshal(p.index)
+	p.buf.Write(idx)
+	var n [4]byte
+	binary.LittleEndian.PutUint32(n[:], uint32(len(idx)))
+	p.buf.Write(n[:])
+	p.buf.WriteString(packMagic)
+	data := p.buf.Bytes()
+	sum := blake3.Sum256(data)
+	return hex.EncodeToString(sum[:]), data, p.index
+}
+
+// readPackIndex reads a pack's trailing index with two range reads.
+func (r *Repo) readPackIndex(ctx context.Context, id string) ([]packIndexEntry, error) {
+	info, err := r.store.Stat(ctx, packKey(id))
+	if err != nil {
+		return nil, err
+	}
+	tl := int64(4 + len(packMagic))
+	if info.Size < tl {
+		return nil, fmt.Errorf("%w: pack %s is %d bytes, too short for a trailer", ErrCorrupt, id, info.Size)
+	}
+	tail, err := r.readRange(ctx, packKey(id), info.Size-tl, tl)
+	if err != nil {
+		return nil, err
+	}
+	if string(tail[4:]) != packMagic {
+		return nil, fmt.Errorf("%w: pack %s has no %s trailer", ErrCorrupt, id, packMagic)
+	}
+	n := int64(binary.LittleEndian.Uint32(tail[:4]))
+	if n > info.Size-tl {
+		return nil, fmt.Errorf("%w: pack %s index length %d exceeds the pack", ErrCorrupt, id, n)
+	}
+	b, err := r.readRange(ctx, packKey(id), info.Size-tl-n, n)
+	if err != nil {
+		return nil, err
+	}
+	var idx []packIndexEntry
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return nil, fmt.Errorf("%w: pack %s index: %v", ErrCorrupt, id, err)
+	}
+	return idx, nil
+}
+
+func (r *Repo) readRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	rc, err := r.store.GetRange(ctx, key, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(rc, b); err != nil {
+		return nil, fmt.Errorf("read %s [%d,+%d): %w", key, off, n, err)
+	}
+	return b, nil
+}
+
+var (
+	encoderPool = sync.Pool{New: func() any {
+		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		return e
+	}}
+	decoderPool = sync.Pool{New: func() any {
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		return d
+	}}
+)
+
+// encodeBlock compresses raw, or keeps it raw if that is not smaller.
+func encodeBlock(raw []byte) ([]byte, string) {
+	enc := encoderPool.Get().(*zstd.Encoder)
+	out := enc.EncodeAll(raw, make([]byte, 0, len(raw)/2))
+	encoderPool.Put(enc)
+	if len(out) >= len(raw) {
+		return append([]byte(nil), raw...), compNone
+	}
+	return out, compZstd
+}
+
+// decodeBlock undoes encodeBlock into dst (reused if large enough) and
+// checks the result against the block's hash.
+func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst []byte) ([]byte, error) {
+	var raw []byte
+	switch comp {
+	case compNone:
+		raw = stored
+	case compZstd:
+		dec := decoderPool.Get().(*zstd.Decoder)
+		var err error
+		raw, err = dec.DecodeAll(stored, dst[:0])
+		decoderPool.Put(dec)
+		if err != nil {
+			return nil, fmt.Errorf("decompress: %v", err)
+		}
+	default:
+		return nil, fmt.Errorf("unknown compression %q", comp)
+	}
+	if int64(len(raw)) != rawLen {
+		return nil, fmt.Errorf("block is %d bytes, want %d", len(raw), rawLen)
+	}
+	if got := hashBlock(raw); got != wantHash {
+		return nil, fmt.Errorf("hash %s…, want %s…", got[:16], wantHash[:16])
+	}
+	return raw, nil
+}
+
+func hashBlock(b []byte) string {
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}

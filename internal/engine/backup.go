@@ -1,0 +1,618 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/objstore"
+)
+
+// Backups: a backup snapshot is a local reflink snapshot kept under
+// backups/<backup-id>/ and uploaded in the background to a backup target;
+// after the upload it stays as the base for the volume's next incremental
+// backup, until a newer backup of the volume to the same target replaces
+// it. Its handle, bs://<target>/<volume-id>/<backup-id>, finds the backup
+// from any node.
+
+const (
+	backupsDir    = "backups"
+	jobMeta       = "job.json"
+	handlePrefix  = "bs://"
+	jobUploading  = "uploading"
+	jobDone       = "done"
+	maxRetryDelay = time.Minute
+)
+
+var targetNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidTargetName reports whether name can name a backup target.
+func ValidTargetName(name string) bool { return targetNameRe.MatchString(name) }
+
+// BackupHandle is a parsed bs:// snapshot ID.
+type BackupHandle struct {
+	Target, VolumeID, BackupID string
+}
+
+func (h BackupHandle) String() string {
+	return handlePrefix + h.Target + "/" + h.VolumeID + "/" + h.BackupID
+}
+
+// IsBackupHandle reports whether a snapshot ID names a backup.
+func IsBackupHandle(id string) bool { return strings.HasPrefix(id, handlePrefix) }
+
+// ParseBackupHandle parses bs://<target>/<volume-id>/<backup-id>.
+func ParseBackupHandle(id string) (BackupHandle, error) {
+	parts := strings.Split(strings.TrimPrefix(id, handlePrefix), "/")
+	if !IsBackupHandle(id) || len(parts) != 3 || !ValidTargetName(parts[0]) || !backup.ValidVolumeID(parts[1]) || !backup.ValidBackupID(parts[2]) {
+		return BackupHandle{}, errorf(ErrNotFound, "snapshot %q not found: not a well-formed bs://TARGET/VOLUME/BACKUP handle", id)
+	}
+	return BackupHandle{Target: parts[0], VolumeID: parts[1], BackupID: parts[2]}, nil
+}
+
+// backupJob is backups/<id>/job.json.
+type backupJob struct {
+	FormatVersion int       `json:"formatVersion"`
+	BackupID      string    `json:"backupId"`
+	Target        string    `json:"target"`
+	VolumeID      string    `json:"volumeId"`
+	VolumeName    string    `json:"volumeName"`
+	SnapshotName  string    `json:"snapshotName"`
+	SizeBytes     int64     `json:"sizeBytes"`
+	Block         bool      `json:"block"`
+	FsType        string    `json:"fsType,omitempty"`
+	State         string    `json:"state"`
+	CreatedAt     time.Time `json:"createdAt"`
+}
+
+func (j *backupJob) handle() BackupHandle {
+	return BackupHandle{Target: j.Target, VolumeID: j.VolumeID, BackupID: j.BackupID}
+}
+
+// jobRun is the in-memory side of a running upload.
+type jobRun struct {
+	cancel    context.CancelFunc
+	done      chan struct{}
+	bytesDone atomic.Int64
+	lastErr   atomic.Value // string
+}
+
+// BackupInfo describes a backup snapshot.
+type BackupInfo struct {
+	Handle       BackupHandle
+	SnapshotName string
+	SizeBytes    int64
+	CreatedAt    time.Time
+	Ready        bool
+	BytesDone    int64  // upload progress while not ready
+	LastError    string // last upload error while retrying
+}
+
+// backups holds the engine's backup state.
+type backups struct {
+	targets map[string]objstore.Store
+	mu      sync.Mutex
+	repos   map[string]*backup.Repo
+	runs    map[string]*jobRun // by backup ID
+	restore map[string]*restoreRun
+	bg      context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// repo opens (once) the backup store of a configured target.
+func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) {
+	b := &e.bk
+	st, ok := b.targets[target]
+	if !ok {
+		names := make([]string, 0, len(b.targets))
+		for n := range b.targets {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return nil, errorf(ErrInvalidArgument, "backup target %q is not configured on this node (configured: %s)", target, strings.Join(names, ", "))
+	}
+	b.mu.Lock()
+	r := b.repos[target]
+	b.mu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	r, err := backup.Open(ctx, st)
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "backup target %q: %v", target, err)
+	}
+	b.mu.Lock()
+	b.repos[target] = r
+	b.mu.Unlock()
+	return r, nil
+}
+
+// BackupTargets lists the configured target names.
+func (e *Engine) BackupTargets() []string {
+	var out []string
+	for n := range e.bk.targets {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (e *Engine) jobDir(id string) string { return filepath.Join(e.root, backupsDir, id) }
+
+func (e *Engine) loadJob(id string) (*backupJob, error) {
+	var j backupJob
+	err := readJSON(filepath.Join(e.jobDir(id), jobMeta), &j)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errorf(ErrNotFound, "backup %s not found on this node", id)
+	}
+	return &j, err
+}
+
+// CreateBackup starts (or reports on) a backup of a volume to a target
+// under the given snapshot name. The returned info is Ready once the
+// backup is committed in the target; until then the caller polls.
+func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string) (*BackupInfo, error) {
+	if name == "" {
+		return nil, errorf(ErrInvalidArgument, "name is required")
+	}
+	if !ValidTargetName(target) {
+		return nil, errorf(ErrInvalidArgument, "parameters.backupTarget %q is not a valid target name", target)
+	}
+	id := backup.BackupIDForName(name)
+	keys := []string{id}
+	if ValidVolumeID(volumeID) {
+		keys = append(keys, volumeID)
+	}
+	unlock, err := e.locks.lock(ctx, keys...)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if j, err := e.loadJob(id); err == nil {
+		if j.VolumeID != volumeID || j.Target != target {
+			return nil, errorf(ErrAlreadyExists, "snapshot name %q is already used for a backup of volume %s to %s", name, j.VolumeID, j.Target)
+		}
+		if j.State != jobDone {
+			e.startJob(j) // no-op if running
+		}
+		return e.jobInfo(j), nil
+	} else if !isNotFound(err) {
+		return nil, err
+	}
+	repo, err := e.repo(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if ValidVolumeID(volumeID) {
+		if m, err := repo.Manifest(ctx, volumeID, id); err == nil {
+			return manifestInfo(target, m), nil // committed earlier; local base gone
+		} else if !errors.Is(err, backup.ErrNotFound) {
+			return nil, errorf(ErrUnavailable, "backup target %q: %v", target, err)
+		}
+	}
+	vol, err := e.loadVolume(volumeID)
+	if err != nil {
+		return nil, errorf(ErrNotFound, "source_volume_id: volume %q not found", volumeID)
+	}
+	j := &backupJob{
+		FormatVersion: FormatVersion, BackupID: id, Target: target, VolumeID: vol.ID, VolumeName: vol.Name,
+		SnapshotName: name, SizeBytes: vol.SizeBytes, Block: vol.Block, FsType: vol.FsType,
+		State: jobUploading, CreatedAt: time.Now().UTC(),
+	}
+	err = e.commitNew(ctx, backupsDir, id, func(dir string) error {
+		if err := e.copyConsistent(ctx, vol, filepath.Join(dir, dataFile)); err != nil {
+			return err
+		}
+		return writeJSON(filepath.Join(dir, jobMeta), j)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot volume %s for backup %s: %w", vol.ID, id, err)
+	}
+	klog.InfoS("Backup snapshot taken; uploading in the background", "backup", j.handle().String(), "volumeID", vol.ID, "name", name)
+	e.startJob(j)
+	return e.jobInfo(j), nil
+}
+
+func manifestInfo(target string, m *backup.Manifest) *BackupInfo {
+	return &BackupInfo{
+		Handle:       BackupHandle{Target: target, VolumeID: m.VolumeID, BackupID: m.ID},
+		SnapshotName: m.SnapshotName, SizeBytes: m.SizeBytes, CreatedAt: m.CreatedAt, Ready: true,
+	}
+}
+
+// jobInfo reports a job; LastError is set while a failed upload is being
+// retried.
+func (e *Engine) jobInfo(j *backupJob) *BackupInfo {
+	info := &BackupInfo{Handle: j.handle(), SnapshotName: j.SnapshotName, SizeBytes: j.SizeBytes, CreatedAt: j.CreatedAt, Ready: j.State == jobDone}
+	e.bk.mu.Lock()
+	run := e.bk.runs[j.BackupID]
+	e.bk.mu.Unlock()
+	if run != nil && !info.Ready {
+		info.BytesDone = run.bytesDone.Load()
+		if s, ok := run.lastErr.Load().(string); ok {
+			info.LastError = s
+		}
+	}
+	return info
+}
+
+// startJob runs a job's upload in the background unless it already runs.
+func (e *Engine) startJob(j *backupJob) {
+	b := &e.bk
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.runs[j.BackupID] != nil || b.bg.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(b.bg)
+	run := &jobRun{cancel: cancel, done: make(chan struct{})}
+	b.runs[j.BackupID] = run
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		defer close(run.done)
+		defer func() {
+			b.mu.Lock()
+			if b.runs[j.BackupID] == run {
+				delete(b.runs, j.BackupID)
+			}
+			b.mu.Unlock()
+		}()
+		delay := time.Second
+		for {
+			err := e.uploadJob(ctx, j, run)
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			run.lastErr.Store(err.Error())
+			klog.ErrorS(err, "Backup upload failed; retrying", "backup", j.handle().String(), "retryIn", delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, maxRetryDelay)
+		}
+	}()
+}
+
+// uploadJob uploads one backup (incrementally against the volume's latest
+// backed-up base, if there is one) and marks it done.
+func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error {
+	repo, err := e.repo(ctx, j.Target)
+	if err != nil {
+		return err
+	}
+	src := backup.Source{Path: filepath.Join(e.jobDir(j.BackupID), dataFile)}
+	if parent := e.latestBase(ctx, j, repo); parent != nil {
+		src.ParentPath = filepath.Join(e.jobDir(parent.ID), dataFile)
+		src.Parent = parent
+	}
+	meta := backup.Meta{BackupID: j.BackupID, VolumeID: j.VolumeID, VolumeName: j.VolumeName, SnapshotName: j.SnapshotName, Block: j.Block, FsType: j.FsType}
+	m, err := repo.Backup(ctx, src, meta, func(p backup.Progress) { run.bytesDone.Store(p.BytesDone) })
+	if err != nil {
+		return err
+	}
+	unlock, err := e.locks.lock(ctx, j.BackupID)
+	if err != nil {
+		return err
+	}
+	cur, err := e.loadJob(j.BackupID)
+	if err == nil {
+		cur.State = jobDone
+		err = writeJSON(filepath.Join(e.jobDir(j.BackupID), jobMeta), cur)
+		j.State = jobDone
+	}
+	unlock()
+	if err != nil && !isNotFound(err) {
+		return err
+	}
+	klog.InfoS("Backup ready", "backup", j.handle().String(), "parent", m.Parent, "read", m.Stats.BytesRead, "uploaded", m.Stats.BytesUploaded)
+	e.pruneBases(ctx, j)
+	return nil
+}
+
+// latestBase returns the manifest of the newest completed backup of the
+// same volume to the same target whose local snapshot is still here.
+func (e *Engine) latestBase(ctx context.Context, j *backupJob, repo *backup.Repo) *backup.Manifest {
+	jobs, _ := e.listJobs()
+	var best *backupJob
+	for _, o := range jobs {
+		if o.BackupID == j.BackupID || o.State != jobDone || o.VolumeID != j.VolumeID || o.Target != j.Target {
+			continue
+		}
+		if best == nil || o.CreatedAt.After(best.CreatedAt) {
+			best = o
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	m, err := repo.Manifest(ctx, best.VolumeID, best.BackupID)
+	if err != nil {
+		return nil // deleted from the target: make a full backup
+	}
+	return m
+}
+
+// pruneBases removes the local snapshots of older completed backups of the
+// volume: only the newest is needed as the next incremental's base.
+func (e *Engine) pruneBases(ctx context.Context, j *backupJob) {
+	jobs, _ := e.listJobs()
+	for _, o := range jobs {
+		if o.BackupID == j.BackupID || o.State != jobDone || o.VolumeID != j.VolumeID || o.Target != j.Target || !o.CreatedAt.Before(j.CreatedAt) {
+			continue
+		}
+		unlock, err := e.locks.lock(ctx, o.BackupID)
+		if err != nil {
+			return
+		}
+		if err := e.removeObject(backupsDir, o.BackupID); err != nil {
+			klog.ErrorS(err, "Removing old backup base", "backup", o.BackupID)
+		}
+		unlock()
+	}
+}
+
+func (e *Engine) listJobs() ([]*backupJob, error) {
+	ids, err := e.listIDs(backupsDir, backup.ValidBackupID)
+	if err != nil {
+		return nil, err
+	}
+	var out []*backupJob
+	for _, id := range ids {
+		if j, err := e.loadJob(id); err == nil {
+			out = append(out, j)
+		}
+	}
+	return out, nil
+}
+
+// resumeBackups restarts uploads that a restart interrupted.
+func (e *Engine) resumeBackups() {
+	jobs, err := e.listJobs()
+	if err != nil {
+		klog.ErrorS(err, "Listing backup jobs")
+		return
+	}
+	for _, j := range jobs {
+		if j.State != jobDone {
+			klog.InfoS("Resuming interrupted backup upload", "backup", j.handle().String())
+			e.startJob(j)
+		}
+	}
+}
+
+// GetBackup describes a backup from this node's jobs or from its target.
+func (e *Engine) GetBackup(ctx context.Context, handle string) (*BackupInfo, error) {
+	h, err := ParseBackupHandle(handle)
+	if err != nil {
+		return nil, err
+	}
+	if j, err := e.loadJob(h.BackupID); err == nil && j.handle() == h {
+		return e.jobInfo(j), nil
+	}
+	repo, err := e.repo(ctx, h.Target)
+	if err != nil {
+		if errors.Is(err, ErrInvalidArgument) {
+			return nil, errorf(ErrNotFound, "snapshot %s not found: %v", handle, err)
+		}
+		return nil, err
+	}
+	m, err := repo.Manifest(ctx, h.VolumeID, h.BackupID)
+	if errors.Is(err, backup.ErrNotFound) {
+		return nil, errorf(ErrNotFound, "snapshot %s not found in backup target %q", handle, h.Target)
+	}
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+	}
+	return manifestInfo(h.Target, m), nil
+}
+
+// ListBackups lists in-progress backups of this node and every committed
+// backup in every configured target.
+func (e *Engine) ListBackups(ctx context.Context) ([]*BackupInfo, error) {
+	seen := map[BackupHandle]bool{}
+	var out []*BackupInfo
+	jobs, err := e.listJobs()
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range jobs {
+		if j.State != jobDone {
+			out = append(out, e.jobInfo(j))
+			seen[j.handle()] = true
+		}
+	}
+	for _, t := range e.BackupTargets() {
+		repo, err := e.repo(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		ms, err := repo.Manifests(ctx)
+		if err != nil {
+			return nil, errorf(ErrUnavailable, "backup target %q: %v", t, err)
+		}
+		for _, m := range ms {
+			info := manifestInfo(t, m)
+			if !seen[info.Handle] {
+				out = append(out, info)
+			}
+		}
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Handle.String() < out[k].Handle.String() })
+	return out, nil
+}
+
+// DeleteBackup stops an upload in progress, removes the local base and
+// deletes the backup's manifest from the target; garbage collection
+// reclaims its data. Deleting a missing backup succeeds.
+func (e *Engine) DeleteBackup(ctx context.Context, handle string) error {
+	h, err := ParseBackupHandle(handle)
+	if err != nil {
+		return nil // can never have existed
+	}
+	e.bk.mu.Lock()
+	run := e.bk.runs[h.BackupID]
+	e.bk.mu.Unlock()
+	if run != nil {
+		run.cancel()
+		<-run.done
+	}
+	unlock, err := e.locks.lock(ctx, h.BackupID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if j, err := e.loadJob(h.BackupID); err == nil && j.handle() == h {
+		if err := e.removeObject(backupsDir, h.BackupID); err != nil {
+			return err
+		}
+	}
+	repo, err := e.repo(ctx, h.Target)
+	if err != nil {
+		if errors.Is(err, ErrInvalidArgument) {
+			return errorf(ErrFailedPrecondition, "cannot delete %s: %v", handle, err)
+		}
+		return err
+	}
+	if err := repo.Delete(ctx, h.VolumeID, h.BackupID); err != nil {
+		return errorf(ErrUnavailable, "delete %s: %v", handle, err)
+	}
+	klog.InfoS("Backup deleted", "backup", handle)
+	return nil
+}
+
+// restoreRun is a restore from a backup running in the background, so
+// that it survives the CO's call deadlines; callers wait for it.
+type restoreRun struct {
+	done chan struct{}
+	err  error
+	vol  *Volume
+	prog atomic.Int64
+	size int64
+}
+
+// restoreVolume creates a volume from a backup. The download runs in the
+// background; a call that times out gets Aborted with the progress and a
+// retried call waits for the same download.
+func (e *Engine) restoreVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
+	h, err := ParseBackupHandle(req.SourceSnapshotID)
+	if err != nil {
+		return nil, errorf(ErrNotFound, "volume_content_source: %v", err)
+	}
+	id := VolumeIDForName(req.Name)
+	b := &e.bk
+	b.mu.Lock()
+	run := b.restore[id]
+	if run == nil {
+		run = &restoreRun{done: make(chan struct{})}
+		b.restore[id] = run
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			run.vol, run.err = e.runRestore(b.bg, req, h, id, run)
+			close(run.done)
+			b.mu.Lock()
+			delete(b.restore, id)
+			b.mu.Unlock()
+		}()
+	}
+	b.mu.Unlock()
+	select {
+	case <-run.done:
+		return run.vol, run.err
+	case <-ctx.Done():
+		return nil, errorf(ErrAborted, "restore of volume %q from %s in progress (%d of %d bytes)", req.Name, h, run.prog.Load(), run.size)
+	}
+}
+
+func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h BackupHandle, id string, run *restoreRun) (*Volume, error) {
+	unlock, err := e.locks.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	src := &Source{Kind: "backup", ID: h.String()}
+	if existing, err := e.loadVolume(id); err == nil {
+		if existing.Source == nil || *existing.Source != *src {
+			return nil, errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
+		}
+		return e.matchExisting(existing, CreateVolumeRequest{Name: req.Name, RequiredBytes: req.RequiredBytes, LimitBytes: req.LimitBytes, Block: req.Block}, existing.FsType)
+	}
+	repo, err := e.repo(ctx, h.Target)
+	if err != nil {
+		return nil, err
+	}
+	m, err := repo.Manifest(ctx, h.VolumeID, h.BackupID)
+	if errors.Is(err, backup.ErrNotFound) {
+		return nil, errorf(ErrNotFound, "volume_content_source: snapshot %s not found in backup target %q", h, h.Target)
+	}
+	if err != nil {
+		return nil, errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+	}
+	run.size = m.SizeBytes
+	if req.LimitBytes > 0 && req.LimitBytes < m.SizeBytes {
+		return nil, errorf(ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the backup's %d bytes", req.LimitBytes, m.SizeBytes)
+	}
+	fsType := m.FsType
+	if req.Block {
+		fsType = ""
+	}
+	size, err := PickSize(max(req.RequiredBytes, m.SizeBytes), req.LimitBytes, fsType)
+	if err != nil {
+		return nil, err
+	}
+	meta := &VolumeMeta{
+		FormatVersion: FormatVersion, ID: id, Name: req.Name, SizeBytes: size, Block: req.Block, FsType: fsType,
+		Source: src, Parameters: req.Parameters, CreatedAt: time.Now().UTC(),
+	}
+	start := time.Now()
+	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {
+		data := filepath.Join(dir, dataFile)
+		err := e.allocate(size, func() error {
+			f, err := os.OpenFile(data, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		})
+		if err != nil {
+			return err
+		}
+		if err := repo.Restore(ctx, m, data, func(p backup.Progress) { run.prog.Store(p.BytesDone) }); err != nil {
+			return err
+		}
+		if err := os.Truncate(data, size); err != nil {
+			return err
+		}
+		return writeJSON(filepath.Join(dir, volumeMeta), meta)
+	})
+	if err != nil {
+		if errors.Is(err, backup.ErrCorrupt) {
+			return nil, errorf(ErrFailedPrecondition, "restore %s: %v", h, err)
+		}
+		return nil, fmt.Errorf("restore volume %s from %s: %w", id, h, err)
+	}
+	klog.InfoS("Volume restored from backup", "volumeID", id, "backup", h.String(), "size", size, "duration", time.Since(start))
+	return e.describe(meta), nil
+}
+
+// Close stops background uploads and restores (they resume at the next
+// Open) and waits for them.
+func (e *Engine) Close() {
+	e.bk.stop()
+	e.bk.wg.Wait()
+}

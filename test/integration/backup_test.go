@@ -1,0 +1,220 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/faults"
+	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/objstore"
+)
+
+// backupParams asks for a backup snapshot to target t1.
+var backupParams = map[string]string{"type": "backup", "backupTarget": "t1"}
+
+// waitBackup calls CreateSnapshot (as csi-snapshotter does) until the
+// backup is ready, tolerating the driver being down or retrying.
+func (e *env) waitBackup(name, volumeID string, timeout time.Duration) *csipb.Snapshot {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		resp, err := e.d.Controller().CreateSnapshot(ctx, &csipb.CreateSnapshotRequest{Name: name, SourceVolumeId: volumeID, Parameters: backupParams})
+		cancel()
+		if err == nil && resp.GetSnapshot().GetReadyToUse() {
+			return resp.GetSnapshot()
+		}
+		if err != nil {
+			last = err
+			if c := status.Code(err); c != codes.Unavailable && c != codes.Aborted && c != codes.DeadlineExceeded {
+				e.t.Fatalf("CreateSnapshot %s: %v", name, err)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.t.Fatalf("backup %s not ready after %s (last error: %v)", name, timeout, last)
+	return nil
+}
+
+// createVolumeRetrying repeats CreateVolume while it answers Aborted or
+// the driver is unreachable, as external-provisioner does.
+func (e *env) createVolumeRetrying(spec harness.VolumeSpec, timeout time.Duration) *csipb.Volume {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		v, err := e.d.CreateVolume(ctx, spec)
+		cancel()
+		if err == nil {
+			return v
+		}
+		c := status.Code(errorsUnwrap(err))
+		if (c != codes.Aborted && c != codes.Unavailable && c != codes.DeadlineExceeded) || time.Now().After(deadline) {
+			e.t.Fatalf("CreateVolume %s: %v", spec.Name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func errorsUnwrap(err error) error {
+	for {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
+
+func fileTarget(t *testing.T) (string, []string) {
+	dir := t.TempDir()
+	return "file://" + dir, []string{"--backup-target", "t1=file://" + dir}
+}
+
+func openRepo(t *testing.T, url string) *backup.Repo {
+	st, err := objstore.Open(context.Background(), url, objstore.Credentials{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := backup.Open(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestBackupRoundTrip backs a filesystem and a block volume up through
+// CSI, restores each into a new volume and compares byte for byte; then
+// deletes the backup.
+func TestBackupRoundTrip(t *testing.T) {
+	url, args := fileTarget(t)
+	e := newEnvArgs(t, "xfs", args)
+	for _, block := range []bool{false, true} {
+		name := map[bool]string{false: "fs", true: "block"}[block]
+		t.Run(name, func(t *testing.T) {
+			v := must[*csipb.Volume](t)(e.d.CreateVolume(e.ctx, harness.VolumeSpec{Name: "src-" + name, Bytes: 256 * mib, Block: block}))
+			m := must[*harness.Mounted](t)(e.d.Mount(e.ctx, v.GetVolumeId(), e.mnt, block, ""))
+			data := randomBytes(t, 48<<20)
+			if block {
+				writeDevice(t, m.Target, 3*mib, data)
+			} else {
+				writeFile(t, filepath.Join(m.Target, "data"), data)
+			}
+			snap := e.waitBackup("backup-"+name, v.GetVolumeId(), 2*time.Minute)
+			if !strings.HasPrefix(snap.GetSnapshotId(), "bs://t1/"+v.GetVolumeId()+"/") || snap.GetSizeBytes() != 256*mib {
+				t.Fatalf("backup snapshot %+v", snap)
+			}
+			r := e.createVolumeRetrying(harness.VolumeSpec{Name: "restore-" + name, Bytes: 256 * mib, Block: block, FromSnapshot: snap.GetSnapshotId()}, 2*time.Minute)
+			rm := must[*harness.Mounted](t)(e.d.Mount(e.ctx, r.GetVolumeId(), e.mnt, block, ""))
+			if block {
+				if !bytes.Equal(readDevice(t, rm.Target, 256*mib), readDevice(t, m.Target, 256*mib)) {
+					t.Error("block volume restored from backup differs from its source")
+				}
+			} else if !bytes.Equal(readFile(t, filepath.Join(rm.Target, "data")), data) {
+				t.Error("file restored from backup differs from the original")
+			}
+			got := must[*csipb.ListSnapshotsResponse](t)(e.d.Controller().ListSnapshots(e.ctx, &csipb.ListSnapshotsRequest{SnapshotId: snap.GetSnapshotId()}))
+			if len(got.GetEntries()) != 1 || !got.GetEntries()[0].GetSnapshot().GetReadyToUse() {
+				t.Fatalf("ListSnapshots by backup handle: %v", got.GetEntries())
+			}
+			unmountAll(t, e, rm, m)
+			if _, err := e.d.Controller().DeleteSnapshot(e.ctx, &csipb.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId()}); err != nil {
+				t.Fatal(err)
+			}
+			h, _ := engine.ParseBackupHandle(snap.GetSnapshotId())
+			if _, err := openRepo(t, url).Manifest(e.ctx, h.VolumeID, h.BackupID); err == nil {
+				t.Error("manifest still in the target after DeleteSnapshot")
+			}
+		})
+	}
+	e.noLeaks()
+}
+
+// TestBackupIncrementalAndDR makes a second backup after a small change
+// (only changed blocks read), then restores it with a second driver on
+// another data root, as another cluster would from a pre-provisioned
+// VolumeSnapshotContent.
+func TestBackupIncrementalAndDR(t *testing.T) {
+	url, args := fileTarget(t)
+	e := newEnvArgs(t, "xfs", args)
+	v := must[*csipb.Volume](t)(e.d.CreateVolume(e.ctx, harness.VolumeSpec{Name: "src", Bytes: 512 * mib, Block: true}))
+	m := must[*harness.Mounted](t)(e.d.Mount(e.ctx, v.GetVolumeId(), e.mnt, true, ""))
+	writeDevice(t, m.Target, 0, randomBytes(t, 200<<20))
+	s1 := e.waitBackup("b1", v.GetVolumeId(), 2*time.Minute)
+	writeDevice(t, m.Target, 50*mib, randomBytes(t, 1<<20))
+	writeDevice(t, m.Target, 300*mib, randomBytes(t, 1<<20))
+	s2 := e.waitBackup("b2", v.GetVolumeId(), 2*time.Minute)
+	h1, _ := engine.ParseBackupHandle(s1.GetSnapshotId())
+	h2, _ := engine.ParseBackupHandle(s2.GetSnapshotId())
+	m2, err := openRepo(t, url).Manifest(e.ctx, h2.VolumeID, h2.BackupID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Parent != h1.BackupID || m2.Stats.BytesRead != 2*backup.DefaultBlockSize {
+		t.Errorf("second backup: parent %q, read %d bytes; want parent %s and only the 2 changed blocks", m2.Parent, m2.Stats.BytesRead, h1.BackupID)
+	}
+	want := readDevice(t, m.Target, 512*mib)
+
+	dr := newEnvArgs(t, "xfs", args)
+	r := dr.createVolumeRetrying(harness.VolumeSpec{Name: "dr-restore", Bytes: 512 * mib, Block: true, FromSnapshot: s2.GetSnapshotId()}, 2*time.Minute)
+	rm := must[*harness.Mounted](t)(dr.d.Mount(dr.ctx, r.GetVolumeId(), dr.mnt, true, ""))
+	if !bytes.Equal(readDevice(t, rm.Target, 512*mib), want) {
+		t.Error("restore on another node differs from the source")
+	}
+	unmountAll(t, dr, rm)
+	unmountAll(t, e, m)
+	dr.noLeaks()
+	e.noLeaks()
+}
+
+// TestBackupSurvivesKill kills the driver during the upload and during a
+// restore; after each restart the operation completes.
+func TestBackupSurvivesKill(t *testing.T) {
+	_, args := fileTarget(t)
+	e := newEnvArgs(t, "xfs", args)
+	v := must[*csipb.Volume](t)(e.d.CreateVolume(e.ctx, harness.VolumeSpec{Name: "src", Bytes: 512 * mib, Block: true}))
+	m := must[*harness.Mounted](t)(e.d.Mount(e.ctx, v.GetVolumeId(), e.mnt, true, ""))
+	writeDevice(t, m.Target, 0, randomBytes(t, 200<<20)) // several packs
+	want := readDevice(t, m.Target, 512*mib)
+
+	e.restart(faults.EnvVar + "=backup:after-pack")
+	if _, err := e.d.Controller().CreateSnapshot(e.ctx, &csipb.CreateSnapshotRequest{Name: "b", SourceVolumeId: v.GetVolumeId(), Parameters: backupParams}); err != nil && status.Code(err) != codes.Unavailable {
+		t.Fatal(err)
+	}
+	if !e.d.Exited(time.Minute) {
+		t.Fatal("driver did not die at backup:after-pack")
+	}
+	e.restart()
+	snap := e.waitBackup("b", v.GetVolumeId(), 2*time.Minute)
+
+	e.restart(faults.EnvVar + "=restore:after-block")
+	spec := harness.VolumeSpec{Name: "restore", Bytes: 512 * mib, Block: true, FromSnapshot: snap.GetSnapshotId()}
+	if _, err := e.d.CreateVolume(e.ctx, spec); err == nil {
+		t.Fatal("restore completed although the driver should have died")
+	}
+	if !e.d.Exited(time.Minute) {
+		t.Fatal("driver did not die at restore:after-block")
+	}
+	e.restart()
+	r := e.createVolumeRetrying(spec, 2*time.Minute)
+	rm := must[*harness.Mounted](t)(e.d.Mount(e.ctx, r.GetVolumeId(), e.mnt, true, ""))
+	if !bytes.Equal(readDevice(t, rm.Target, 512*mib), want) {
+		t.Error("restore after a crash differs from the source")
+	}
+	unmountAll(t, e, rm, m)
+	e.noLeaks()
+}
