@@ -3,7 +3,7 @@ GO ?= go
 GOFLAGS ?=
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build demo test unit sanity integration bench deps vet clean
+.PHONY: all build demo test unit sanity integration bench deps tools vet clean
 
 all: build
 
@@ -15,7 +15,7 @@ demo: deps
 	$(GO) run ./demo
 
 # Everything CI runs: vet, unit tests, csi-sanity, integration tests.
-test: deps vet
+test: deps tools vet
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit:
@@ -36,6 +36,10 @@ vet:
 # System packages a fresh Debian machine needs (idempotent, quiet).
 deps:
 	@bash hack/install-deps.sh
+
+# Test tools built from source into the git-ignored .tools/bin (cached).
+tools:
+	@bash hack/minio.sh >/dev/null
 
 clean:
 	rm -rf bin _out
