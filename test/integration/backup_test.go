@@ -85,8 +85,20 @@ func fileTarget(t *testing.T) (string, []string) {
 	return "file://" + dir, []string{"--backup-target", "t1=file://" + dir}
 }
 
+// s3Target starts a MinIO server for the test and returns a target URL,
+// the driver flags and the driver environment (credentials).
+func s3Target(t *testing.T, params ...string) (*harness.MinIO, string, []string, []string) {
+	m, err := harness.StartMinIO(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	url := m.URL("cairn", params...)
+	return m, url, []string{"--backup-target", "t1=" + url}, m.Env()
+}
+
 func openRepo(t *testing.T, url string) *backup.Repo {
-	st, err := objstore.Open(context.Background(), url, objstore.Credentials{})
+	st, err := objstore.Open(context.Background(), url, objstore.Credentials{AccessKey: harness.MinIOAccessKey, SecretKey: harness.MinIOSecretKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,11 +110,20 @@ func openRepo(t *testing.T, url string) *backup.Repo {
 }
 
 // TestBackupRoundTrip backs a filesystem and a block volume up through
-// CSI, restores each into a new volume and compares byte for byte; then
-// deletes the backup.
+// CSI to a filesystem and to an S3 target, restores each into a new volume
+// and compares byte for byte; then deletes the backup.
 func TestBackupRoundTrip(t *testing.T) {
-	url, args := fileTarget(t)
-	e := newEnvArgs(t, "xfs", args)
+	t.Run("file", func(t *testing.T) {
+		url, args := fileTarget(t)
+		backupRoundTrip(t, url, newEnvArgs(t, "xfs", args))
+	})
+	t.Run("s3", func(t *testing.T) {
+		_, url, args, env := s3Target(t)
+		backupRoundTrip(t, url, newEnvArgs(t, "xfs", args, env...))
+	})
+}
+
+func backupRoundTrip(t *testing.T, url string, e *env) {
 	for _, block := range []bool{false, true} {
 		name := map[bool]string{false: "fs", true: "block"}[block]
 		t.Run(name, func(t *testing.T) {
@@ -214,6 +235,48 @@ func TestBackupSurvivesKill(t *testing.T) {
 	rm := must[*harness.Mounted](t)(e.d.Mount(e.ctx, r.GetVolumeId(), e.mnt, true, ""))
 	if !bytes.Equal(readDevice(t, rm.Target, 512*mib), want) {
 		t.Error("restore after a crash differs from the source")
+	}
+	unmountAll(t, e, rm, m)
+	e.noLeaks()
+}
+
+// TestBackupS3Outage stops MinIO in the middle of a backup: the backup
+// reports the error while it retries, and completes once MinIO is back.
+func TestBackupS3Outage(t *testing.T) {
+	minio, _, args, env := s3Target(t, "maxRetryTime=2s")
+	e := newEnvArgs(t, "xfs", args, env...)
+	v := must[*csipb.Volume](t)(e.d.CreateVolume(e.ctx, harness.VolumeSpec{Name: "src", Bytes: 1024 * mib, Block: true}))
+	m := must[*harness.Mounted](t)(e.d.Mount(e.ctx, v.GetVolumeId(), e.mnt, true, ""))
+	writeDevice(t, m.Target, 0, randomBytes(t, 600<<20))
+	want := readDevice(t, m.Target, 1024*mib)
+
+	req := &csipb.CreateSnapshotRequest{Name: "b", SourceVolumeId: v.GetVolumeId(), Parameters: backupParams}
+	first := must[*csipb.CreateSnapshotResponse](t)(e.d.Controller().CreateSnapshot(e.ctx, req))
+	if first.GetSnapshot().GetReadyToUse() {
+		t.Fatal("a 600 MiB backup was ready at once; the outage would not hit it")
+	}
+	minio.Kill()
+	deadline := time.Now().Add(time.Minute)
+	var reported error
+	for reported == nil && time.Now().Before(deadline) {
+		_, err := e.d.Controller().CreateSnapshot(e.ctx, req)
+		if status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "retrying") {
+			reported = err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if reported == nil {
+		t.Fatal("the outage was never reported by CreateSnapshot")
+	}
+	t.Logf("reported during the outage: %v", reported)
+	if err := minio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	snap := e.waitBackup("b", v.GetVolumeId(), 3*time.Minute)
+	r := e.createVolumeRetrying(harness.VolumeSpec{Name: "restore", Bytes: 1024 * mib, Block: true, FromSnapshot: snap.GetSnapshotId()}, 2*time.Minute)
+	rm := must[*harness.Mounted](t)(e.d.Mount(e.ctx, r.GetVolumeId(), e.mnt, true, ""))
+	if !bytes.Equal(readDevice(t, rm.Target, 1024*mib), want) {
+		t.Error("restore after the outage differs from the source")
 	}
 	unmountAll(t, e, rm, m)
 	e.noLeaks()
