@@ -244,19 +244,22 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 		}
 		return &csipb.CreateSnapshotResponse{Snapshot: csiBackup(info)}, nil
 	}
+	if !topologyAllows(req.GetAccessibilityRequirements(), TopologyKey, c.s.opts.NodeID) {
+		return nil, status.Errorf(codes.ResourceExhausted, "accessibility_requirements: a local snapshot lives on node %q, which the requirements exclude (use type: backup for a snapshot usable anywhere)", c.s.opts.NodeID)
+	}
 	snap, err := c.s.engine.CreateSnapshot(ctx, req.GetName(), req.GetSourceVolumeId(), req.GetParameters())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csipb.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+	return &csipb.CreateSnapshotResponse{Snapshot: c.s.csiSnapshot(snap)}, nil
 }
 
-func csiSnapshot(s *engine.Snapshot) *csipb.Snapshot {
+func (s *Services) csiSnapshot(snap *engine.Snapshot) *csipb.Snapshot {
 	return &csipb.Snapshot{
-		SnapshotId:     s.ID,
-		SourceVolumeId: s.SourceVolumeID,
-		SizeBytes:      s.SizeBytes,
-		CreationTime:   timestamppb.New(s.CreatedAt),
+		SnapshotId:     snap.ID,
+		SourceVolumeId: snap.SourceVolumeID,
+		SizeBytes:      snap.SizeBytes,
+		CreationTime:   timestamppb.New(snap.CreatedAt),
 		ReadyToUse:     true,
 	}
 }
@@ -301,7 +304,7 @@ func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSna
 			return nil, toStatus(err)
 		}
 		for _, s := range all {
-			snaps = append(snaps, csiSnapshot(s))
+			snaps = append(snaps, c.s.csiSnapshot(s))
 		}
 		backups, err := c.s.engine.ListBackups(ctx)
 		if err != nil {
@@ -352,7 +355,7 @@ func (c *controllerServer) getSnapshot(ctx context.Context, id string) (*csipb.S
 	if err != nil {
 		return nil, err
 	}
-	return csiSnapshot(s), nil
+	return c.s.csiSnapshot(s), nil
 }
 
 func (c *controllerServer) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
