@@ -27,8 +27,11 @@ sanity:
 integration:
 	$(GO) test -count=1 -v ./test/integration/
 
-bench: deps
+# Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
+# latency, then backups.
+bench: deps tools
 	$(GO) run ./bench
+	$(GO) run ./bench/backup
 
 vet:
 	$(GO) vet ./...

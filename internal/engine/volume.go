@@ -185,10 +185,22 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 		Parameters:    paramsCopy,
 		CreatedAt:     time.Now().UTC(),
 	}
+	// A reflinked copy shares what its source has allocated, so only the
+	// rest of its size must fit.
+	need := size
+	if e.reflink && (srcVol != nil || srcPath != "") {
+		from := srcPath
+		if srcVol != nil {
+			from = e.volumeData(srcVol.ID)
+		}
+		if alloc, err := fsops.AllocatedBytes(from); err == nil {
+			need = max(0, size-alloc)
+		}
+	}
 	start := time.Now()
 	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {
 		data := filepath.Join(dir, dataFile)
-		err := e.allocate(size, func() error {
+		err := e.allocate(need, func() error {
 			switch {
 			case srcVol != nil:
 				return e.copyConsistent(ctx, srcVol, data)

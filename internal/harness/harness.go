@@ -77,6 +77,10 @@ func (d *Driver) Start(ctx context.Context) error {
 	d.cmd = exec.Command(d.Bin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.Env = append(os.Environ(), d.Env...)
+	// Its own process group: a Ctrl-C meant for the test or demo must not
+	// kill the driver (or its mkfs and umount children) half-way; the
+	// harness stops it in order.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
 		logf.Close()
 		return err

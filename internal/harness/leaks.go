@@ -78,3 +78,17 @@ func UnmountAll(dir string) {
 		unix.Unmount(mps[i], unix.MNT_DETACH)
 	}
 }
+
+// DetachLoops detaches every loop device backed by a file under dataRoot,
+// for test clean-up after a failure left volumes staged.
+func DetachLoops(dataRoot string) {
+	devs, err := loop.List()
+	if err != nil {
+		return
+	}
+	for _, d := range devs {
+		if strings.HasPrefix(d.BackingFile, dataRoot+"/") {
+			loop.Detach(d.Path)
+		}
+	}
+}

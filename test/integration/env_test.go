@@ -75,6 +75,7 @@ func newEnvArgs(t *testing.T, rootFs string, args []string, driverEnv ...string)
 			}
 		}
 		harness.UnmountAll(e.mnt)
+		harness.DetachLoops(fs.Mount)
 		fs.Close()
 		cancel()
 	})

@@ -53,7 +53,12 @@ func TestSanityChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { fs.Close() })
+	t.Cleanup(func() {
+		harness.UnmountAll(filepath.Join(dir, "target"))
+		harness.UnmountAll(filepath.Join(dir, "staging"))
+		harness.DetachLoops(fs.Mount)
+		fs.Close()
+	})
 	bin, err := harness.Build(dir)
 	if err != nil {
 		t.Fatal(err)
