@@ -321,7 +321,30 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 	}
 	klog.InfoS("Backup ready", "backup", j.handle().String(), "parent", m.Parent, "read", m.Stats.BytesRead, "uploaded", m.Stats.BytesUploaded)
 	e.pruneBases(ctx, j)
+	if _, err := e.loadVolume(j.VolumeID); isNotFound(err) {
+		e.dropBases(ctx, j.VolumeID) // no next backup of a deleted volume
+	}
 	return nil
+}
+
+// dropBases removes the local bases of a volume's completed backups, once
+// the volume is gone and no incremental backup can follow. The backups in
+// the targets stay.
+func (e *Engine) dropBases(ctx context.Context, volumeID string) {
+	jobs, _ := e.listJobs()
+	for _, o := range jobs {
+		if o.VolumeID != volumeID || o.State != jobDone {
+			continue
+		}
+		unlock, err := e.locks.lock(ctx, o.BackupID)
+		if err != nil {
+			return
+		}
+		if err := e.removeObject(backupsDir, o.BackupID); err != nil {
+			klog.ErrorS(err, "Removing backup base of a deleted volume", "backup", o.BackupID)
+		}
+		unlock()
+	}
 }
 
 // latestBase returns the manifest of the newest completed backup of the

@@ -148,6 +148,9 @@ func (e *Engine) CloneMode() CloneMode {
 
 // Health checks that the data root is present and writable.
 func (e *Engine) Health() error {
+	if _, err := os.Stat(filepath.Join(e.root, rootMetaFile)); err != nil {
+		return fmt.Errorf("data root %s is not initialised or not mounted (%s missing): %w", e.root, rootMetaFile, err)
+	}
 	probe := filepath.Join(e.root, tmpDir, ".health-"+strconv.Itoa(os.Getpid()))
 	f, err := os.OpenFile(probe, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {

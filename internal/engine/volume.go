@@ -334,6 +334,7 @@ func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 	if err := e.removeObject(volumesDir, id); err != nil {
 		return fmt.Errorf("delete volume %s: %w", id, err)
 	}
+	e.dropBases(ctx, id)
 	klog.InfoS("Volume deleted", "volumeID", id, "name", m.Name)
 	return nil
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -198,6 +199,17 @@ func TestBackupIncrementalAndDR(t *testing.T) {
 	}
 	unmountAll(t, dr, rm)
 	unmountAll(t, e, m)
+	// The local base of the latest backup goes with its volume; the
+	// backups stay in the target.
+	if _, err := e.d.Controller().DeleteVolume(e.ctx, &csipb.DeleteVolumeRequest{VolumeId: v.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.fs.Mount, "backups")); len(ents) != 0 {
+		t.Errorf("%d backup bases left on the data root after the volume was deleted", len(ents))
+	}
+	if refs, err := openRepo(t, url).List(e.ctx, ""); err != nil || len(refs) != 2 {
+		t.Errorf("backups in the target after the volume was deleted: %v, %v", refs, err)
+	}
 	dr.noLeaks()
 	e.noLeaks()
 }
