@@ -143,18 +143,29 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		errOnce.Do(func() { firstErr = err; cancel() })
 	}
 
-	blobs := make(chan blob, 8)
+	workers := runtime.GOMAXPROCS(0)
+	const blobQueue, uploaders = 8, 2
+	// Buffers circulate instead of being allocated per block and pack.
+	blobBufs := newBufferPool(workers+blobQueue+1, blobCap(bs))
+	packBufs := make(chan *bytes.Buffer, uploaders+1)
+	for i := 0; i < cap(packBufs); i++ {
+		packBufs <- bytes.NewBuffer(make([]byte, 0, packTarget+2*blobCap(bs)+1<<20))
+	}
+	blobs := make(chan blob, blobQueue)
 	uploads := make(chan upload, 1)
-	var uploaders sync.WaitGroup
-	for i := 0; i < 2; i++ {
-		uploaders.Add(1)
+	var uploaderWG sync.WaitGroup
+	for i := 0; i < uploaders; i++ {
+		uploaderWG.Add(1)
 		go func() {
-			defer uploaders.Done()
+			defer uploaderWG.Done()
 			for u := range uploads {
 				if ctx.Err() != nil {
+					packBufs <- u.buf
 					continue
 				}
-				if err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data))); err != nil {
+				err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data)))
+				packBufs <- u.buf
+				if err != nil {
 					fail(fmt.Errorf("upload pack %s: %w", u.id, err))
 					continue
 				}
@@ -173,20 +184,31 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	go func() {
 		defer close(packerDone)
 		defer close(uploads)
-		var pb packBuilder
+		var pb *packBuilder
 		flush := func() {
-			if len(pb.index) == 0 {
+			if pb == nil || len(pb.index) == 0 {
 				return
 			}
 			id, data, index := pb.finish()
 			select {
-			case uploads <- upload{id: id, data: data, index: index}:
+			case uploads <- upload{id: id, data: data, index: index, buf: pb.buf}:
 			case <-ctx.Done():
+				packBufs <- pb.buf
 			}
-			pb = packBuilder{}
+			pb = nil
 		}
 		for b := range blobs {
+			if pb == nil {
+				select {
+				case buf := <-packBufs:
+					pb = newPackBuilder(buf)
+				case <-ctx.Done():
+					blobBufs.put(b.data)
+					continue
+				}
+			}
 			pb.add(b.hash, b.data, b.rawLen, b.comp)
+			blobBufs.put(b.data)
 			if pb.size() >= packTarget {
 				flush()
 			}
@@ -197,7 +219,6 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	}()
 
 	work := make(chan int64, 16)
-	workers := runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup
 	zero := make([]byte, bs)
 	for w := 0; w < workers; w++ {
@@ -238,11 +259,12 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 					nDedup.Add(1)
 					continue
 				}
-				data, comp := encodeBlock(b)
+				data, comp := encodeBlock(b, blobBufs.get())
 				nNew.Add(1)
 				select {
 				case blobs <- blob{hash: h, data: data, rawLen: length, comp: comp}:
 				case <-ctx.Done():
+					blobBufs.put(data)
 				}
 			}
 		}()
@@ -261,6 +283,8 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 				entries = append(entries, Entry{Offset: e.Offset, Hash: e.Hash})
 				entriesMu.Unlock()
 				reused++
+			} else {
+				nSkip.Add(1) // a hole or zero block in the parent too
 			}
 			done.Add(min(bs, size-int64(n)*bs))
 		default:
@@ -275,7 +299,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	wg.Wait()
 	close(blobs)
 	<-packerDone
-	uploaders.Wait()
+	uploaderWG.Wait()
 	if firstErr != nil {
 		return nil, firstErr
 	}
@@ -344,6 +368,7 @@ type upload struct {
 	id    string
 	data  []byte
 	index []packIndexEntry
+	buf   *bytes.Buffer // returned to the pool once uploaded
 }
 
 // plan decides, block by block, whether to skip, read or reuse.

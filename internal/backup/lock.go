@@ -32,6 +32,7 @@ type backupLock struct {
 	id    string
 	mu    sync.Mutex
 	packs []string
+	saved time.Time // last write of the lock
 	stop  chan struct{}
 	done  chan struct{}
 }
@@ -72,6 +73,7 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*backupLock, e
 func (l *backupLock) write(ctx context.Context) error {
 	l.mu.Lock()
 	info := lockInfo{Kind: "backup", ID: l.id, Heartbeat: time.Now().UTC(), Packs: append([]string(nil), l.packs...)}
+	l.saved = info.Heartbeat
 	l.mu.Unlock()
 	if err := l.r.putJSON(ctx, lockKey(l.id), &info); err != nil {
 		return fmt.Errorf("write backup lock %s: %w", l.id, err)
@@ -97,12 +99,22 @@ func (l *backupLock) heartbeat() {
 	}
 }
 
-// addPack records an uploaded pack in the lock before any manifest refers
-// to it.
+// packSaveEvery bounds how often the lock is rewritten as packs are
+// uploaded: a crash forgets at most this much upload, whose packs GC
+// reclaims later.
+var packSaveEvery = 5 * time.Second
+
+// addPack records an uploaded pack in the lock (persisted at most every
+// packSaveEvery, and when the backup stops) before any manifest refers to
+// it.
 func (l *backupLock) addPack(ctx context.Context, id string) error {
 	l.mu.Lock()
 	l.packs = append(l.packs, id)
+	due := time.Since(l.saved) >= packSaveEvery
 	l.mu.Unlock()
+	if !due {
+		return nil
+	}
 	// The pack is stored: record it even if the backup is being cancelled.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()

@@ -23,10 +23,17 @@ type packIndexEntry struct {
 	Comp      string `json:"c"`
 }
 
-// packBuilder accumulates blobs into one pack object.
+// packBuilder accumulates blobs into one pack object, in a buffer it is
+// given (so that pack buffers are reused, not allocated per pack: fresh
+// memory is expensive on some virtual machines).
 type packBuilder struct {
-	buf   bytes.Buffer
+	buf   *bytes.Buffer
 	index []packIndexEntry
+}
+
+func newPackBuilder(buf *bytes.Buffer) *packBuilder {
+	buf.Reset()
+	return &packBuilder{buf: buf}
 }
 
 func (p *packBuilder) add(hash string, blob []byte, rawLen int64, comp string) {
@@ -35,6 +42,25 @@ func (p *packBuilder) add(hash string, blob []byte, rawLen int64, comp string) {
 }
 
 func (p *packBuilder) size() int { return p.buf.Len() }
+
+// bufferPool is a fixed free list of byte buffers. Unlike sync.Pool it
+// keeps its buffers across garbage collections.
+type bufferPool chan []byte
+
+func newBufferPool(n, capacity int) bufferPool {
+	p := make(bufferPool, n)
+	for i := 0; i < n; i++ {
+		p <- make([]byte, 0, capacity)
+	}
+	return p
+}
+
+func (p bufferPool) get() []byte  { return (<-p)[:0] }
+func (p bufferPool) put(b []byte) { p <- b }
+
+// blobCap bounds a stored block: zstd's worst case for an incompressible
+// block is a little over its size.
+func blobCap(blockSize int64) int { return int(blockSize + blockSize/128 + 4096) }
 
 // finish appends the index and trailer and returns the pack's ID (the
 // BLAKE3 of the whole object) and bytes.
@@ -83,12 +109,20 @@ func (r *Repo) readPackIndex(ctx context.Context, id string) ([]packIndexEntry, 
 }
 
 func (r *Repo) readRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	return r.readRangeInto(ctx, key, off, n, nil)
+}
+
+// readRangeInto reads [off, off+n) of an object into buf (grown if small).
+func (r *Repo) readRangeInto(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
 	rc, err := r.store.GetRange(ctx, key, off, n)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	b := make([]byte, n)
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	b := buf[:n]
 	if _, err := io.ReadFull(rc, b); err != nil {
 		return nil, fmt.Errorf("read %s [%d,+%d): %w", key, off, n, err)
 	}
@@ -106,13 +140,14 @@ var (
 	}}
 )
 
-// encodeBlock compresses raw, or keeps it raw if that is not smaller.
-func encodeBlock(raw []byte) ([]byte, string) {
+// encodeBlock compresses raw into dst (reused), or keeps it raw if that is
+// not smaller.
+func encodeBlock(raw, dst []byte) ([]byte, string) {
 	enc := encoderPool.Get().(*zstd.Encoder)
-	out := enc.EncodeAll(raw, make([]byte, 0, len(raw)/2))
+	out := enc.EncodeAll(raw, dst[:0])
 	encoderPool.Put(enc)
 	if len(out) >= len(raw) {
-		return append([]byte(nil), raw...), compNone
+		return append(out[:0], raw...), compNone
 	}
 	return out, compZstd
 }
@@ -147,7 +182,7 @@ func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst 
 // PrepareBlock does to one raw block what a backup does before packing it:
 // hash it and compress it. Benchmarks use it to measure the CPU cost.
 func PrepareBlock(raw []byte) (hash string, stored []byte, comp string) {
-	stored, comp = encodeBlock(raw)
+	stored, comp = encodeBlock(raw, make([]byte, 0, blobCap(int64(len(raw)))))
 	return hashBlock(raw), stored, comp
 }
 

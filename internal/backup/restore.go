@@ -18,9 +18,10 @@ func blockError(m *Manifest, e Entry, err error) error {
 		ErrCorrupt, m.ID, m.VolumeID, e.Offset, e.Hash[:16], e.Pack, e.Loc.Offset, err)
 }
 
-// fetchBlock reads one stored block and verifies it.
-func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, buf []byte) ([]byte, error) {
-	stored, err := r.readRange(ctx, packKey(e.Pack), e.Loc.Offset, e.Length)
+// fetchBlock reads one stored block into storedBuf and verifies it,
+// decompressing into buf; both buffers are reused when large enough.
+func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, buf []byte) ([]byte, error) {
+	stored, err := r.readRangeInto(ctx, packKey(e.Pack), e.Loc.Offset, e.Length, storedBuf)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -71,15 +72,13 @@ func (r *Repo) Restore(ctx context.Context, m *Manifest, dst string, progress fu
 			}
 		}()
 	}
-	bufs := make(chan []byte, r.Concurrency)
-	for i := 0; i < r.Concurrency; i++ {
-		bufs <- make([]byte, 0, m.BlockSize)
-	}
+	bufs := newBufferPool(r.Concurrency, int(m.BlockSize))
+	storedBufs := newBufferPool(r.Concurrency, blobCap(m.BlockSize))
 	err = parallel(ctx, r.Concurrency, len(m.Blocks), func(i int) error {
 		e := m.Blocks[i]
-		buf := <-bufs
-		defer func() { bufs <- buf }()
-		raw, err := r.fetchBlock(ctx, m, e, buf)
+		buf, storedBuf := bufs.get(), storedBufs.get()
+		defer func() { bufs.put(buf); storedBufs.put(storedBuf) }()
+		raw, err := r.fetchBlock(ctx, m, e, storedBuf, buf)
 		if err != nil {
 			return err
 		}

@@ -82,7 +82,7 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 	)
 	err := parallel(ctx, r.Concurrency, len(keys), func(i int) error {
 		u := uses[keys[i]]
-		_, err := r.fetchBlock(ctx, u[0].m, u[0].e, make([]byte, 0, u[0].e.RawLength))
+		_, err := r.fetchBlock(ctx, u[0].m, u[0].e, nil, make([]byte, 0, u[0].e.RawLength))
 		done.Add(u[0].e.RawLength)
 		if progress != nil {
 			progress(Progress{BytesDone: done.Load(), BytesTotal: total})
