@@ -63,7 +63,9 @@ func (p bufferPool) put(b []byte) { p <- b }
 func blobCap(blockSize int64) int { return int(blockSize + blockSize/128 + 4096) }
 
 // finish appends the index and trailer and returns the pack's ID (the
-// BLAKE3 of the whole object) and bytes.
+// BLAKE3 of its index, which lists every blob's hash, offset and length:
+// hashing the blobs' bytes a second time would cost as much again) and
+// bytes.
 func (p *packBuilder) finish() (string, []byte, []packIndexEntry) {
 	idx, _ := json.Marshal(p.index)
 	p.buf.Write(idx)
@@ -71,9 +73,8 @@ func (p *packBuilder) finish() (string, []byte, []packIndexEntry) {
 	binary.LittleEndian.PutUint32(n[:], uint32(len(idx)))
 	p.buf.Write(n[:])
 	p.buf.WriteString(packMagic)
-	data := p.buf.Bytes()
-	sum := blake3.Sum256(data)
-	return hex.EncodeToString(sum[:]), data, p.index
+	sum := blake3.Sum256(idx)
+	return hex.EncodeToString(sum[:]), p.buf.Bytes(), p.index
 }
 
 // readPackIndex reads a pack's trailing index with two range reads.
