@@ -328,23 +328,9 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 }
 
 // dropBases removes the local bases of a volume's completed backups, once
-// the volume is gone and no incremental backup can follow. The backups in
-// the targets stay.
+// the volume is gone and no incremental backup can follow.
 func (e *Engine) dropBases(ctx context.Context, volumeID string) {
-	jobs, _ := e.listJobs()
-	for _, o := range jobs {
-		if o.VolumeID != volumeID || o.State != jobDone {
-			continue
-		}
-		unlock, err := e.locks.lock(ctx, o.BackupID)
-		if err != nil {
-			return
-		}
-		if err := e.removeObject(backupsDir, o.BackupID); err != nil {
-			klog.ErrorS(err, "Removing backup base of a deleted volume", "backup", o.BackupID)
-		}
-		unlock()
-	}
+	e.removeBases(ctx, "backup base of a deleted volume", func(o *backupJob) bool { return o.VolumeID == volumeID })
 }
 
 // latestBase returns the manifest of the newest completed backup of the
@@ -373,9 +359,17 @@ func (e *Engine) latestBase(ctx context.Context, j *backupJob, repo *backup.Repo
 // pruneBases removes the local snapshots of older completed backups of the
 // volume: only the newest is needed as the next incremental's base.
 func (e *Engine) pruneBases(ctx context.Context, j *backupJob) {
+	e.removeBases(ctx, "old backup base", func(o *backupJob) bool {
+		return o.BackupID != j.BackupID && o.VolumeID == j.VolumeID && o.Target == j.Target && o.CreatedAt.Before(j.CreatedAt)
+	})
+}
+
+// removeBases removes the local snapshots of the completed backups that
+// match, each under its backup's lock. The backups in the targets stay.
+func (e *Engine) removeBases(ctx context.Context, what string, match func(*backupJob) bool) {
 	jobs, _ := e.listJobs()
 	for _, o := range jobs {
-		if o.BackupID == j.BackupID || o.State != jobDone || o.VolumeID != j.VolumeID || o.Target != j.Target || !o.CreatedAt.Before(j.CreatedAt) {
+		if o.State != jobDone || !match(o) {
 			continue
 		}
 		unlock, err := e.locks.lock(ctx, o.BackupID)
@@ -383,7 +377,7 @@ func (e *Engine) pruneBases(ctx context.Context, j *backupJob) {
 			return
 		}
 		if err := e.removeObject(backupsDir, o.BackupID); err != nil {
-			klog.ErrorS(err, "Removing old backup base", "backup", o.BackupID)
+			klog.ErrorS(err, "Removing "+what, "backup", o.BackupID)
 		}
 		unlock()
 	}
