@@ -10,6 +10,7 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/harness"
 )
 
@@ -65,7 +66,7 @@ func (b *bench) dataPath(ctx context.Context) (err error) {
 	targets := []struct{ name, path string }{{"baseline", baseline}, {"cairn", m.Target}}
 	labels := map[string]string{"baseline": "baseline file", "cairn": "Cairn block volume"}
 	for _, t := range targets {
-		logf("filling %s (%s, %d GiB) with 1M sequential writes", t.name, t.path, b.cfg.sizeGiB)
+		benchutil.Logf("filling %s (%s, %d GiB) with 1M sequential writes", t.name, t.path, b.cfg.sizeGiB)
 		r, err := b.fio(ctx, "fill-"+t.name, t.path, "write", "1m", size, 0)
 		if err != nil {
 			return err
@@ -94,7 +95,7 @@ func (b *bench) dataPath(ctx context.Context) (err error) {
 				if err != nil {
 					return err
 				}
-				logf("%-20s %-8s run %d: %9.0f IOPS %8.1f MiB/s", row.W.Name, t.name, rep+1, r.IOPS, r.MiBps())
+				benchutil.Logf("%-20s %-8s run %d: %9.0f IOPS %8.1f MiB/s", row.W.Name, t.name, rep+1, r.IOPS, r.MiBps())
 				if ti == 0 {
 					row.Baseline = append(row.Baseline, r)
 				} else {
@@ -158,7 +159,7 @@ func (b *bench) retry(call func(ctx context.Context) error) error {
 		if err == nil {
 			return nil
 		}
-		logf("clean-up: %v (attempt %d)", err, attempt+1)
+		benchutil.Logf("clean-up: %v (attempt %d)", err, attempt+1)
 	}
 	return err
 }
@@ -168,8 +169,8 @@ func (b *bench) ensureDriver(ctx context.Context) {
 	if !b.d.Exited(10 * time.Millisecond) {
 		return
 	}
-	logf("cairn standalone has exited; restarting it to clean up")
+	benchutil.Logf("cairn standalone has exited; restarting it to clean up")
 	if err := b.d.Start(ctx); err != nil {
-		logf("restart cairn standalone: %v", err)
+		benchutil.Logf("restart cairn standalone: %v", err)
 	}
 }

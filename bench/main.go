@@ -19,8 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/scratchfs"
 )
@@ -71,10 +70,6 @@ func main() {
 	}
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
-
 func run(c config) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the benchmark needs root: it attaches loop devices and mounts file systems")
@@ -85,24 +80,11 @@ func run(c config) (err error) {
 	if c.repeat < 1 || c.reps < 1 || c.sizeGiB < 1 || c.smallGiB < 1 || c.largeGiB < c.smallGiB {
 		return errors.New("bad flags: -repeat, -reps, -size-gib, -small-gib must be >= 1 and -large-gib >= -small-gib")
 	}
-	if c.out == "" {
-		root, err := harness.ModuleRoot()
-		if err != nil {
-			return err
-		}
-		c.out = filepath.Join(root, "_out", "bench")
-	}
-	work := c.out
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	work, err := benchutil.WorkDir(c.out, "bench")
+	if err != nil {
 		return err
 	}
-	// A crashed earlier run may have left mounts under work; never delete
-	// through them.
-	if leaks, err := harness.Leaks(work, work); err != nil {
-		return err
-	} else if len(leaks) > 0 {
-		return fmt.Errorf("leftovers of an earlier run under %s, clean them up first:\n  %s", work, strings.Join(leaks, "\n  "))
-	}
+	c.out = work
 	for _, p := range []string{"mnt", "fio", "data-root"} {
 		if err := os.RemoveAll(filepath.Join(work, p)); err != nil {
 			return err
@@ -134,7 +116,7 @@ func run(c config) (err error) {
 	if !c.skipSnap {
 		need += c.largeGiB*gib/2 + c.smallGiB*gib
 	}
-	if free, err := freeBytes(c.imageDir); err != nil {
+	if free, err := benchutil.FreeBytes(c.imageDir); err != nil {
 		return err
 	} else if free < need {
 		return fmt.Errorf("%s has %.1f GiB free, the benchmark needs about %.1f GiB: lower -large-gib (now %d)",
@@ -154,7 +136,7 @@ func run(c config) (err error) {
 	info := machineInfo(c.imageDir)
 	res := &results{cfg: c, info: info, started: time.Now()}
 
-	logf("creating XFS data root (sparse %d GiB image %s)", imageSize/gib, image)
+	benchutil.Logf("creating XFS data root (sparse %d GiB image %s)", imageSize/gib, image)
 	fs, err := scratchfs.Create(image, filepath.Join(work, "data-root"), "xfs", imageSize)
 	if err != nil {
 		return err
@@ -181,7 +163,7 @@ func run(c config) (err error) {
 		}
 	}()
 
-	logf("building cairn")
+	benchutil.Logf("building cairn")
 	bin, err := harness.Build(work)
 	if err != nil {
 		return err
@@ -192,7 +174,7 @@ func run(c config) (err error) {
 	if err := d.Start(ctx); err != nil {
 		return err
 	}
-	logf("cairn standalone running, log: %s", d.Log)
+	benchutil.Logf("cairn standalone running, log: %s", d.Log)
 	defer func() {
 		if cerr := d.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("stop driver: %w", cerr))
@@ -228,18 +210,10 @@ type bench struct {
 	res  *results
 }
 
-func freeBytes(path string) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	return int64(st.Bavail) * st.Bsize, nil
-}
-
 // trim returns the blocks freed on the data root to the image file, so the
 // host disk gets the space of deleted volumes back.
 func (b *bench) trim() {
 	if out, err := exec.Command("fstrim", b.fs.Mount).CombinedOutput(); err != nil {
-		logf("fstrim %s: %v: %s (continuing)", b.fs.Mount, err, strings.TrimSpace(string(out)))
+		benchutil.Logf("fstrim %s: %v: %s (continuing)", b.fs.Mount, err, strings.TrimSpace(string(out)))
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 )
 
 // Targets from the benchmark issue.
@@ -57,8 +58,8 @@ func machineInfo(work string) [][2]string {
 	info := [][2]string{
 		{"Date", time.Now().UTC().Format("2006-01-02 15:04 MST")},
 		{"nproc", fmt.Sprint(runtime.NumCPU())},
-		{"CPU", procField("/proc/cpuinfo", "model name")},
-		{"Memory", procField("/proc/meminfo", "MemTotal")},
+		{"CPU", benchutil.ProcField("/proc/cpuinfo", "model name")},
+		{"Memory", benchutil.ProcField("/proc/meminfo", "MemTotal")},
 		{"Kernel", kernel},
 		{"fio", fioVersion()},
 		{"Go", runtime.Version()},
@@ -66,43 +67,8 @@ func machineInfo(work string) [][2]string {
 	if out, err := exec.Command("findmnt", "-n", "-f", "-o", "SOURCE,FSTYPE", "-T", work).Output(); err == nil {
 		info = append(info, [2]string{"Host file system of the image", strings.Join(strings.Fields(string(out)), " ")})
 	}
-	info = append(info, [2]string{"Load average at start", loadAvg()})
+	info = append(info, [2]string{"Load average at start", benchutil.LoadAvg()})
 	return info
-}
-
-func procField(path, key string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func yesNo(ok bool) string {
-	if ok {
-		return "yes"
-	}
-	return "**no**"
 }
 
 // markdown renders the summary.
@@ -115,7 +81,7 @@ func (r *results) markdown() string {
 	for _, kv := range r.info {
 		fmt.Fprintf(&b, "| %s | %s |\n", kv[0], kv[1])
 	}
-	fmt.Fprintf(&b, "| Load average at end | %s |\n", loadAvg())
+	fmt.Fprintf(&b, "| Load average at end | %s |\n", benchutil.LoadAvg())
 	fmt.Fprintf(&b, "\nData root: XFS (reflink=1) on a loop device over a sparse image in `%s`.\n", c.imageDir)
 
 	if len(r.data) > 0 {
@@ -144,7 +110,7 @@ func (r *results) markdown() string {
 				perQ = append(perQ, q)
 			}
 			fmt.Fprintf(&b, "| %s | %.0f | %.1f | %.0f | %.1f | %.3f | %s (%.2f) | %s |\n",
-				row.W.Name, bi, bm, ci, cm, ratio, strings.Join(per, ", "), median(perQ), yesNo(ratio >= dataRatioTarget))
+				row.W.Name, bi, bm, ci, cm, ratio, strings.Join(per, ", "), median(perQ), benchutil.YesNo(ratio >= dataRatioTarget))
 		}
 	}
 
@@ -172,9 +138,9 @@ func (r *results) markdown() string {
 				if len(small) > 0 && len(large) > 0 {
 					q := float64(median(large)) / float64(median(small))
 					ratio = fmt.Sprintf("%.2f", q)
-					meets = yesNo(q <= latencyRatioTarget && median(large) < latencyLimit && median(small) < latencyLimit)
+					meets = benchutil.YesNo(q <= latencyRatioTarget && median(large) < latencyLimit && median(small) < latencyLimit)
 				} else if len(small) > 0 {
-					meets = yesNo(median(small) < latencyLimit) + " (< 100 ms only)"
+					meets = benchutil.YesNo(median(small) < latencyLimit) + " (< 100 ms only)"
 				}
 				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", op, vol, spread(small), spread(large), ratio, meets)
 			}
@@ -188,8 +154,8 @@ func (r *results) markdown() string {
 		}
 	}
 	fmt.Fprintf(&b, "\n## Clean-up\n\n")
-	fmt.Fprintf(&b, "- Loop devices or mounts left after the driver stopped (harness.Leaks): %s\n", leakText(r.leaksAfterDriver))
-	fmt.Fprintf(&b, "- Left after the scratch file system was closed: %s\n", leakText(r.leaksAfterScratch))
+	fmt.Fprintf(&b, "- Loop devices or mounts left after the driver stopped (harness.Leaks): %s\n", benchutil.LeakText(r.leaksAfterDriver))
+	fmt.Fprintf(&b, "- Left after the scratch file system was closed: %s\n", benchutil.LeakText(r.leaksAfterScratch))
 	return b.String()
 }
 
@@ -210,13 +176,6 @@ func spread(ds []time.Duration) string {
 	return fmt.Sprintf("%.1f ms (%.1f–%.1f)", ms(median(ds)), ms(slices.Min(ds)), ms(slices.Max(ds)))
 }
 
-func leakText(l []string) string {
-	if len(l) == 0 {
-		return "none"
-	}
-	return strings.Join(l, "; ")
-}
-
 // write prints the summary and saves it to path.
 func (r *results) write(path string) error {
 	md := r.markdown()
@@ -224,6 +183,6 @@ func (r *results) write(path string) error {
 	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
 		return err
 	}
-	logf("results written to %s", path)
+	benchutil.Logf("results written to %s", path)
 	return nil
 }

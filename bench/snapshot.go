@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/harness"
 )
 
@@ -47,7 +48,7 @@ func (b *bench) snapshots(ctx context.Context) error {
 	sizes := []int64{b.cfg.smallGiB}
 	if b.cfg.fsLarge {
 		need := b.cfg.largeGiB*gib/2 + 2*gib
-		free, err := freeBytes(b.cfg.imageDir)
+		free, err := benchutil.FreeBytes(b.cfg.imageDir)
 		if err != nil {
 			return err
 		}
@@ -100,7 +101,7 @@ func (b *bench) createFilled(ctx context.Context, kind string, sizes []int64, bl
 		if !block {
 			file, what = filepath.Join(v.m.Target, "fill.dat"), fmt.Sprintf("%d GiB %s volume (one file)", g, fsType)
 		}
-		logf("%s: writing %d MiB into %s", what, size/2>>20, file)
+		benchutil.Logf("%s: writing %d MiB into %s", what, size/2>>20, file)
 		r, err := b.fio(ctx, fmt.Sprintf("fill-%s-%dg", kind, g), file, "write", "1m", size/2, 0)
 		if err != nil {
 			return vols, cleanup, err
@@ -145,7 +146,7 @@ func (b *bench) fsLatency(ctx context.Context, sizes []int64) (err error) {
 func settle() {
 	start := time.Now()
 	unix.Sync()
-	logf("sync after fill: %s", time.Since(start).Round(time.Millisecond))
+	benchutil.Logf("sync after fill: %s", time.Since(start).Round(time.Millisecond))
 }
 
 // measure times reps CreateSnapshot calls and reps clones of each volume,
@@ -193,7 +194,7 @@ func (b *bench) measure(ctx context.Context, state string, vols []*latVolume, bl
 		}
 	}
 	for _, v := range vols {
-		logf("%d GiB, %s: CreateSnapshot median %s, clone median %s", v.g, state,
+		benchutil.Logf("%d GiB, %s: CreateSnapshot median %s, clone median %s", v.g, state,
 			fmtMs(median(b.res.latency[latencyKey{"CreateSnapshot", state, v.g}])),
 			fmtMs(median(b.res.latency[latencyKey{"CreateVolume (clone)", state, v.g}])))
 	}

@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/harness"
@@ -78,10 +79,6 @@ func main() {
 	}
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
-
 // target is one backup target.
 type target struct {
 	key   string // short name used in file and backup names
@@ -103,7 +100,7 @@ type bench struct {
 
 // phase logs the start of a step and notes any other benchmark running.
 func (b *bench) phase(format string, args ...any) {
-	logf(format, args...)
+	benchutil.Logf(format, args...)
 	for _, p := range otherBenchmarks() {
 		b.res.busySeen[p] = true
 	}
@@ -116,23 +113,11 @@ func run(c config) (err error) {
 	if c.fullGiB < 1 || c.incGiB < 1 || c.prepareMiB < 4 || c.prepareReps < 1 || c.changePct <= 0 || c.changePct > 100 {
 		return errors.New("bad flags: -full-gib, -incremental-gib, -prepare-reps must be >= 1, -prepare-mib >= 4, 0 < -change-percent <= 100")
 	}
-	if c.out == "" {
-		root, err := harness.ModuleRoot()
-		if err != nil {
-			return err
-		}
-		c.out = filepath.Join(root, "_out", "bench-backup")
-	}
-	work := c.out
-	if err := os.MkdirAll(work, 0o755); err != nil {
+	work, err := benchutil.WorkDir(c.out, "bench-backup")
+	if err != nil {
 		return err
 	}
-	// A crashed earlier run may have left its mount: never delete through it.
-	if leaks, err := harness.Leaks(work, work); err != nil {
-		return err
-	} else if len(leaks) > 0 {
-		return fmt.Errorf("leftovers of an earlier run under %s, clean them up first:\n  %s", work, strings.Join(leaks, "\n  "))
-	}
+	c.out = work
 	for _, p := range []string{"data-root", "data-root.img", "minio", "fs-target"} {
 		if err := os.RemoveAll(filepath.Join(work, p)); err != nil {
 			return err
@@ -145,7 +130,7 @@ func run(c config) (err error) {
 	// compress). Deleted files are trimmed out of the image.
 	needFull := 4*c.fullGiB*gib + 2*gib
 	needInc := 2*c.incGiB*gib + c.incGiB*gib/20 + 2*gib
-	free, err := freeBytes(work)
+	free, err := benchutil.FreeBytes(work)
 	if err != nil {
 		return err
 	}
@@ -164,14 +149,14 @@ func run(c config) (err error) {
 		return err
 	}
 	if len(busy) > 0 {
-		logf("other benchmarks still running after %s, measuring anyway: %s", waited.Round(time.Second), strings.Join(busy, "; "))
+		benchutil.Logf("other benchmarks still running after %s, measuring anyway: %s", waited.Round(time.Second), strings.Join(busy, "; "))
 	}
 	res.started = time.Now()
 	res.info = machineInfo(work)
 
 	imageSize := 3*c.fullGiB*gib + 2*c.incGiB*gib + 16*gib
 	image := filepath.Join(work, "data-root.img")
-	logf("creating XFS data root (sparse %d GiB image %s)", imageSize/gib, image)
+	benchutil.Logf("creating XFS data root (sparse %d GiB image %s)", imageSize/gib, image)
 	sfs, err := scratchfs.Create(image, filepath.Join(work, "data-root"), "xfs", imageSize)
 	if err != nil {
 		return err
@@ -209,7 +194,7 @@ func run(c config) (err error) {
 				}
 			}
 		}
-		res.loadAtEnd = loadAvg()
+		res.loadAtEnd = benchutil.LoadAvg()
 		res.finished = time.Now()
 		res.err = err
 		if werr := res.write(filepath.Join(work, "results.md")); werr != nil {
@@ -226,7 +211,7 @@ func run(c config) (err error) {
 	b.phase("hash+compress baseline: backup.PrepareBlock over %d MiB of random 4 MiB blocks, %d workers, %d passes",
 		c.prepareMiB, runtime.GOMAXPROCS(0), c.prepareReps)
 	res.prepare = prepareRates(c.prepareMiB*mib, c.prepareReps, c.seed)
-	logf("  %.0f MiB/s (passes: %s)", median(res.prepare), fmtRates(res.prepare))
+	benchutil.Logf("  %.0f MiB/s (passes: %s)", median(res.prepare), fmtRates(res.prepare))
 	runtime.GC()
 
 	if err := b.fullPhase(); err != nil {
@@ -286,11 +271,11 @@ func (b *bench) fullPhase() error {
 		return err
 	}
 	res.genRate = mibps(size, d)
-	logf("  %.0f MiB/s (generate + write + fsync)", res.genRate)
+	benchutil.Logf("  %.0f MiB/s (generate + write + fsync)", res.genRate)
 	if err := fsops.Reflink(vol, snap); err != nil {
 		return err
 	}
-	logf("hashing the snapshot (SHA-256, for the restore check)")
+	benchutil.Logf("hashing the snapshot (SHA-256, for the restore check)")
 	srcHash, err := hashFile(snap)
 	if err != nil {
 		return err
@@ -313,7 +298,7 @@ func (b *bench) fullPhase() error {
 			return fmt.Errorf("read %d bytes of %s, want %d", n, snap, size)
 		}
 		row.rawRead = d
-		logf("  %.0f MiB/s", mibps(size, d))
+		benchutil.Logf("  %.0f MiB/s", mibps(size, d))
 
 		b.phase("[%s] full backup of the %d GiB snapshot (page cache dropped)", t.name, c.fullGiB)
 		if err := dropCaches(); err != nil {
@@ -329,14 +314,14 @@ func (b *bench) fullPhase() error {
 		row.stats = m.Stats
 		row.storedBytes = m.StoredBytes()
 		manifests[t.key] = m
-		logf("  %.0f MiB/s (%s)", mibps(size, row.backup), row.backup.Round(time.Millisecond))
+		benchutil.Logf("  %.0f MiB/s (%s)", mibps(size, row.backup), row.backup.Round(time.Millisecond))
 
 		row.objects, row.packs, row.listBytes, err = countObjects(b.ctx, t.store)
 		if err != nil {
 			return err
 		}
 		row.diskFiles, row.diskBytes = diskUsage(t.dir)
-		logf("  %d objects (%d packs), %.1f MiB listed, %.1f MiB on disk in %d files",
+		benchutil.Logf("  %d objects (%d packs), %.1f MiB listed, %.1f MiB on disk in %d files",
 			row.objects, row.packs, float64(row.listBytes)/float64(mib), float64(row.diskBytes)/float64(mib), row.diskFiles)
 	}
 
@@ -357,7 +342,7 @@ func (b *bench) fullPhase() error {
 			return err
 		}
 		row.rawWrite = d
-		logf("  %.0f MiB/s", mibps(size, d))
+		benchutil.Logf("  %.0f MiB/s", mibps(size, d))
 		if err := os.Remove(raw); err != nil {
 			return err
 		}
@@ -378,7 +363,7 @@ func (b *bench) fullPhase() error {
 			return fmt.Errorf("restore from %s: %w", t.name, err)
 		}
 		row.restore = time.Since(start)
-		logf("  %.0f MiB/s (%s)", mibps(size, row.restore), row.restore.Round(time.Millisecond))
+		benchutil.Logf("  %.0f MiB/s (%s)", mibps(size, row.restore), row.restore.Round(time.Millisecond))
 		got, err := hashFile(out)
 		if err != nil {
 			return err
@@ -387,7 +372,7 @@ func (b *bench) fullPhase() error {
 		if !row.restoreOK {
 			res.notes = append(res.notes, fmt.Sprintf("**Restore from %s is NOT byte-identical to the snapshot** (SHA-256 %s, want %s).", t.name, got, srcHash))
 		}
-		logf("  restored content identical: %v", row.restoreOK)
+		benchutil.Logf("  restored content identical: %v", row.restoreOK)
 		if err := os.Remove(out); err != nil {
 			return err
 		}
@@ -447,7 +432,7 @@ func (b *bench) incrementalPhase() error {
 	if err != nil {
 		return err
 	}
-	logf("  %.0f MiB/s (generate + write + fsync)", mibps(size, d))
+	benchutil.Logf("  %.0f MiB/s (generate + write + fsync)", mibps(size, d))
 	if err := fsops.Reflink(vol, s1); err != nil {
 		return err
 	}
@@ -464,7 +449,7 @@ func (b *bench) incrementalPhase() error {
 	}
 	row.tFull = time.Since(start)
 	row.full = m1.Stats
-	logf("  %s (%.0f MiB/s)", row.tFull.Round(time.Millisecond), mibps(size, row.tFull))
+	benchutil.Logf("  %s (%.0f MiB/s)", row.tFull.Round(time.Millisecond), mibps(size, row.tFull))
 
 	// Change changePct of the volume: distinct random 1 MiB-aligned 1 MiB
 	// writes spread over the whole volume.
@@ -511,19 +496,19 @@ func (b *bench) incrementalPhase() error {
 	}
 	row.tInc = time.Since(start)
 	row.inc = m2.Stats
-	logf("  %s; read %.0f MiB, %d blocks new, %d reused, %d deduplicated",
+	benchutil.Logf("  %s; read %.0f MiB, %d blocks new, %d reused, %d deduplicated",
 		row.tInc.Round(time.Millisecond), float64(m2.Stats.BytesRead)/float64(mib), m2.Stats.BlocksNew, m2.Stats.BlocksReused, m2.Stats.BlocksDeduped)
 	if row.objects, _, row.listBytes, err = countObjects(b.ctx, t.store); err != nil {
 		return err
 	}
 
-	logf("checking the incremental manifest against s2 and the parent")
+	benchutil.Logf("checking the incremental manifest against s2 and the parent")
 	row.check = "ok"
 	if err := checkIncremental(m1, m2, s2, touched); err != nil {
 		row.check = err.Error()
 		res.notes = append(res.notes, "**Incremental manifest check failed**: "+err.Error())
 	}
-	logf("  %s", row.check)
+	benchutil.Logf("  %s", row.check)
 
 	b.phase("removing the incremental volume, its snapshots and the target")
 	for _, p := range []string{vol, s1, s2} {

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/backup"
 )
 
@@ -263,20 +264,12 @@ func diskUsage(dir string) (files int, bytes int64) {
 	return files, bytes
 }
 
-func freeBytes(path string) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	return int64(st.Bavail) * st.Bsize, nil
-}
-
 // trim returns blocks freed on the data root to the image file, so the
 // host disk gets deleted files' space back and later writes find the
 // image as the first ones did (unallocated).
 func trim(mount string) {
 	if out, err := exec.Command("fstrim", mount).CombinedOutput(); err != nil {
-		logf("fstrim %s: %v: %s (continuing)", mount, err, strings.TrimSpace(string(out)))
+		benchutil.Logf("fstrim %s: %v: %s (continuing)", mount, err, strings.TrimSpace(string(out)))
 	}
 }
 
@@ -341,7 +334,7 @@ func waitQuiet(ctx context.Context, limit time.Duration) (time.Duration, []strin
 		if len(busy) == 0 || time.Since(start) >= limit || ctx.Err() != nil {
 			return time.Since(start), busy
 		}
-		logf("waiting for other benchmarks to finish (%s of at most %s): %s",
+		benchutil.Logf("waiting for other benchmarks to finish (%s of at most %s): %s",
 			time.Since(start).Round(time.Second), limit, strings.Join(busy, "; "))
 		select {
 		case <-ctx.Done():

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/harness"
 )
@@ -87,13 +87,6 @@ func fmtRates(rs []float64) string {
 	return strings.Join(s, ", ")
 }
 
-func yesNo(ok bool) string {
-	if ok {
-		return "yes"
-	}
-	return "**no**"
-}
-
 func fmtBytes(n int64) string {
 	switch {
 	case n >= gib:
@@ -119,8 +112,8 @@ func machineInfo(work string) [][2]string {
 		{"Date", time.Now().UTC().Format("2006-01-02 15:04 MST")},
 		{"nproc", fmt.Sprint(runtime.NumCPU())},
 		{"GOMAXPROCS", fmt.Sprint(runtime.GOMAXPROCS(0))},
-		{"CPU", procField("/proc/cpuinfo", "model name")},
-		{"Memory", procField("/proc/meminfo", "MemTotal")},
+		{"CPU", benchutil.ProcField("/proc/cpuinfo", "model name")},
+		{"Memory", benchutil.ProcField("/proc/meminfo", "MemTotal")},
 		{"Kernel", kernel},
 		{"Go", runtime.Version()},
 	}
@@ -137,36 +130,8 @@ func machineInfo(work string) [][2]string {
 			fmt.Sprintf("first touch %.0f MiB/s (%.1f µs per 4 KiB page), second touch %.0f MiB/s", first, 4.0/1024/first*1e6, second)})
 	}
 	info = append(info, [2]string{"Freed guest memory returned to the host", freePageReporting()})
-	info = append(info, [2]string{"Load average at start", loadAvg()})
+	info = append(info, [2]string{"Load average at start", benchutil.LoadAvg()})
 	return info
-}
-
-func procField(path, key string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "unknown"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // markdown renders the report.
@@ -228,7 +193,7 @@ func (r *results) markdown() string {
 			bk, rd := mibps(row.size, row.backup), mibps(row.size, row.rawRead)
 			low := min(rd, prep)
 			fmt.Fprintf(&b, "| %s | %.0f (%s) | %.0f | %.2f | %.2f | %.2f | %s |\n",
-				row.target, bk, fmtDur(row.backup), rd, bk/rd, bk/prep, bk/low, yesNo(bk/low >= backupRatioTarget))
+				row.target, bk, fmtDur(row.backup), rd, bk/rd, bk/prep, bk/low, benchutil.YesNo(bk/low >= backupRatioTarget))
 		}
 
 		fmt.Fprintf(&b, "\n### Objects in each target after the backup\n\n")
@@ -241,7 +206,7 @@ func (r *results) markdown() string {
 			}
 			fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s in %d files | %s |\n",
 				row.target, row.objects, row.packs, fmtBytes(row.listBytes), fmtBytes(row.storedBytes), fmtBytes(row.stats.BytesUploaded),
-				fmtBytes(row.diskBytes), row.diskFiles, yesNo(row.objects <= objectsTarget))
+				fmtBytes(row.diskBytes), row.diskFiles, benchutil.YesNo(row.objects <= objectsTarget))
 		}
 
 		fmt.Fprintf(&b, "\n## Restore (%d GiB)\n\n", c.fullGiB)
@@ -256,7 +221,7 @@ func (r *results) markdown() string {
 			}
 			rs, wr := mibps(row.size, row.restore), mibps(row.size, row.rawWrite)
 			fmt.Fprintf(&b, "| %s | %.0f (%s) | %.0f | %.2f | %s | %s |\n", row.target, rs, fmtDur(row.restore), wr, rs/wr,
-				yesNo(rs/wr >= restoreRatioTarget), yesNo(row.restoreOK))
+				benchutil.YesNo(rs/wr >= restoreRatioTarget), benchutil.YesNo(row.restoreOK))
 		}
 	}
 
@@ -270,7 +235,7 @@ func (r *results) markdown() string {
 		fmt.Fprintf(&b, "|---:|---:|---:|---|---:|---:|---|---:|---|\n")
 		q := in.tInc.Seconds() / in.tFull.Seconds()
 		fmt.Fprintf(&b, "| %s (%.0f) | %s | %.3f | %s | %d of %d (%.2f%%) | %s | %d / %d / %d / %d | %s | %s |\n",
-			fmtDur(in.tFull), mibps(in.size, in.tFull), fmtDur(in.tInc), q, yesNo(q <= incRatioTarget),
+			fmtDur(in.tFull), mibps(in.size, in.tFull), fmtDur(in.tInc), q, benchutil.YesNo(q <= incRatioTarget),
 			in.touchedBlocks, nblocks, 100*float64(in.touchedBlocks)/float64(nblocks),
 			fmtBytes(in.inc.BytesRead), in.inc.BlocksNew, in.inc.BlocksReused, in.inc.BlocksDeduped, in.inc.BlocksSkipped,
 			fmtBytes(in.inc.BytesUploaded), in.check)
@@ -297,16 +262,9 @@ func (r *results) markdown() string {
 	}
 	fmt.Fprintf(&b, "\n## Clean-up\n\n")
 	fmt.Fprintf(&b, "- MinIO stopped; scratch file system unmounted, its loop device detached and image removed; targets removed.\n")
-	fmt.Fprintf(&b, "- Loop devices or mounts left (harness.Leaks on the data root and on `_out/bench-backup`): %s\n", leakText(r.leaks))
-	fmt.Fprintf(&b, "- Left in `_out/bench-backup` besides results.md: %s\n", leakText(r.leftFiles))
+	fmt.Fprintf(&b, "- Loop devices or mounts left (harness.Leaks on the data root and on `_out/bench-backup`): %s\n", benchutil.LeakText(r.leaks))
+	fmt.Fprintf(&b, "- Left in `_out/bench-backup` besides results.md: %s\n", benchutil.LeakText(r.leftFiles))
 	return b.String()
-}
-
-func leakText(l []string) string {
-	if len(l) == 0 {
-		return "none"
-	}
-	return strings.Join(l, "; ")
 }
 
 // write prints the report and saves it to path.
@@ -316,6 +274,6 @@ func (r *results) write(path string) error {
 	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
 		return err
 	}
-	logf("results written to %s", path)
+	benchutil.Logf("results written to %s", path)
 	return nil
 }
