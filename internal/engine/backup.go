@@ -599,13 +599,7 @@ func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h Back
 	start := time.Now()
 	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {
 		data := filepath.Join(dir, dataFile)
-		err := e.allocate(size, func() error {
-			f, err := os.OpenFile(data, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-			if err != nil {
-				return err
-			}
-			return f.Close()
-		})
+		err := e.allocate(size, func() error { return createEmpty(data) })
 		if err != nil {
 			return err
 		}

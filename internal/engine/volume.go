@@ -207,11 +207,7 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 			case srcPath != "":
 				return e.copyData(ctx, srcPath, data)
 			default:
-				f, err := os.OpenFile(data, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-				if err != nil {
-					return err
-				}
-				return f.Close()
+				return createEmpty(data)
 			}
 		})
 		if err != nil {
@@ -430,6 +426,15 @@ func (e *Engine) finishGrow(m *VolumeMeta) error {
 	m.SizeBytes = size
 	m.PendingSizeBytes = 0
 	return e.saveVolume(m)
+}
+
+// createEmpty creates path as a new, empty file; it must not exist.
+func createEmpty(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func syncFile(path string) error {
