@@ -32,8 +32,9 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csipb.CreateVo
 	if err := checkCapacity(req.GetCapacityRange()); err != nil {
 		return nil, err
 	}
-	if !topologyAllows(req.GetAccessibilityRequirements(), TopologyKey, c.s.opts.NodeID) {
-		return nil, status.Errorf(codes.ResourceExhausted, "accessibility_requirements: this driver serves only node %q", c.s.opts.NodeID)
+	where, err := placement(req.GetAccessibilityRequirements(), "accessibility_requirements")
+	if err != nil {
+		return nil, err
 	}
 	fsType := caps.FsType
 	if fsType == "" {
@@ -63,18 +64,18 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csipb.CreateVo
 			return nil, invalid("volume_content_source: snapshot or volume is required")
 		}
 	}
-	vol, err := c.s.engine.CreateVolume(ctx, ereq)
+	vol, err := c.s.backend.CreateVolume(ctx, ereq, where)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csipb.CreateVolumeResponse{Volume: c.s.csiVolume(vol)}, nil
+	return &csipb.CreateVolumeResponse{Volume: csiVolume(vol)}, nil
 }
 
-func (s *Services) csiVolume(v *engine.Volume) *csipb.Volume {
+func csiVolume(v *VolumeInfo) *csipb.Volume {
 	out := &csipb.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.SizeBytes,
-		AccessibleTopology: s.topology(),
+		AccessibleTopology: topology(v.Node),
 		VolumeContext:      map[string]string{},
 	}
 	if v.FsType != "" {
@@ -95,7 +96,7 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csipb.DeleteVo
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := c.s.engine.DeleteVolume(ctx, req.GetVolumeId()); err != nil {
+	if err := c.s.backend.DeleteVolume(ctx, req.GetVolumeId()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csipb.DeleteVolumeResponse{}, nil
@@ -108,7 +109,7 @@ func (c *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, invalid("volume_capabilities is required")
 	}
-	vol, err := c.s.engine.GetVolume(ctx, req.GetVolumeId())
+	vol, err := c.s.backend.GetVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -151,7 +152,7 @@ func page(ids []string, token string, max int32, validToken func(string) bool) (
 }
 
 func (c *controllerServer) ListVolumes(ctx context.Context, req *csipb.ListVolumesRequest) (*csipb.ListVolumesResponse, error) {
-	vols, err := c.s.engine.ListVolumes(ctx)
+	vols, err := c.s.backend.ListVolumes(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -166,7 +167,7 @@ func (c *controllerServer) ListVolumes(ctx context.Context, req *csipb.ListVolum
 	resp := &csipb.ListVolumesResponse{NextToken: next}
 	for _, v := range vols[start:end] {
 		resp.Entries = append(resp.Entries, &csipb.ListVolumesResponse_Entry{
-			Volume: c.s.csiVolume(v),
+			Volume: csiVolume(v),
 		})
 	}
 	return resp, nil
@@ -176,12 +177,12 @@ func (c *controllerServer) ControllerGetVolume(ctx context.Context, req *csipb.C
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	v, err := c.s.engine.GetVolume(ctx, req.GetVolumeId())
+	v, err := c.s.backend.GetVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csipb.ControllerGetVolumeResponse{
-		Volume: c.s.csiVolume(v),
+		Volume: csiVolume(v),
 		Status: &csipb.ControllerGetVolumeResponse_VolumeStatus{},
 	}, nil
 }
@@ -192,14 +193,15 @@ func (c *controllerServer) GetCapacity(ctx context.Context, req *csipb.GetCapaci
 			return &csipb.GetCapacityResponse{}, nil // nothing can be provisioned with these
 		}
 	}
-	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && seg[TopologyKey] != c.s.opts.NodeID {
-		return &csipb.GetCapacityResponse{}, nil
+	node := req.GetAccessibleTopology().GetSegments()[TopologyKey]
+	if len(req.GetAccessibleTopology().GetSegments()) > 0 && node == "" {
+		return &csipb.GetCapacityResponse{}, nil // a topology this driver does not know
 	}
-	capa, err := c.s.engine.Capacity()
+	avail, err := c.s.backend.Capacity(ctx, node)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csipb.GetCapacityResponse{AvailableCapacity: capa.AvailableBytes}, nil
+	return &csipb.GetCapacityResponse{AvailableCapacity: avail}, nil
 }
 
 func (c *controllerServer) ControllerGetCapabilities(context.Context, *csipb.ControllerGetCapabilitiesRequest) (*csipb.ControllerGetCapabilitiesResponse, error) {
@@ -228,12 +230,16 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 	if err := required(req.GetSourceVolumeId(), "source_volume_id"); err != nil {
 		return nil, err
 	}
-	kind, err := checkSnapshotParameters(req.GetParameters(), c.s.engine.BackupTargets())
+	targets, err := c.s.backend.BackupTargets(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	kind, err := checkSnapshotParameters(req.GetParameters(), targets)
 	if err != nil {
 		return nil, err
 	}
 	if kind.Backup {
-		info, err := c.s.engine.CreateBackup(ctx, req.GetName(), req.GetSourceVolumeId(), kind.Target)
+		info, err := c.s.backend.CreateBackup(ctx, req.GetName(), req.GetSourceVolumeId(), kind.Target)
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -244,17 +250,18 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 		}
 		return &csipb.CreateSnapshotResponse{Snapshot: csiBackup(info)}, nil
 	}
-	if !topologyAllows(req.GetAccessibilityRequirements(), TopologyKey, c.s.opts.NodeID) {
-		return nil, status.Errorf(codes.ResourceExhausted, "accessibility_requirements: a local snapshot lives on node %q, which the requirements exclude (use type: backup for a snapshot usable anywhere)", c.s.opts.NodeID)
+	where, err := placement(req.GetAccessibilityRequirements(), "accessibility_requirements")
+	if err != nil {
+		return nil, err
 	}
-	snap, err := c.s.engine.CreateSnapshot(ctx, req.GetName(), req.GetSourceVolumeId(), req.GetParameters())
+	snap, err := c.s.backend.CreateSnapshot(ctx, req.GetName(), req.GetSourceVolumeId(), req.GetParameters(), where)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csipb.CreateSnapshotResponse{Snapshot: c.s.csiSnapshot(snap)}, nil
+	return &csipb.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
 }
 
-func (s *Services) csiSnapshot(snap *engine.Snapshot) *csipb.Snapshot {
+func csiSnapshot(snap *SnapshotInfo) *csipb.Snapshot {
 	return &csipb.Snapshot{
 		SnapshotId:     snap.ID,
 		SourceVolumeId: snap.SourceVolumeID,
@@ -278,9 +285,9 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csipb.Delete
 	if err := required(req.GetSnapshotId(), "snapshot_id"); err != nil {
 		return nil, err
 	}
-	del := c.s.engine.DeleteSnapshot
+	del := c.s.backend.DeleteSnapshot
 	if engine.IsBackupHandle(req.GetSnapshotId()) {
-		del = c.s.engine.DeleteBackup
+		del = c.s.backend.DeleteBackup
 	}
 	if err := del(ctx, req.GetSnapshotId()); err != nil {
 		return nil, toStatus(err)
@@ -299,14 +306,14 @@ func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSna
 			snaps = []*csipb.Snapshot{s}
 		}
 	} else {
-		all, err := c.s.engine.ListSnapshots(ctx)
+		all, err := c.s.backend.ListSnapshots(ctx)
 		if err != nil {
 			return nil, toStatus(err)
 		}
 		for _, s := range all {
-			snaps = append(snaps, c.s.csiSnapshot(s))
+			snaps = append(snaps, csiSnapshot(s))
 		}
-		backups, err := c.s.engine.ListBackups(ctx)
+		backups, err := c.s.backend.ListBackups(ctx)
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -345,17 +352,17 @@ func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSna
 // getSnapshot finds a local snapshot or a backup by ID.
 func (c *controllerServer) getSnapshot(ctx context.Context, id string) (*csipb.Snapshot, error) {
 	if engine.IsBackupHandle(id) {
-		b, err := c.s.engine.GetBackup(ctx, id)
+		b, err := c.s.backend.GetBackup(ctx, id)
 		if err != nil {
 			return nil, err
 		}
 		return csiBackup(b), nil
 	}
-	s, err := c.s.engine.GetSnapshot(ctx, id)
+	s, err := c.s.backend.GetSnapshot(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	return c.s.csiSnapshot(s), nil
+	return csiSnapshot(s), nil
 }
 
 func (c *controllerServer) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
@@ -384,7 +391,7 @@ func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csip
 			return nil, err
 		}
 	}
-	res, err := c.s.engine.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	res, err := c.s.backend.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	if err != nil {
 		return nil, toStatus(err)
 	}

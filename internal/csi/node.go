@@ -156,7 +156,7 @@ func (n *nodeServer) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*c
 	return &csipb.NodeGetInfoResponse{
 		NodeId:             n.s.opts.NodeID,
 		MaxVolumesPerNode:  n.s.opts.MaxVolumesPerNode,
-		AccessibleTopology: n.s.topology()[0],
+		AccessibleTopology: topology(n.s.opts.NodeID)[0],
 	}, nil
 }
 

@@ -36,19 +36,32 @@ type Options struct {
 	MaxVolumesPerNode int64
 }
 
-// Services serves the CSI services for one engine.
+// Services serves the CSI services: the Node service over this node's
+// engine, the Controller service over a Backend.
 type Services struct {
-	opts   Options
-	engine *engine.Engine
+	opts    Options
+	engine  *engine.Engine // nil for a controller without local storage
+	backend Backend        // nil for a node-only server
 }
 
-// New returns CSI services over eng.
+// New returns CSI services over one node's engine (standalone mode, and
+// the node service of Kubernetes mode); its controller drives the engine
+// directly.
 func New(eng *engine.Engine, opts Options) *Services {
-	return &Services{engine: eng, opts: opts}
+	return &Services{engine: eng, backend: Local{Engine: eng, Node: opts.NodeID}, opts: opts}
+}
+
+// NewController returns CSI services whose controller drives b and that
+// have no node service (Kubernetes mode's controller).
+func NewController(b Backend, opts Options) *Services {
+	return &Services{backend: b, opts: opts}
 }
 
 // Register adds the selected services to a gRPC server.
 func (s *Services) Register(srv *grpc.Server, controller, node bool) {
+	if node && s.engine == nil {
+		panic("csi: node service needs an engine")
+	}
 	csipb.RegisterIdentityServer(srv, &identityServer{s: s, controller: controller})
 	if controller {
 		csipb.RegisterControllerServer(srv, &controllerServer{s: s})
@@ -96,8 +109,8 @@ func Listen(endpoint string) (net.Listener, error) {
 	return l, nil
 }
 
-func (s *Services) topology() []*csipb.Topology {
-	return []*csipb.Topology{{Segments: map[string]string{TopologyKey: s.opts.NodeID}}}
+func topology(node string) []*csipb.Topology {
+	return []*csipb.Topology{{Segments: map[string]string{TopologyKey: node}}}
 }
 
 type identityServer struct {
@@ -107,10 +120,12 @@ type identityServer struct {
 }
 
 func (i *identityServer) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
-	return &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version, Manifest: map[string]string{
+	resp := &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}
+	if i.s.engine != nil {
 		// How snapshots and clones are made on this data root.
-		DriverName + "/clone-mode": string(i.s.engine.CloneMode()),
-	}}, nil
+		resp.Manifest = map[string]string{DriverName + "/clone-mode": string(i.s.engine.CloneMode())}
+	}
+	return resp, nil
 }
 
 func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
@@ -135,10 +150,19 @@ func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPlugin
 	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-func (i *identityServer) Probe(context.Context, *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
-	if err := i.s.engine.Health(); err != nil {
+func (i *identityServer) Probe(ctx context.Context, _ *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
+	var err error
+	if i.s.engine != nil {
+		err = i.s.engine.Health()
+	} else {
+		err = i.s.backend.Health(ctx)
+	}
+	if err != nil {
 		klog.ErrorS(err, "Probe failed")
 		return nil, toStatus(fmt.Errorf("%w: %v", engine.ErrUnavailable, err))
+	}
+	if i.s.engine == nil {
+		return &csipb.ProbeResponse{}, nil
 	}
 	klog.V(5).InfoS("Probe ok", "cloneMode", i.s.engine.CloneMode())
 	if i.s.engine.CloneMode() == engine.CloneCopy {

@@ -200,18 +200,27 @@ func checkCapacity(r *csipb.CapacityRange) error {
 
 // checkTopology returns an error unless the requirement (if any) allows
 // the node with the given segments.
-func topologyAllows(req *csipb.TopologyRequirement, key, node string) bool {
-	if req == nil || (len(req.GetRequisite()) == 0 && len(req.GetPreferred()) == 0) {
-		return true
-	}
-	list := req.GetRequisite()
-	if len(list) == 0 {
-		list = req.GetPreferred()
-	}
-	for _, t := range list {
-		if v, ok := t.GetSegments()[key]; ok && v == node {
-			return true
+// placement turns a topology requirement into node names. Every segment
+// must name a node under TopologyKey, the only key this driver reports.
+func placement(req *csipb.TopologyRequirement, field string) (Placement, error) {
+	var p Placement
+	nodes := func(list []*csipb.Topology, sub string) ([]string, error) {
+		var out []string
+		for i, t := range list {
+			n, ok := t.GetSegments()[TopologyKey]
+			if !ok || n == "" {
+				return nil, invalid("%s.%s[%d]: segment %v lacks the key %s", field, sub, i, t.GetSegments(), TopologyKey)
+			}
+			out = append(out, n)
 		}
+		return out, nil
 	}
-	return false
+	var err error
+	if p.Requisite, err = nodes(req.GetRequisite(), "requisite"); err != nil {
+		return p, err
+	}
+	if p.Preferred, err = nodes(req.GetPreferred(), "preferred"); err != nil {
+		return p, err
+	}
+	return p, nil
 }

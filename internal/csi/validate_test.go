@@ -2,6 +2,7 @@ package csi
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,9 +126,21 @@ func TestToStatus(t *testing.T) {
 	}
 }
 
-func TestTopologyAllows(t *testing.T) {
-	req := &csipb.TopologyRequirement{Requisite: []*csipb.Topology{{Segments: map[string]string{TopologyKey: "n1"}}}}
-	if !topologyAllows(req, TopologyKey, "n1") || topologyAllows(req, TopologyKey, "n2") || !topologyAllows(nil, TopologyKey, "n2") {
-		t.Error("topologyAllows")
+func TestPlacement(t *testing.T) {
+	seg := func(n string) *csipb.Topology { return &csipb.Topology{Segments: map[string]string{TopologyKey: n}} }
+	req := &csipb.TopologyRequirement{Requisite: []*csipb.Topology{seg("n1"), seg("n2")}, Preferred: []*csipb.Topology{seg("n2")}}
+	p, err := placement(req, "accessibility_requirements")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Allows("n1") || p.Allows("n3") || !slices.Equal(p.Candidates(), []string{"n2", "n1"}) {
+		t.Errorf("placement %+v: allows/candidates wrong", p)
+	}
+	if none, _ := placement(nil, "x"); !none.Allows("any") || len(none.Candidates()) != 0 {
+		t.Error("no requirement must allow every node")
+	}
+	bad := &csipb.TopologyRequirement{Requisite: []*csipb.Topology{{Segments: map[string]string{"zone": "a"}}}}
+	if _, err := placement(bad, "accessibility_requirements"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "accessibility_requirements.requisite[0]") {
+		t.Errorf("foreign key: %v, want InvalidArgument naming the field", err)
 	}
 }

@@ -31,3 +31,8 @@ func (e *kindError) Is(target error) bool { return target == e.kind }
 func errorf(kind error, format string, args ...any) error {
 	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
 }
+
+// Errorf returns an error of the given kind (ErrNotFound, ...) whose text is
+// the formatted message alone; other packages use it to report in the
+// engine's terms.
+func Errorf(kind error, format string, args ...any) error { return errorf(kind, format, args...) }

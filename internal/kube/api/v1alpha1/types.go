@@ -1,0 +1,265 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Labels, finalizers and condition types shared by controller and node agent.
+const (
+	// NodeLabel carries the owning node's name on Volumes and Snapshots, so
+	// each node agent watches only its own objects.
+	NodeLabel = "cairn.csi.dev/node"
+	// Finalizer keeps a Volume or Snapshot until the node agent has
+	// removed its data.
+	Finalizer = "cairn.csi.dev/data"
+	// ConditionReady is True once the object is usable.
+	ConditionReady = "Ready"
+)
+
+// Phases of a Volume or Snapshot.
+const (
+	PhasePending  = "Pending"  // recorded, not yet done by the node agent
+	PhaseReady    = "Ready"    // usable
+	PhaseFailed   = "Failed"   // the last attempt failed; the agent retries
+	PhaseDeleting = "Deleting" // deletion requested, data not yet removed
+)
+
+// Source kinds of a Volume.
+const (
+	SourceSnapshot = "snapshot" // a local snapshot on the same node
+	SourceVolume   = "volume"   // a clone of a volume on the same node
+	SourceBackup   = "backup"   // a restore from a backup target, any node
+)
+
+// VolumeSpec is the desired volume, written by the controller.
+type VolumeSpec struct {
+	// Name is the CSI volume name (the PV name); the volume ID, which is
+	// this object's name, is derived from it.
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// NodeName is the node whose data root holds the volume. Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nodeName is immutable"
+	NodeName string `json:"nodeName"`
+	// RequiredBytes is the capacity asked for; raising it expands the volume.
+	// +kubebuilder:validation:Minimum=0
+	RequiredBytes int64 `json:"requiredBytes,omitempty"`
+	// LimitBytes caps the capacity; 0 means no cap.
+	// +kubebuilder:validation:Minimum=0
+	LimitBytes int64 `json:"limitBytes,omitempty"`
+	// Block is true for a raw block volume.
+	Block bool `json:"block,omitempty"`
+	// FsType is the file system of a filesystem volume (ext4, xfs).
+	FsType string `json:"fsType,omitempty"`
+	// Parameters are the StorageClass parameters.
+	Parameters map[string]string `json:"parameters,omitempty"`
+	// Source is what the volume is created from, if anything.
+	Source *VolumeSource `json:"source,omitempty"`
+}
+
+// VolumeSource names a snapshot, volume or backup to create a volume from.
+type VolumeSource struct {
+	// +kubebuilder:validation:Enum=snapshot;volume;backup
+	Kind string `json:"kind"`
+	// ID is the snapshot ID, volume ID or bs:// backup handle.
+	// +kubebuilder:validation:MinLength=1
+	ID string `json:"id"`
+}
+
+// VolumeStatus is what the node agent reports.
+type VolumeStatus struct {
+	Phase string `json:"phase,omitempty"`
+	// SizeBytes is the volume's current capacity.
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// NodeExpansionRequired is true when the last expansion must still be
+	// finished by the node service (the volume was staged).
+	NodeExpansionRequired bool `json:"nodeExpansionRequired,omitempty"`
+	// Message describes progress or the last error.
+	Message string `json:"message,omitempty"`
+	// Reason is a machine-readable cause for Phase Failed: an engine
+	// error kind (NotFound, OutOfRange, ResourceExhausted, ...).
+	Reason string `json:"reason,omitempty"`
+	// ObservedGeneration is the spec generation the status describes.
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Volume is one Cairn volume: a sparse file on one node's data root.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=cvol
+// +kubebuilder:printcolumn:name="Name",type=string,JSONPath=`.spec.name`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Volume struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VolumeSpec   `json:"spec"`
+	Status VolumeStatus `json:"status,omitempty"`
+}
+
+// VolumeList is a list of Volumes.
+//
+// +kubebuilder:object:root=true
+type VolumeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Volume `json:"items"`
+}
+
+// Snapshot types.
+const (
+	SnapshotLocal  = "snap"   // a reflink on the volume's node
+	SnapshotBackup = "backup" // a backup in a backup target
+)
+
+// SnapshotSpec is the desired snapshot, written by the controller.
+type SnapshotSpec struct {
+	// Name is the CSI snapshot name; empty for an imported backup.
+	Name string `json:"name,omitempty"`
+	// +kubebuilder:validation:Enum=snap;backup
+	Type string `json:"type"`
+	// SourceVolumeID is the volume snapshotted; empty for an imported backup.
+	SourceVolumeID string `json:"sourceVolumeID,omitempty"`
+	// NodeName is the node that takes (or, for an imported backup, looks
+	// after) the snapshot. Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nodeName is immutable"
+	NodeName string `json:"nodeName"`
+	// BackupTarget names a BackupTarget, for type backup.
+	BackupTarget string `json:"backupTarget,omitempty"`
+	// Handle is the bs:// handle of a backup; set by the controller for
+	// backups it creates (the handle is derived from the name) and for
+	// backups it imports (taken elsewhere, e.g. by another cluster).
+	Handle string `json:"handle,omitempty"`
+	// Parameters are the VolumeSnapshotClass parameters.
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
+// SnapshotStatus is what the node agent reports.
+type SnapshotStatus struct {
+	Phase string `json:"phase,omitempty"`
+	// SnapshotID is the CSI snapshot ID: s-... for a local snapshot, the
+	// bs:// handle for a backup.
+	SnapshotID string `json:"snapshotID,omitempty"`
+	ReadyToUse bool   `json:"readyToUse,omitempty"`
+	// SizeBytes is the size of the source volume when snapshotted.
+	SizeBytes    int64        `json:"sizeBytes,omitempty"`
+	CreationTime *metav1.Time `json:"creationTime,omitempty"`
+	// SourceVolumeID is the snapshotted volume (known for imports too).
+	SourceVolumeID string `json:"sourceVolumeID,omitempty"`
+	// Message describes progress (bytes uploaded) or the last error.
+	Message            string             `json:"message,omitempty"`
+	Reason             string             `json:"reason,omitempty"`
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Snapshot is one Cairn snapshot: a local reflink or a backup.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=csnap
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.type`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Ready",type=boolean,JSONPath=`.status.readyToUse`
+// +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.message`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Snapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   SnapshotSpec   `json:"spec"`
+	Status SnapshotStatus `json:"status,omitempty"`
+}
+
+// SnapshotList is a list of Snapshots.
+//
+// +kubebuilder:object:root=true
+type SnapshotList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Snapshot `json:"items"`
+}
+
+// BackupTargetSpec configures a backup store. The object's name is the
+// target name VolumeSnapshotClasses use (parameters.backupTarget).
+type BackupTargetSpec struct {
+	// URL is file:///path (a filesystem or NFS mount present on every
+	// node) or s3://bucket/prefix?endpoint=host:port&region=...
+	// +kubebuilder:validation:Pattern=`^(file|s3)://`
+	URL string `json:"url"`
+	// CredentialsSecret names a Secret in Cairn's namespace with the keys
+	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (S3 only).
+	CredentialsSecret string `json:"credentialsSecret,omitempty"`
+}
+
+// BackupTarget is a backup store every node can back up to and restore from.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=cbt
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.spec.url`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type BackupTarget struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec BackupTargetSpec `json:"spec"`
+}
+
+// BackupTargetList is a list of BackupTargets.
+//
+// +kubebuilder:object:root=true
+type BackupTargetList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BackupTarget `json:"items"`
+}
+
+// StorageNodeStatus is a node agent's report on its data root.
+type StorageNodeStatus struct {
+	// CapacityBytes is the size of the data root's file system.
+	CapacityBytes int64 `json:"capacityBytes,omitempty"`
+	// AvailableBytes is what a new volume can get (free space minus what
+	// existing volumes may still allocate).
+	AvailableBytes int64 `json:"availableBytes,omitempty"`
+	// CloneMode is reflink (O(1) snapshots and clones) or copy.
+	CloneMode string `json:"cloneMode,omitempty"`
+	// BackupTargets are the targets this node has opened.
+	BackupTargets []string `json:"backupTargets,omitempty"`
+	// Version of the node agent.
+	Version string `json:"version,omitempty"`
+	// HeartbeatTime is when the agent last wrote this status; the
+	// controller places nothing on a node whose heartbeat is stale.
+	HeartbeatTime metav1.Time        `json:"heartbeatTime,omitempty"`
+	Conditions    []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// StorageNode is one node's Cairn data root, named after the node.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=csn
+// +kubebuilder:printcolumn:name="Available",type=integer,JSONPath=`.status.availableBytes`
+// +kubebuilder:printcolumn:name="Capacity",type=integer,JSONPath=`.status.capacityBytes`
+// +kubebuilder:printcolumn:name="Clone",type=string,JSONPath=`.status.cloneMode`
+// +kubebuilder:printcolumn:name="Heartbeat",type=date,JSONPath=`.status.heartbeatTime`
+type StorageNode struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Status StorageNodeStatus `json:"status,omitempty"`
+}
+
+// StorageNodeList is a list of StorageNodes.
+//
+// +kubebuilder:object:root=true
+type StorageNodeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []StorageNode `json:"items"`
+}
