@@ -43,6 +43,8 @@ deps:
 # Test tools built from source into the git-ignored .tools/bin (cached).
 tools:
 	@bash hack/minio.sh >/dev/null
+	@bash hack/helm.sh >/dev/null
+	@bash hack/k8s-tools.sh
 
 clean:
 	rm -rf bin _out

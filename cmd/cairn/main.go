@@ -12,6 +12,12 @@ const usage = `cairn — node-local CSI storage for Kubernetes
 Usage:
   cairn standalone --endpoint unix:///path/csi.sock --data-root DIR --node-id ID [flags]
       Serve CSI Identity, Controller and Node over the engine in one process.
+  cairn controller [--endpoint unix:///csi/csi.sock] [--kubeconfig FILE] [flags]
+      Kubernetes mode: the CSI controller for the sidecars, over Cairn's
+      custom resources (never touches a disk).
+  cairn node --node-id NODE [--data-root /var/lib/cairn] [flags]
+      Kubernetes mode: the CSI node service for kubelet plus the node agent
+      that carries out the controller's volumes and snapshots on this node.
   cairn backup list|show|verify|restore|delete|gc --target URL
       Inspect and maintain a backup store (run "cairn backup help").
   cairn version
@@ -29,6 +35,10 @@ func main() {
 	switch os.Args[1] {
 	case "standalone":
 		err = runStandalone(os.Args[2:])
+	case "controller":
+		err = runController(os.Args[2:])
+	case "node":
+		err = runNode(os.Args[2:])
 	case "backup":
 		os.Exit(runBackupCLI(os.Args[2:]))
 	case "version", "--version":

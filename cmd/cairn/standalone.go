@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/csi"
@@ -35,9 +36,7 @@ func runStandalone(args []string) error {
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	var targets targetFlags
 	fs.Var(&targets, "backup-target", "a backup target NAME=URL (repeatable): file:///path or s3://bucket/prefix?endpoint=host:port; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	klogFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,18 +63,24 @@ func runStandalone(args []string) error {
 	csi.RegisterMetrics(reg)
 	engine.RegisterMetrics(reg, eng)
 
-	srv := csi.NewGRPCServer()
-	csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes}).Register(srv, true, true)
-	lis, err := csi.Listen(*endpoint)
-	if err != nil {
-		return err
-	}
 	if *httpEndpoint != "" {
 		go serveHTTP(*httpEndpoint, reg, eng.Health)
 	}
+	klog.InfoS("Cairn standalone starting", "version", csi.Version, "nodeID", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode())
+	svc := csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
+	return serveCSI(ctx, *endpoint, func(srv *grpc.Server) { svc.Register(srv, true, true) })
+}
+
+// serveCSI serves CSI on endpoint until ctx ends, then stops gracefully.
+func serveCSI(ctx context.Context, endpoint string, register func(*grpc.Server)) error {
+	srv := csi.NewGRPCServer()
+	register(srv)
+	lis, err := csi.Listen(endpoint)
+	if err != nil {
+		return err
+	}
 	errCh := make(chan error, 1)
 	go func() { errCh <- srv.Serve(lis) }()
-	klog.InfoS("Cairn standalone serving", "version", csi.Version, "nodeID", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode())
 	select {
 	case err := <-errCh:
 		return err
@@ -92,8 +97,15 @@ func runStandalone(args []string) error {
 	return nil
 }
 
+// klogFlags adds klog's flags (-v, ...) to fs.
+func klogFlags(fs *flag.FlagSet) {
+	kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(kfs)
+	kfs.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+}
+
 // serveHTTP serves /healthz (the engine's health) and /metrics.
-func serveHTTP(addr string, reg *prometheus.Registry, health func() error) {
+func serveHTTP(addr string, reg prometheus.Gatherer, health func() error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {

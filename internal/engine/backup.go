@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -114,18 +116,13 @@ type backups struct {
 // repo opens (once) the backup store of a configured target.
 func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) {
 	b := &e.bk
-	st, ok := b.targets[target]
-	if !ok {
-		names := make([]string, 0, len(b.targets))
-		for n := range b.targets {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return nil, errorf(ErrInvalidArgument, "backup target %q is not configured on this node (configured: %s)", target, strings.Join(names, ", "))
-	}
 	b.mu.Lock()
+	st, ok := b.targets[target]
 	r := b.repos[target]
 	b.mu.Unlock()
+	if !ok {
+		return nil, errorf(ErrInvalidArgument, "backup target %q is not configured on this node (configured: %s)", target, strings.Join(e.BackupTargets(), ", "))
+	}
 	if r != nil {
 		return r, nil
 	}
@@ -134,19 +131,49 @@ func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) 
 		return nil, errorf(ErrUnavailable, "backup target %q: %v", target, err)
 	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.targets[target] != st {
+		return nil, errorf(ErrUnavailable, "backup target %q was reconfigured; retry", target)
+	}
 	b.repos[target] = r
-	b.mu.Unlock()
 	return r, nil
 }
 
 // BackupTargets lists the configured target names.
 func (e *Engine) BackupTargets() []string {
-	var out []string
-	for n := range e.bk.targets {
-		out = append(out, n)
-	}
+	e.bk.mu.Lock()
+	defer e.bk.mu.Unlock()
+	out := slices.Collect(maps.Keys(e.bk.targets))
 	sort.Strings(out)
 	return out
+}
+
+// SetBackupTarget adds or replaces a backup target while the engine runs
+// (Kubernetes mode configures targets from BackupTarget objects). Uploads
+// waiting for the target resume.
+func (e *Engine) SetBackupTarget(name string, st objstore.Store) error {
+	if !ValidTargetName(name) {
+		return errorf(ErrInvalidArgument, "backup target name %q: use lower-case letters, digits and '-'", name)
+	}
+	b := &e.bk
+	b.mu.Lock()
+	b.targets[name] = st
+	delete(b.repos, name)
+	b.mu.Unlock()
+	klog.InfoS("Backup target configured", "target", name, "store", st.String())
+	e.resumeBackups()
+	return nil
+}
+
+// RemoveBackupTarget forgets a target; backups to it wait until it is set
+// again.
+func (e *Engine) RemoveBackupTarget(name string) {
+	b := &e.bk
+	b.mu.Lock()
+	delete(b.targets, name)
+	delete(b.repos, name)
+	b.mu.Unlock()
+	klog.InfoS("Backup target removed", "target", name)
 }
 
 func (e *Engine) jobDir(id string) string { return filepath.Join(e.root, backupsDir, id) }

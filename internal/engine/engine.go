@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -91,7 +92,11 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 	}
 	bg, stop := context.WithCancel(context.Background())
-	e.bk = backups{targets: cfg.BackupTargets, repos: map[string]*backup.Repo{}, runs: map[string]*jobRun{}, restore: map[string]*restoreRun{}, bg: bg, stop: stop}
+	targets := maps.Clone(cfg.BackupTargets)
+	if targets == nil {
+		targets = map[string]objstore.Store{}
+	}
+	e.bk = backups{targets: targets, repos: map[string]*backup.Repo{}, runs: map[string]*jobRun{}, restore: map[string]*restoreRun{}, bg: bg, stop: stop}
 	if e.freezeTimeout <= 0 {
 		e.freezeTimeout = 10 * time.Second
 	}

@@ -355,15 +355,7 @@ func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit in
 	if err != nil {
 		return nil, err
 	}
-	if required < m.SizeBytes {
-		if limit > 0 && limit < m.SizeBytes {
-			return nil, errorf(ErrOutOfRange, "capacity_range: volume %s has %d bytes; shrinking to %d is not supported", id, m.SizeBytes, limit)
-		}
-		if required == 0 {
-			return nil, errorf(ErrInvalidArgument, "capacity_range: required_bytes must be set")
-		}
-	}
-	size, err := PickSize(max(required, m.SizeBytes), limit, m.FsType)
+	size, err := ExpandSize(id, m.SizeBytes, required, limit, m.FsType)
 	if err != nil {
 		return nil, err
 	}
@@ -375,6 +367,21 @@ func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit in
 	// A detached file system is grown when it is next staged, so only a
 	// staged one needs NodeExpandVolume.
 	return &ExpandResult{SizeBytes: m.SizeBytes, NodeExpansionRequired: !m.Block && m.Stage != nil}, nil
+}
+
+// ExpandSize is the size a volume of cur bytes has after an expansion
+// request (cur itself when it is large enough already), or the error
+// ExpandVolume answers for the request.
+func ExpandSize(id string, cur, required, limit int64, fsType string) (int64, error) {
+	if required < cur {
+		if limit > 0 && limit < cur {
+			return 0, errorf(ErrOutOfRange, "capacity_range: volume %s has %d bytes; shrinking to %d is not supported", id, cur, limit)
+		}
+		if required == 0 {
+			return 0, errorf(ErrInvalidArgument, "capacity_range: required_bytes must be set")
+		}
+	}
+	return PickSize(max(required, cur), limit, fsType)
 }
 
 // growVolume records the intent, grows the file and the loop device, then

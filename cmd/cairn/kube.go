@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cluster"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/cairn-csi/cairn/internal/csi"
+	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/kube"
+)
+
+// kubeFlags are the flags both Kubernetes-mode commands share; names follow
+// the CSI sidecars' conventions.
+type kubeFlags struct {
+	endpoint, kubeconfig, httpEndpoint string
+	qps                                float64
+	burst                              int
+}
+
+func (k *kubeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&k.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix:///path or a socket path)")
+	fs.StringVar(&k.endpoint, "csi-address", "unix:///csi/csi.sock", "alias of --endpoint")
+	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (in-cluster configuration if empty)")
+	fs.StringVar(&k.httpEndpoint, "http-endpoint", "", "address for /healthz and /metrics, e.g. :9808 (off if empty)")
+	fs.Float64Var(&k.qps, "kube-api-qps", 20, "queries per second to the API server")
+	fs.IntVar(&k.burst, "kube-api-burst", 40, "burst of queries to the API server")
+	klogFlags(fs)
+}
+
+func (k *kubeFlags) restConfig(agent string) (*rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", k.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = float32(k.qps), k.burst
+	cfg.UserAgent = "cairn-" + agent + "/" + csi.Version
+	return cfg, nil
+}
+
+func metricsRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	csi.RegisterMetrics(reg)
+	return reg
+}
+
+// runController serves the CSI controller for the sidecars over Cairn's
+// custom resources. It holds no state, so replicas need no election of
+// their own: the sidecars elect which replica they talk to.
+func runController(args []string) error {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	var kf kubeFlags
+	kf.register(fs)
+	heartbeat := fs.Duration("heartbeat-timeout", 2*time.Minute, "a node whose agent has not reported for this long gets no new volumes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cfg, err := kf.restConfig("controller")
+	if err != nil {
+		return err
+	}
+	cl, err := cluster.New(cfg, func(o *cluster.Options) { o.Scheme = kube.Scheme })
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	go func() {
+		if err := cl.Start(ctx); err != nil {
+			klog.ErrorS(err, "Kubernetes cache stopped")
+			os.Exit(1)
+		}
+	}()
+	remote := &kube.Remote{Client: cl.GetClient(), HeartbeatTimeout: *heartbeat}
+	reg := metricsRegistry()
+	if kf.httpEndpoint != "" {
+		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, func() error { return remote.Health(ctx) })
+	}
+	klog.InfoS("Cairn controller starting", "version", csi.Version, "endpoint", kf.endpoint)
+	svc := csi.NewController(remote, csi.Options{})
+	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, true, false) })
+}
+
+// runNode serves the CSI node service for kubelet and runs the node agent
+// that carries out the controller's Volumes and Snapshots on this node.
+func runNode(args []string) error {
+	fs := flag.NewFlagSet("node", flag.ContinueOnError)
+	var kf kubeFlags
+	kf.register(fs)
+	nodeID := fs.String("node-id", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	dataRoot := fs.String("data-root", "/var/lib/cairn", "directory holding volumes and snapshots")
+	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of backup target credential Secrets (default $POD_NAMESPACE)")
+	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
+	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
+	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
+	heartbeat := fs.Duration("heartbeat-interval", 30*time.Second, "how often the StorageNode status (capacity, health) is refreshed")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *nodeID == "" {
+		return errors.New("--node-id (or $NODE_NAME) is required")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cfg, err := kf.restConfig("node")
+	if err != nil {
+		return err
+	}
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	ctrl.SetLogger(klog.NewKlogr())
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 kube.Scheme,
+		Cache:                  kube.AgentCacheOptions(*nodeID, *namespace),
+		Metrics:                metricsserver.Options{BindAddress: "0"}, // served with ours below
+		HealthProbeBindAddress: "0",
+		LeaderElection:         false,
+	})
+	if err != nil {
+		return fmt.Errorf("kubernetes manager: %w", err)
+	}
+	agent := &kube.Agent{Engine: eng, Node: *nodeID, Namespace: *namespace, Version: csi.Version, Heartbeat: *heartbeat}
+	if err := agent.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	go func() {
+		if err := mgr.Start(ctx); err != nil {
+			klog.ErrorS(err, "Node agent stopped")
+			os.Exit(1)
+		}
+	}()
+	reg := metricsRegistry()
+	engine.RegisterMetrics(reg, eng)
+	if kf.httpEndpoint != "" {
+		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, eng.Health)
+	}
+	klog.InfoS("Cairn node starting", "version", csi.Version, "node", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode(), "endpoint", kf.endpoint)
+	svc := csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
+	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, false, true) })
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
