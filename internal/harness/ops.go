@@ -64,26 +64,35 @@ type Mounted struct {
 // Mount stages and publishes a volume under dir the way kubelet would and
 // returns where it is.
 func (d *Driver) Mount(ctx context.Context, volumeID, dir string, block bool, fsType string) (*Mounted, error) {
+	return MountVia(ctx, d.Node(), volumeID, dir, block, fsType, nil)
+}
+
+// MountVia stages and publishes a volume through any node service, with
+// the volume context the controller returned (as kubelet passes it).
+func MountVia(ctx context.Context, node csipb.NodeClient, volumeID, dir string, block bool, fsType string, volumeContext map[string]string) (*Mounted, error) {
 	m := &Mounted{VolumeID: volumeID, Staging: filepath.Join(dir, volumeID, "staging"), Target: filepath.Join(dir, volumeID, "target"), Block: block}
 	if err := os.MkdirAll(m.Staging, 0o750); err != nil {
 		return nil, err
 	}
 	c := Cap(block, fsType)
-	if _, err := d.Node().NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: volumeID, StagingTargetPath: m.Staging, VolumeCapability: c}); err != nil {
+	if _, err := node.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: volumeID, StagingTargetPath: m.Staging, VolumeCapability: c, VolumeContext: volumeContext}); err != nil {
 		return nil, fmt.Errorf("NodeStageVolume %s: %w", volumeID, err)
 	}
-	if _, err := d.Node().NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: volumeID, StagingTargetPath: m.Staging, TargetPath: m.Target, VolumeCapability: c}); err != nil {
+	if _, err := node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: volumeID, StagingTargetPath: m.Staging, TargetPath: m.Target, VolumeCapability: c, VolumeContext: volumeContext}); err != nil {
 		return nil, fmt.Errorf("NodePublishVolume %s: %w", volumeID, err)
 	}
 	return m, nil
 }
 
 // Unmount unpublishes and unstages a mounted volume.
-func (d *Driver) Unmount(ctx context.Context, m *Mounted) error {
-	if _, err := d.Node().NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: m.VolumeID, TargetPath: m.Target}); err != nil {
+func (d *Driver) Unmount(ctx context.Context, m *Mounted) error { return UnmountVia(ctx, d.Node(), m) }
+
+// UnmountVia unpublishes and unstages through any node service.
+func UnmountVia(ctx context.Context, node csipb.NodeClient, m *Mounted) error {
+	if _, err := node.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: m.VolumeID, TargetPath: m.Target}); err != nil {
 		return fmt.Errorf("NodeUnpublishVolume %s: %w", m.VolumeID, err)
 	}
-	if _, err := d.Node().NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: m.VolumeID, StagingTargetPath: m.Staging}); err != nil {
+	if _, err := node.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: m.VolumeID, StagingTargetPath: m.Staging}); err != nil {
 		return fmt.Errorf("NodeUnstageVolume %s: %w", m.VolumeID, err)
 	}
 	return nil

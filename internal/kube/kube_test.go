@@ -1,0 +1,400 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/cairn-csi/cairn/internal/csi"
+	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/harness"
+	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/scratchfs"
+)
+
+const (
+	testNode = "node-a"
+	testNS   = "cairn-system"
+	mib      = int64(1) << 20
+	gib      = int64(1) << 30
+)
+
+// fixture is a real kube-apiserver and etcd (envtest, with the binaries
+// hack/k8s-tools.sh builds), Cairn's CRDs from deploy/crds, one node agent
+// over an engine on an XFS loop root, and the controller's Remote backend.
+type fixture struct {
+	t      *testing.T
+	ctx    context.Context
+	cl     client.Client
+	remote *Remote
+	eng    *engine.Engine
+	fs     *scratchfs.FS
+	work   string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices, mounts)")
+	}
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins := filepath.Join(root, ".tools/bin")
+	for _, b := range []string{"etcd", "kube-apiserver"} {
+		if _, err := os.Stat(filepath.Join(bins, b)); err != nil {
+			t.Skipf("%s not built: run `make tools` (hack/k8s-tools.sh builds it from source)", b)
+		}
+	}
+	tenv := &envtest.Environment{BinaryAssetsDirectory: bins, CRDDirectoryPaths: []string{filepath.Join(root, "deploy/crds")}, ErrorIfCRDPathMissing: true}
+	cfg, err := tenv.Start()
+	if err != nil {
+		t.Fatalf("envtest: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	f := &fixture{t: t, ctx: ctx, work: t.TempDir()}
+	t.Cleanup(func() {
+		cancel()
+		if f.eng != nil {
+			f.eng.Close()
+		}
+		if f.fs != nil {
+			harness.DetachLoops(f.fs.Mount)
+			f.fs.Close()
+		}
+		tenv.Stop()
+	})
+	if f.fs, err = scratchfs.Create(filepath.Join(f.work, "root.img"), filepath.Join(f.work, "root"), "xfs", 8<<30); err != nil {
+		t.Fatal(err)
+	}
+	if f.eng, err = engine.Open(ctx, engine.Config{DataRoot: f.fs.Mount}); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: Scheme, Cache: AgentCacheOptions(testNode, testNS),
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := &Agent{Engine: f.eng, Node: testNode, Namespace: testNS, Version: "test", Heartbeat: time.Second, Progress: 100 * time.Millisecond}
+	if err := agent.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	go mgr.Start(ctx)
+	if f.cl, err = client.New(cfg, client.Options{Scheme: Scheme}); err != nil {
+		t.Fatal(err)
+	}
+	f.remote = &Remote{Client: f.cl, HeartbeatTimeout: 30 * time.Second, Poll: 50 * time.Millisecond}
+	f.eventually(time.Minute, func() error {
+		c, err := f.remote.Capacity(ctx, testNode)
+		if err == nil && c <= 0 {
+			err = errors.New("node agent has not reported capacity yet")
+		}
+		return err
+	})
+	return f
+}
+
+func (f *fixture) eventually(d time.Duration, fn func() error) {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("after %s: %v", d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (f *fixture) create(name string, size int64, where csi.Placement, mod func(*engine.CreateVolumeRequest)) (*csi.VolumeInfo, error) {
+	req := engine.CreateVolumeRequest{Name: name, RequiredBytes: size, FsType: "ext4"}
+	if mod != nil {
+		mod(&req)
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, 60*time.Second)
+	defer cancel()
+	return f.remote.CreateVolume(ctx, req, where)
+}
+
+func onlyNode(n string) csi.Placement {
+	return csi.Placement{Requisite: []string{n}, Preferred: []string{n}}
+}
+
+// events lists the events.k8s.io events about an object.
+func (f *fixture) events(name string) []string {
+	var list eventsv1.EventList
+	if err := f.cl.List(f.ctx, &list); err != nil {
+		f.t.Fatal(err)
+	}
+	var out []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name {
+			out = append(out, e.Reason+": "+e.Note)
+		}
+	}
+	return out
+}
+
+func TestVolumeSnapshotCloneExpandDelete(t *testing.T) {
+	f := newFixture(t)
+	vol, err := f.create("pv-1", gib, onlyNode(testNode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vol.Node != testNode || vol.SizeBytes != gib || vol.ID != engine.VolumeIDForName("pv-1") {
+		t.Fatalf("volume %+v on %s", vol.VolumeMeta, vol.Node)
+	}
+	// What the user sees on the object.
+	var obj cairnv1.Volume
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: vol.ID}, &obj); err != nil {
+		t.Fatal(err)
+	}
+	if !meta.IsStatusConditionTrue(obj.Status.Conditions, cairnv1.ConditionReady) || obj.Labels[cairnv1.NodeLabel] != testNode || len(obj.Finalizers) != 1 {
+		t.Errorf("volume object: conditions %+v labels %v finalizers %v", obj.Status.Conditions, obj.Labels, obj.Finalizers)
+	}
+	f.eventually(10*time.Second, func() error {
+		if ev := f.events(vol.ID); len(ev) == 0 || !strings.HasPrefix(ev[0], "Created") {
+			return errors.New("no Created event on the volume")
+		}
+		return nil
+	})
+	// Idempotent.
+	again, err := f.create("pv-1", gib, onlyNode(testNode), nil)
+	if err != nil || again.ID != vol.ID {
+		t.Fatalf("repeated create: %v %v", again, err)
+	}
+	snap, err := f.remote.CreateSnapshot(f.ctx, "snap-1", vol.ID, nil, csi.Placement{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Node != testNode || snap.SizeBytes != gib || snap.ID != engine.SnapshotIDForName("snap-1") {
+		t.Fatalf("snapshot %+v", snap.SnapshotMeta)
+	}
+	restored, err := f.create("pv-restored", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID })
+	if err != nil || restored.Node != testNode {
+		t.Fatalf("restore: %v %v", restored, err)
+	}
+	clone, err := f.create("pv-clone", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceVolumeID = vol.ID })
+	if err != nil || clone.Node != testNode || clone.Source == nil || clone.Source.ID != vol.ID {
+		t.Fatalf("clone: %v %v", clone, err)
+	}
+	res, err := f.remote.ExpandVolume(f.ctx, clone.ID, 2*gib, 0)
+	if err != nil || res.SizeBytes != 2*gib || res.NodeExpansionRequired {
+		t.Fatalf("expand: %+v %v", res, err)
+	}
+	if ev, _ := f.eng.GetVolume(f.ctx, clone.ID); ev.SizeBytes != 2*gib {
+		t.Errorf("engine size after expand: %d", ev.SizeBytes)
+	}
+	if _, err := f.remote.ExpandVolume(f.ctx, clone.ID, gib, gib); !errors.Is(err, engine.ErrOutOfRange) {
+		t.Errorf("shrink: %v, want OutOfRange", err)
+	}
+	list, err := f.remote.ListVolumes(f.ctx)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("list: %d volumes, %v", len(list), err)
+	}
+	if err := f.remote.DeleteSnapshot(f.ctx, snap.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{vol.ID, restored.ID, clone.ID} {
+		if err := f.remote.DeleteVolume(f.ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.remote.DeleteVolume(f.ctx, id); err != nil {
+			t.Fatalf("second delete: %v", err)
+		}
+	}
+	if vols, _ := f.eng.ListVolumes(f.ctx); len(vols) != 0 {
+		t.Errorf("engine still has %d volumes", len(vols))
+	}
+	if snaps, _ := f.eng.ListSnapshots(f.ctx); len(snaps) != 0 {
+		t.Errorf("engine still has %d snapshots", len(snaps))
+	}
+}
+
+// storageNode writes a StorageNode as a node agent would.
+func (f *fixture) storageNode(name string, avail int64, heartbeat time.Time) {
+	sn := &cairnv1.StorageNode{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := f.cl.Create(f.ctx, sn); err != nil {
+		f.t.Fatal(err)
+	}
+	sn.Status = cairnv1.StorageNodeStatus{AvailableBytes: avail, CapacityBytes: avail, HeartbeatTime: metav1.NewTime(heartbeat)}
+	if err := f.cl.Status().Update(f.ctx, sn); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func TestPlacement(t *testing.T) {
+	f := newFixture(t)
+	f.storageNode("node-b", 100*gib, time.Now())                 // healthy but no agent runs here
+	f.storageNode("node-c", 100*gib, time.Now().Add(-time.Hour)) // silent
+
+	// The stale node is skipped even when preferred.
+	v, err := f.create("placed", gib, csi.Placement{Requisite: []string{"node-c", testNode}, Preferred: []string{"node-c", testNode}}, nil)
+	if err != nil || v.Node != testNode {
+		t.Fatalf("placement: %v %v", v, err)
+	}
+	_, err = f.create("only-stale", gib, onlyNode("node-c"), nil)
+	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-c: node agent silent") {
+		t.Errorf("stale node only: %v", err)
+	}
+	_, err = f.create("too-big", 1<<50, onlyNode(testNode), nil)
+	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "bytes available") {
+		t.Errorf("too big: %v", err)
+	}
+	_, err = f.create("unknown-node", gib, onlyNode("node-z"), nil)
+	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-z: no Cairn node agent") {
+		t.Errorf("unknown node: %v", err)
+	}
+	// A clone stays with its source: refused when that node is excluded.
+	_, err = f.create("clone-elsewhere", gib, onlyNode("node-b"), func(r *engine.CreateVolumeRequest) { r.SourceVolumeID = v.ID })
+	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), `source lives on node "node-a"`) {
+		t.Errorf("clone to an excluded node: %v", err)
+	}
+	_, err = f.create("from-missing", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = engine.SnapshotIDForName("nope") })
+	if !errors.Is(err, engine.ErrNotFound) || !strings.Contains(err.Error(), "volume_content_source.snapshot.snapshot_id") {
+		t.Errorf("missing source: %v", err)
+	}
+	// No preference: the node with the most room (node-b), whose agent
+	// never answers; the call gives up at its deadline with Aborted and a
+	// retry finds the same object.
+	ctx, cancel := context.WithTimeout(f.ctx, time.Second)
+	defer cancel()
+	_, err = f.remote.CreateVolume(ctx, engine.CreateVolumeRequest{Name: "waits", RequiredBytes: gib}, csi.Placement{})
+	if !errors.Is(err, engine.ErrAborted) || !strings.Contains(err.Error(), "waiting for node agent on node-b") {
+		t.Errorf("volume on an agent-less node: %v, want Aborted naming node-b", err)
+	}
+	if c, _ := f.remote.Capacity(f.ctx, "node-c"); c != 0 {
+		t.Errorf("capacity of a silent node: %d", c)
+	}
+	if c, _ := f.remote.Capacity(f.ctx, ""); c != 100*gib {
+		t.Errorf("capacity of any node: %d", c)
+	}
+}
+
+func TestFinalFailureLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	v, err := f.create("big", 2*gib, onlyNode(testNode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := f.remote.CreateSnapshot(f.ctx, "big-snap", v.ID, nil, csi.Placement{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Restoring a 2 GiB snapshot into at most 1 GiB fails on the node.
+	_, err = f.create("small", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID; r.LimitBytes = gib })
+	if !errors.Is(err, engine.ErrOutOfRange) {
+		t.Fatalf("restore into smaller: %v, want OutOfRange", err)
+	}
+	var obj cairnv1.Volume
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: engine.VolumeIDForName("small")}, &obj); !apierrors.IsNotFound(err) {
+		t.Errorf("failed volume object left behind: %v", err)
+	}
+	// A snapshot of a missing volume.
+	if _, err := f.remote.CreateSnapshot(f.ctx, "orphan", engine.VolumeIDForName("missing"), nil, csi.Placement{}); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("snapshot of a missing volume: %v", err)
+	}
+	// A snapshot name reused for another volume.
+	if _, err := f.remote.CreateSnapshot(f.ctx, "big-snap", engine.VolumeIDForName("other"), nil, csi.Placement{}); !errors.Is(err, engine.ErrAlreadyExists) {
+		t.Errorf("snapshot name reuse: %v", err)
+	}
+}
+
+func TestBackupsThroughObjects(t *testing.T) {
+	f := newFixture(t)
+	target := filepath.Join(f.work, "target")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cl.Create(f.ctx, &cairnv1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: cairnv1.BackupTargetSpec{URL: "file://" + target}}); err != nil {
+		t.Fatal(err)
+	}
+	f.eventually(30*time.Second, func() error {
+		if names, _ := f.remote.BackupTargets(f.ctx); len(names) != 1 {
+			return errors.New("target not listed")
+		}
+		var sn cairnv1.StorageNode
+		if err := f.cl.Get(f.ctx, client.ObjectKey{Name: testNode}, &sn); err != nil || len(sn.Status.BackupTargets) != 1 {
+			return errors.New("node has not opened the target yet")
+		}
+		return nil
+	})
+	v, err := f.create("data", 512*mib, onlyNode(testNode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *engine.BackupInfo
+	f.eventually(time.Minute, func() error {
+		if info, err = f.remote.CreateBackup(f.ctx, "bk-1", v.ID, "default"); err != nil {
+			return err
+		}
+		if !info.Ready {
+			return errors.New("backup not ready")
+		}
+		return nil
+	})
+	handle := info.Handle.String()
+	if got, err := f.remote.GetBackup(f.ctx, handle); err != nil || !got.Ready || got.SizeBytes != 512*mib {
+		t.Fatalf("get backup: %+v %v", got, err)
+	}
+	restored, err := f.create("from-backup", 512*mib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = handle })
+	if err != nil || restored.Node != testNode {
+		t.Fatalf("restore from backup: %v %v", restored, err)
+	}
+	// A backup this cluster has no object for (taken by the engine
+	// directly, as another cluster would) is imported on first sight.
+	foreign, err := f.eng.CreateBackup(f.ctx, "foreign", v.ID, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.eventually(time.Minute, func() error {
+		b, err := f.eng.GetBackup(f.ctx, foreign.Handle.String())
+		if err == nil && !b.Ready {
+			err = errors.New("foreign backup not committed")
+		}
+		return err
+	})
+	fh := foreign.Handle.String()
+	got, err := f.remote.GetBackup(f.ctx, fh)
+	if err != nil || !got.Ready {
+		t.Fatalf("import: %+v %v", got, err)
+	}
+	var imported cairnv1.Snapshot
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: SnapshotObjectName(fh)}, &imported); err != nil || imported.Spec.Handle != fh {
+		t.Fatalf("imported object: %+v %v", imported.Spec, err)
+	}
+	missing := engine.BackupHandle{Target: "default", VolumeID: v.ID, BackupID: strings.Repeat("0", 32)}.String()
+	if _, err := f.remote.GetBackup(f.ctx, missing); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("missing backup: %v, want NotFound", err)
+	}
+	for _, h := range []string{handle, fh} {
+		if err := f.remote.DeleteBackup(f.ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.eng.GetBackup(f.ctx, h); !errors.Is(err, engine.ErrNotFound) {
+			t.Errorf("backup %s still in the target: %v", h, err)
+		}
+	}
+}
