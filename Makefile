@@ -3,7 +3,7 @@ GO ?= go
 GOFLAGS ?=
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build demo test unit sanity integration bench deps tools vet clean
+.PHONY: all build demo test unit sanity integration e2e bench deps tools vet generate manifests clean
 
 all: build
 
@@ -14,9 +14,10 @@ build:
 demo: deps
 	$(GO) run ./demo
 
-# Everything CI runs: vet, unit tests, csi-sanity, integration tests.
+# Everything CI runs: vet, unit tests, csi-sanity, integration tests, the
+# Kubernetes e2e run.
 test: deps tools vet
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	CAIRN_E2E=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit:
 	$(GO) test -count=1 ./internal/...
@@ -26,6 +27,11 @@ sanity:
 
 integration:
 	$(GO) test -count=1 -v ./test/integration/
+
+# Kubernetes mode against a real control plane and the real sidecars,
+# installed from deploy/ (prints each step and a summary).
+e2e: deps tools
+	CAIRN_E2E=1 $(GO) test -count=1 -v -timeout 30m ./test/e2e/...
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
 # latency, then backups.
@@ -45,6 +51,14 @@ tools:
 	@bash hack/minio.sh >/dev/null
 	@bash hack/helm.sh >/dev/null
 	@bash hack/k8s-tools.sh
+
+# After changing internal/kube/api: deepcopy code and CRDs.
+generate:
+	@bash hack/generate.sh
+
+# After changing the Helm chart: the kustomize base and examples.
+manifests:
+	@bash hack/render-manifests.sh
 
 clean:
 	rm -rf bin _out

@@ -232,6 +232,16 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 // matchExisting answers a repeated CreateVolume: the same volume if the
 // request is compatible, AlreadyExists otherwise.
 func (e *Engine) matchExisting(m *VolumeMeta, req CreateVolumeRequest, fsType string) (*Volume, error) {
+	if err := CheckExisting(m, req, fsType); err != nil {
+		return nil, err
+	}
+	return e.describe(m), nil
+}
+
+// CheckExisting tells whether an existing volume answers a repeated
+// CreateVolume for req (fsType: the request's, defaulted): nil if it is
+// compatible, ErrAlreadyExists saying how it differs otherwise.
+func CheckExisting(m *VolumeMeta, req CreateVolumeRequest, fsType string) error {
 	var want *Source
 	if req.SourceSnapshotID != "" {
 		want = &Source{Kind: "snapshot", ID: req.SourceSnapshotID}
@@ -240,17 +250,17 @@ func (e *Engine) matchExisting(m *VolumeMeta, req CreateVolumeRequest, fsType st
 	}
 	switch {
 	case m.SizeBytes < req.RequiredBytes:
-		return nil, errorf(ErrAlreadyExists, "volume %q exists with %d bytes, less than the requested %d", req.Name, m.SizeBytes, req.RequiredBytes)
+		return errorf(ErrAlreadyExists, "volume %q exists with %d bytes, less than the requested %d", req.Name, m.SizeBytes, req.RequiredBytes)
 	case req.LimitBytes > 0 && m.SizeBytes > req.LimitBytes:
-		return nil, errorf(ErrAlreadyExists, "volume %q exists with %d bytes, more than limit_bytes %d", req.Name, m.SizeBytes, req.LimitBytes)
+		return errorf(ErrAlreadyExists, "volume %q exists with %d bytes, more than limit_bytes %d", req.Name, m.SizeBytes, req.LimitBytes)
 	case m.Block != req.Block:
-		return nil, errorf(ErrAlreadyExists, "volume %q exists with a different access type", req.Name)
+		return errorf(ErrAlreadyExists, "volume %q exists with a different access type", req.Name)
 	case (want == nil) != (m.Source == nil) || (want != nil && *want != *m.Source):
-		return nil, errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
+		return errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
 	case want == nil && !req.Block && m.FsType != fsType:
-		return nil, errorf(ErrAlreadyExists, "volume %q exists with file system %s, not %s", req.Name, m.FsType, fsType)
+		return errorf(ErrAlreadyExists, "volume %q exists with file system %s, not %s", req.Name, m.FsType, fsType)
 	}
-	return e.describe(m), nil
+	return nil
 }
 
 func (e *Engine) describe(m *VolumeMeta) *Volume {

@@ -274,7 +274,7 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	}
 	msg := ""
 	if err == nil {
-		v.Status.SizeBytes = ev.SizeBytes
+		v.Status.SizeBytes, v.Status.FsType = ev.SizeBytes, ev.FsType
 		msg = fmt.Sprintf("%d bytes on node %s", ev.SizeBytes, a.Node)
 		if v.Spec.RequiredBytes > ev.SizeBytes {
 			var res *engine.ExpandResult

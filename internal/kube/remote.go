@@ -181,7 +181,18 @@ func (r *Remote) CreateVolume(ctx context.Context, req engine.CreateVolumeReques
 		}
 		return nil, err
 	}
-	return volumeInfo(v), nil
+	info := volumeInfo(v)
+	fsType := req.FsType
+	if req.Block {
+		fsType = ""
+	} else if fsType == "" {
+		fsType = "ext4"
+	}
+	// The same name asked for again: compatible, or AlreadyExists.
+	if err := engine.CheckExisting(&info.VolumeMeta, req, fsType); err != nil {
+		return nil, err
+	}
+	return info, nil
 }
 
 func (r *Remote) createVolumeObject(ctx context.Context, id string, req engine.CreateVolumeRequest, where csi.Placement) error {
@@ -317,7 +328,9 @@ func volumeInfo(v *cairnv1.Volume) *csi.VolumeInfo {
 		}
 		m.Source = &engine.Source{Kind: kind, ID: s.ID}
 	}
-	if !m.Block && m.FsType == "" {
+	if v.Status.FsType != "" {
+		m.FsType = v.Status.FsType
+	} else if !m.Block && m.FsType == "" {
 		m.FsType = "ext4"
 	}
 	return &csi.VolumeInfo{Volume: &engine.Volume{VolumeMeta: m}, Node: v.Spec.NodeName}

@@ -1,6 +1,8 @@
 // Package sanity runs the upstream csi-sanity suite (csi-test as a
 // library) against `cairn standalone` with real mounts on an XFS data root,
-// once for filesystem and once for raw block access.
+// once for filesystem and once for raw block access, and against
+// Kubernetes mode (`cairn controller` and `cairn node` over a real
+// kube-apiserver) with filesystem access.
 package sanity
 
 import (
@@ -8,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
@@ -27,7 +30,7 @@ func TestSanity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("csi-sanity needs root (loop devices and mounts)")
 	}
-	for _, access := range []string{"mount", "block"} {
+	for _, access := range []string{"mount", "block", "kube-mount"} {
 		t.Run(access, func(t *testing.T) {
 			args := []string{"-test.run=^TestSanityChild$", "-test.v"}
 			if testing.Verbose() {
@@ -63,21 +66,25 @@ func TestSanityChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &harness.Driver{Bin: bin, Socket: filepath.Join(dir, "csi.sock"), DataRoot: fs.Mount, NodeID: "sanity-node", Log: filepath.Join(dir, "cairn.log")}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(d.Log); err == nil {
-				t.Logf("driver log:\n%s", b)
-			}
-		}
-	})
-
 	cfg := sanity.NewTestConfig()
-	cfg.Address = d.Endpoint()
+	if kubeAccess, ok := strings.CutPrefix(access, "kube-"); ok {
+		access = kubeAccess
+		cfg.Address, cfg.ControllerAddress = startKubeMode(t, bin, dir, fs.Mount)
+	} else {
+		d := &harness.Driver{Bin: bin, Socket: filepath.Join(dir, "csi.sock"), DataRoot: fs.Mount, NodeID: "sanity-node", Log: filepath.Join(dir, "cairn.log")}
+		if err := d.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			d.Close()
+			if t.Failed() {
+				if b, err := os.ReadFile(d.Log); err == nil {
+					t.Logf("driver log:\n%s", b)
+				}
+			}
+		})
+		cfg.Address = d.Endpoint()
+	}
 	cfg.TargetPath = filepath.Join(dir, "target")
 	cfg.StagingPath = filepath.Join(dir, "staging")
 	cfg.TestVolumeAccessType = access

@@ -71,6 +71,9 @@ type VolumeStatus struct {
 	Phase string `json:"phase,omitempty"`
 	// SizeBytes is the volume's current capacity.
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// FsType is the file system the volume has or will get (a restore
+	// keeps its snapshot's); empty for block volumes.
+	FsType string `json:"fsType,omitempty"`
 	// NodeExpansionRequired is true when the last expansion must still be
 	// finished by the node service (the volume was staged).
 	NodeExpansionRequired bool `json:"nodeExpansionRequired,omitempty"`
