@@ -260,11 +260,21 @@ func (r *Remote) waitVolume(ctx context.Context, id string, done func(*cairnv1.V
 	var v cairnv1.Volume
 	err := r.wait(ctx, func() (bool, string, error) {
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
-			return false, "", notFoundOr(err, "volume %q not found", id)
+			return absent(err)
 		}
 		return r.judge(&v, v.Status.ObservedGeneration, v.Status.Phase, v.Status.Reason, v.Status.Message, func() bool { return done(&v) })
 	}, "volume "+id)
 	return &v, err
+}
+
+// absent is how a wait treats a failed read: an object it just created may
+// not have reached the informer cache yet, so NotFound means keep waiting
+// (a retry after the deadline recreates an object that is really gone).
+func absent(err error) (bool, string, error) {
+	if apierrors.IsNotFound(err) {
+		return false, "waiting for the object to appear", nil
+	}
+	return false, "", apiError("read status", err)
 }
 
 // judge decides from a reported status whether a wait is over.
@@ -488,7 +498,7 @@ func (r *Remote) waitSnapshot(ctx context.Context, objName string, done func(*ca
 	var s cairnv1.Snapshot
 	err := r.wait(ctx, func() (bool, string, error) {
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: objName}, &s); err != nil {
-			return false, "", notFoundOr(err, "snapshot object %q not found", objName)
+			return absent(err)
 		}
 		return r.judge(&s, s.Status.ObservedGeneration, s.Status.Phase, s.Status.Reason, s.Status.Message, func() bool { return done(&s) })
 	}, "snapshot "+objName)
