@@ -423,4 +423,3 @@ func (e *env) eventually(d time.Duration, fn func() error) error {
 		time.Sleep(250 * time.Millisecond)
 	}
 }
-

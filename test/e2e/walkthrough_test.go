@@ -255,7 +255,6 @@ func (e *env) pvOf(pvcName string) (*corev1.PersistentVolume, error) {
 	return e.kc.CoreV1().PersistentVolumes().Get(e.ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
 }
 
-
 func (e *env) snapshotClass(name string, policy snapv1.DeletionPolicy, params map[string]string) error {
 	_, err := e.snaps.SnapshotV1().VolumeSnapshotClasses().Create(e.ctx, &snapv1.VolumeSnapshotClass{
 		ObjectMeta: metav1.ObjectMeta{Name: name}, Driver: driver, DeletionPolicy: policy, Parameters: params,
@@ -659,4 +658,3 @@ func (e *env) cleanup() error {
 	}
 	return nil
 }
-
