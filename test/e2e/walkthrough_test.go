@@ -641,6 +641,9 @@ func (e *env) cleanup() error {
 	for _, d := range []string{"volumes", "snapshots", "backups", "tmp", "trash"} {
 		ents, _ := os.ReadDir(filepath.Join(e.fs.Mount, d))
 		for _, ent := range ents {
+			if strings.HasPrefix(ent.Name(), ".health-") {
+				continue // the node's health probe, written and removed while it runs
+			}
 			left = append(left, d+"/"+ent.Name())
 		}
 	}
