@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/kube"
+	"github.com/cairn-csi/cairn/internal/registrar"
 )
 
 // kubeFlags are the flags both Kubernetes-mode commands share; names follow
@@ -111,6 +113,8 @@ func runNode(args []string) error {
 	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	heartbeat := fs.Duration("heartbeat-interval", 30*time.Second, "how often the StorageNode status (capacity, health) is refreshed")
+	regDir := fs.String("registration-dir", "", "register with kubelet through this plugins_registry directory (e.g. /var/lib/kubelet/plugins_registry) instead of the node-driver-registrar sidecar; off if empty")
+	regPath := fs.String("kubelet-registration-path", "", "the CSI socket path kubelet should use, with --registration-dir (default: --endpoint's path)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -153,6 +157,19 @@ func runNode(args []string) error {
 	engine.RegisterMetrics(reg, eng)
 	if kf.httpEndpoint != "" {
 		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, eng.Health)
+	}
+	if *regDir != "" {
+		path := *regPath
+		if path == "" {
+			path = strings.TrimPrefix(kf.endpoint, "unix://")
+		}
+		reg := &registrar.Registrar{Driver: csi.DriverName, Endpoint: path}
+		go func() {
+			if err := reg.Serve(ctx, *regDir); err != nil {
+				klog.ErrorS(err, "Kubelet plugin registration failed")
+				os.Exit(1)
+			}
+		}()
 	}
 	klog.InfoS("Cairn node starting", "version", csi.Version, "node", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode(), "endpoint", kf.endpoint)
 	svc := csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
