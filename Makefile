@@ -3,7 +3,7 @@ GO ?= go
 GOFLAGS ?=
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build demo test unit sanity integration e2e bench deps tools vet generate manifests clean
+.PHONY: all build demo test unit sanity integration e2e e2e-node bench deps tools vet generate manifests clean
 
 all: build
 
@@ -17,7 +17,7 @@ demo: deps
 # Everything CI runs: vet, unit tests, csi-sanity, integration tests, the
 # Kubernetes e2e run.
 test: deps tools vet
-	CAIRN_E2E=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit:
 	$(GO) test -count=1 ./internal/...
@@ -31,7 +31,12 @@ integration:
 # Kubernetes mode against a real control plane and the real sidecars,
 # installed from deploy/ (prints each step and a summary).
 e2e: deps tools
-	CAIRN_E2E=1 $(GO) test -count=1 -v -timeout 30m ./test/e2e/...
+	CAIRN_E2E=1 $(GO) test -count=1 -v -timeout 30m -run 'TestKubernetesMode|TestCluster' ./test/e2e/...
+
+# A real node (kubelet + containerd from Debian, installed by
+# hack/node-deps.sh) and the walkthrough with real pods.
+e2e-node: deps tools
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -v -timeout 30m -run 'TestRealNode|TestPodRuns' ./test/e2e/...
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
 # latency, then backups.

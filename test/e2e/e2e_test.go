@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,10 +56,14 @@ type env struct {
 	backups string        // the file backup target
 
 	manifests []*unstructured.Unstructured // deploy/kustomize/base, rendered
-	node      *process
-	nodeSock  string
-	replicas  []*replica
-	steps     []stepResult
+	nodeName  string                       // the node cairn node serves
+	// kubeletRoot is set when a real kubelet runs: cairn node then puts its
+	// socket where kubelet looks and registers through plugins_registry.
+	kubeletRoot string
+	node        *process
+	nodeSock    string
+	replicas    []*replica
+	steps       []stepResult
 }
 
 // replica is one controller pod: cairn controller and its sidecars.
@@ -142,7 +147,10 @@ func toolsReady(t *testing.T, root string) bool {
 	return true
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvNamed(t, "e2e") }
+
+// newEnvNamed is newEnv with the run's name, which names its log folder.
+func newEnvNamed(t *testing.T, name string) *env {
 	if os.Geteuid() != 0 {
 		t.Fatal("the e2e run needs root (loop devices, mounts)")
 	}
@@ -156,9 +164,9 @@ func newEnv(t *testing.T) *env {
 	work := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	// Component logs stay in _out/e2e/logs (git-ignored) after the run.
-	logs := filepath.Join(root, "_out", "e2e", "logs")
+	logs := filepath.Join(root, "_out", name, "logs")
 	os.RemoveAll(logs)
-	e := &env{t: t, ctx: ctx, root: root, bins: filepath.Join(root, ".tools/bin"), work: work,
+	e := &env{t: t, ctx: ctx, root: root, bins: filepath.Join(root, ".tools/bin"), work: work, nodeName: nodeName,
 		logs: logs, mnt: filepath.Join(work, "kubelet"), backups: filepath.Join(work, "backups")}
 	for _, d := range []string{e.logs, e.mnt, e.backups} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -216,7 +224,13 @@ func (e *env) startControlPlane() error {
 		return err
 	}
 	e.c = c
+	return e.connect(c)
+}
+
+// connect makes the API clients for a running control plane.
+func (e *env) connect(c *cluster.Cluster) error {
 	cfg := c.RESTConfig()
+	var err error
 	if e.kc, err = kubernetes.NewForConfig(cfg); err != nil {
 		return err
 	}
@@ -327,8 +341,15 @@ func (e *env) startNode(extraEnv ...string) error {
 		return err
 	}
 	sock := filepath.Join(e.work, "node-plugin")
-	args, env, err := containerCommand(spec, "cairn", podEnv{namespace: namespace, podName: "cairn-node-test", nodeName: nodeName}, sock,
-		map[string]string{"--data-root": e.fs.Mount, "--kubeconfig": kcfg, "--heartbeat-interval": "5s", "--v": "4"})
+	rewrite := map[string]string{"--data-root": e.fs.Mount, "--kubeconfig": kcfg, "--heartbeat-interval": "5s", "--v": "4"}
+	if e.kubeletRoot != "" {
+		// As on a real node: the socket in kubelet's plugin folder and,
+		// instead of the node-driver-registrar sidecar, Cairn's own
+		// registration.
+		sock = filepath.Join(e.kubeletRoot, "plugins", driver)
+		rewrite["--registration-dir"] = filepath.Join(e.kubeletRoot, "plugins_registry")
+	}
+	args, env, err := containerCommand(spec, "cairn", podEnv{namespace: namespace, podName: "cairn-node-test", nodeName: e.nodeName}, sock, rewrite)
 	if err != nil {
 		return err
 	}
@@ -351,7 +372,7 @@ func (e *env) startReplica(pod string) (*replica, error) {
 	}
 	sock := filepath.Join(e.work, pod)
 	r := &replica{pod: pod}
-	pe := podEnv{namespace: namespace, podName: pod, nodeName: nodeName}
+	pe := podEnv{namespace: namespace, podName: pod, nodeName: e.nodeName}
 	for _, c := range []struct{ container, bin string }{
 		{"cairn", e.cairn},
 		{"csi-provisioner", filepath.Join(e.bins, "csi-provisioner")},
@@ -409,6 +430,13 @@ func (e *env) controllerPods(n int) ([]string, error) {
 	return names[:n], err
 }
 
+// stopRetrying ends an eventually loop at once (a final failure).
+type stopRetrying struct{ err error }
+
+func (s stopRetrying) Error() string { return s.err.Error() }
+
+func backoffStop(err error) error { return stopRetrying{err} }
+
 // eventually retries fn until it succeeds or d passes.
 func (e *env) eventually(d time.Duration, fn func() error) error {
 	deadline := time.Now().Add(d)
@@ -416,6 +444,10 @@ func (e *env) eventually(d time.Duration, fn func() error) error {
 		err := fn()
 		if err == nil {
 			return nil
+		}
+		var stop stopRetrying
+		if errors.As(err, &stop) {
+			return stop.err
 		}
 		if time.Now().After(deadline) || e.ctx.Err() != nil {
 			return fmt.Errorf("after %s: %w", d, err)

@@ -126,7 +126,7 @@ func TestKubernetesMode(t *testing.T) {
 func (e *env) waitStorageNode() error {
 	return e.eventually(time.Minute, func() error {
 		var sn cairnv1.StorageNode
-		if err := e.cc.Get(e.ctx, client.ObjectKey{Name: nodeName}, &sn); err != nil {
+		if err := e.cc.Get(e.ctx, client.ObjectKey{Name: e.nodeName}, &sn); err != nil {
 			if e.node.exited(0) {
 				return errors.Join(err, fmt.Errorf("cairn node exited:\n%s", e.node.tail(3000)))
 			}
@@ -147,11 +147,11 @@ func (e *env) checkCapacity() error {
 		}
 		for _, c := range caps.Items {
 			if c.StorageClassName == storageClass && c.Capacity != nil && c.Capacity.Value() > gi &&
-				c.NodeTopology != nil && c.NodeTopology.MatchLabels[topoKey] == nodeName {
+				c.NodeTopology != nil && c.NodeTopology.MatchLabels[topoKey] == e.nodeName {
 				return nil
 			}
 		}
-		return fmt.Errorf("no CSIStorageCapacity for %s on %s among %d", storageClass, nodeName, len(caps.Items))
+		return fmt.Errorf("no CSIStorageCapacity for %s on %s among %d", storageClass, e.nodeName, len(caps.Items))
 	})
 }
 
@@ -161,7 +161,7 @@ func (e *env) checkCapacity() error {
 func (e *env) createPVC(name, size string, source *corev1.TypedLocalObjectReference) error {
 	sc := storageClass
 	pvc := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS, Annotations: map[string]string{"volume.kubernetes.io/selected-node": nodeName}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS, Annotations: map[string]string{"volume.kubernetes.io/selected-node": e.nodeName}},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			StorageClassName: &sc,

@@ -191,6 +191,36 @@ type Kubelet struct {
 	timings    Timings
 	stopOnce   sync.Once
 	stopErr    error
+	lock       *os.File // the machine-wide node lock, held until Stop
+}
+
+// lockFile serialises nodes on one machine: tests in several packages may
+// each want the one node this machine can run; the later waits.
+const lockFile = "/run/cairn-e2e-node.lock"
+
+// acquireMachine waits (until ctx ends) for the machine-wide node lock. A
+// holder that dies releases it with its last file descriptor.
+func acquireMachine(ctx context.Context) (*os.File, error) {
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("node: lock %s: %w", lockFile, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("node: another node runs on this machine (%s): %w", lockFile, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func newKubelet(cfg Config) *Kubelet {
@@ -224,6 +254,17 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("node: needs root")
 	}
+	lock, err := acquireMachine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if k == nil || err != nil {
+			lock.Close()
+		} else {
+			k.lock = lock
+		}
+	}()
 	bins := map[string]string{}
 	for _, b := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "runc"} {
 		p, err := findBin(cfg.BinDir, b)
@@ -608,7 +649,12 @@ logging:
 // sysctls the kubelet changed. It may be called more than once and
 // returns what it could not undo.
 func (k *Kubelet) Stop() error {
-	k.stopOnce.Do(func() { k.stopErr = k.stop() })
+	k.stopOnce.Do(func() {
+		k.stopErr = k.stop()
+		if k.lock != nil {
+			k.lock.Close()
+		}
+	})
 	return k.stopErr
 }
 

@@ -1,0 +1,387 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/test/e2e/cluster"
+	"github.com/cairn-csi/cairn/test/e2e/node"
+)
+
+// TestRealNode is the walkthrough with real pods: kubelet and containerd
+// run on this machine (test/e2e/node), kubelet calls Cairn's node service
+// (registered through plugins_registry) for NodeStage/NodePublish/
+// NodeExpand, and busybox pods write and read the data.
+func TestRealNode(t *testing.T) {
+	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
+		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
+	}
+	e := newEnvNamed(t, "e2e-node")
+	if os.Getenv("CAIRN_E2E_NODE") == "1" {
+		deps := exec.Command("bash", filepath.Join(e.root, "hack/node-deps.sh"))
+		deps.Stdout, deps.Stderr = os.Stderr, os.Stderr
+		if err := deps.Run(); err != nil {
+			t.Fatalf("hack/node-deps.sh: %v", err)
+		}
+	}
+	var err error
+	var kubelet *node.Kubelet
+	t.Cleanup(func() {
+		if kubelet != nil {
+			if err := kubelet.Stop(); err != nil {
+				t.Errorf("stopping the node: %v", err)
+			}
+		}
+	})
+	e.step("build cairn and the images (busybox, pause)", func() error {
+		if e.cairn, err = harness.Build(e.work); err != nil {
+			return err
+		}
+		cmd := exec.Command("go", "run", "./hack/images", "-out", filepath.Join(e.work, "images"))
+		cmd.Dir = e.root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go run ./hack/images: %v\n%s", err, out)
+		}
+		return nil
+	})
+	e.step("XFS data root on a loop device", func() error {
+		e.fs, err = scratchfs.Create(filepath.Join(e.work, "root.img"), filepath.Join(e.work, "root"), "xfs", 16<<30)
+		return err
+	})
+	ncfg := node.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "node"),
+		ImageTars: []string{filepath.Join(e.work, "images", "busybox.tar"), filepath.Join(e.work, "images", "pause.tar")}}
+	e.step("control plane (apiserver can reach kubelet)", func() error {
+		apiArgs, err := node.APIServerArgs(ncfg)
+		if err != nil {
+			return err
+		}
+		c, err := cluster.Start(e.ctx, cluster.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "cluster"), ExtraAPIServerArgs: apiArgs})
+		if err != nil {
+			return err
+		}
+		e.c = c
+		return e.clients()
+	})
+	e.step("prerequisites: snapshot CRDs and snapshot-controller", e.installPrerequisites)
+	e.step("install Cairn from deploy/kustomize/base + example classes", e.installCairn)
+	e.step("kubelet + containerd node is Ready", func() error {
+		ncfg.Kubeconfig = e.c.AdminKubeconfig()
+		if kubelet, err = node.Start(e.ctx, ncfg); err != nil {
+			return err
+		}
+		e.nodeName, e.kubeletRoot = kubelet.NodeName(), kubelet.RootDir()
+		return nil
+	})
+	e.step("cairn node registers with kubelet (CSINode, topology label)", func() error {
+		if err := e.startNode(); err != nil {
+			return err
+		}
+		return e.eventually(time.Minute, func() error {
+			cn, err := e.kc.StorageV1().CSINodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			for _, d := range cn.Spec.Drivers {
+				if d.Name == driver && d.NodeID == e.nodeName && len(d.TopologyKeys) == 1 && d.TopologyKeys[0] == topoKey {
+					n, err := e.kc.CoreV1().Nodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
+					if err != nil {
+						return err
+					}
+					if n.Labels[topoKey] != e.nodeName {
+						return fmt.Errorf("node lacks the topology label: %v", n.Labels)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("CSINode drivers %+v", cn.Spec.Drivers)
+		})
+	})
+	e.step("cairn controller with its sidecars", func() error {
+		pods, err := e.controllerPods(1)
+		if err != nil {
+			return err
+		}
+		if _, err := e.startReplica(pods[0]); err != nil {
+			return err
+		}
+		return e.waitStorageNode()
+	})
+	e.step("StorageClass cairn-xfs (online growth: the kernel refuses it for ext4 here)", func() error {
+		sc, err := e.kc.StorageV1().StorageClasses().Get(e.ctx, storageClass, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		xfs := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "cairn-xfs"}, Provisioner: sc.Provisioner,
+			Parameters: map[string]string{"csi.storage.k8s.io/fstype": "xfs"}, AllowVolumeExpansion: sc.AllowVolumeExpansion,
+			VolumeBindingMode: sc.VolumeBindingMode, ReclaimPolicy: sc.ReclaimPolicy}
+		_, err = e.kc.StorageV1().StorageClasses().Create(e.ctx, xfs, metav1.CreateOptions{})
+		return err
+	})
+
+	const write = `dd if=/dev/urandom of=/data/mysql.db bs=1M count=8 2>/dev/null && sha256sum /data/mysql.db > /data/mysql.sum && sync && echo written && exec sleep 100000`
+	const verify = `cd /data && sha256sum -c mysql.sum`
+	e.step("pod mysql writes into mysql-pvc (1Gi, bound at first use)", func() error {
+		if err := e.claim("mysql-pvc", "cairn-xfs", "1Gi", nil, false); err != nil {
+			return err
+		}
+		if err := e.pod("mysql", "mysql-pvc", write, false); err != nil {
+			return err
+		}
+		return e.eventually(2*time.Minute, func() error {
+			out, err := e.kubectl("logs", "-n", appNS, "mysql")
+			if err != nil || !strings.Contains(out, "written") {
+				return fmt.Errorf("mysql pod not done writing: %v %s%s", err, out, e.podState("mysql"))
+			}
+			return nil
+		})
+	})
+	e.step("VolumeSnapshot mysql-snapshot-demo readyToUse (volume mounted in a running pod)", func() error {
+		if err := e.snapshotClass("longhorn", snapv1.VolumeSnapshotContentDelete, map[string]string{"type": "snap"}); err != nil {
+			return err
+		}
+		return e.snapshot("mysql-snapshot-demo", "longhorn", "mysql-pvc")
+	})
+	e.step("pod on mysql-restore-pvc reads the same bytes", func() error {
+		if err := e.claim("mysql-restore-pvc", "cairn-xfs", "1Gi", snapshotSource("mysql-snapshot-demo"), false); err != nil {
+			return err
+		}
+		return e.podSucceeds("restore-reader", "mysql-restore-pvc", verify, false)
+	})
+	e.step("pod on mysql-clone-pvc reads them too", func() error {
+		if err := e.claim("mysql-clone-pvc", "cairn-xfs", "1Gi", &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "mysql-pvc"}, false); err != nil {
+			return err
+		}
+		return e.podSucceeds("clone-reader", "mysql-clone-pvc", verify, false)
+	})
+	e.step("patch the mounted mysql-pvc to 2Gi: the running pod sees ~2Gi (online, through kubelet)", func() error {
+		before, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, "mysql", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		patch := `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`
+		if _, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Patch(e.ctx, "mysql-pvc", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			return err
+		}
+		err = e.eventually(2*time.Minute, func() error {
+			pvc, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, "mysql-pvc", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if got := pvc.Status.Capacity[corev1.ResourceStorage]; got.Cmp(resource.MustParse("2Gi")) < 0 {
+				return fmt.Errorf("PVC capacity %s%s", got.String(), e.lastEvent("PersistentVolumeClaim", "mysql-pvc"))
+			}
+			out, err := e.kubectl("exec", "-n", appNS, "mysql", "--", "df", "-k", "/data")
+			if err != nil {
+				return err
+			}
+			fields := strings.Fields(lastLine(out))
+			if len(fields) < 2 {
+				return fmt.Errorf("df output %q", out)
+			}
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil || kb*1024 < 19*gi/10 {
+				return fmt.Errorf("the pod sees %d KiB at /data", kb)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		after, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, "mysql", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if after.UID != before.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
+			return errors.New("the pod was restarted")
+		}
+		return nil
+	})
+	e.step("raw block PVC used by a pod through volumeDevices", func() error {
+		if err := e.claim("block-pvc", storageClass, "1Gi", nil, true); err != nil {
+			return err
+		}
+		script := `dd if=/dev/urandom of=/tmp/a bs=1M count=4 2>/dev/null && dd if=/tmp/a of=/dev/xvda bs=1M count=4 conv=fsync 2>/dev/null && dd if=/dev/xvda of=/tmp/b bs=1M count=4 2>/dev/null && cmp /tmp/a /tmp/b && echo block-ok`
+		return e.podSucceeds("block-user", "block-pvc", script, true)
+	})
+	e.step("delete pods and PVCs: no mounts, loop devices or files left", func() error {
+		return e.cleanupRealNode(kubelet.RootDir())
+	})
+}
+
+// clients makes the API clients once the control plane runs.
+func (e *env) clients() error { return e.connect(e.c) }
+
+// claim creates a PVC of a class that binds at first use; the pod that
+// uses it lets the scheduler pick the node.
+func (e *env) claim(name, class, size string, source *corev1.TypedLocalObjectReference, block bool) error {
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: &class,
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(size)}},
+			DataSource:       source,
+		},
+	}
+	if block {
+		mode := corev1.PersistentVolumeBlock
+		pvc.Spec.VolumeMode = &mode
+	}
+	if source != nil && source.Kind == "VolumeSnapshot" {
+		pvc.Spec.DataSource.APIGroup = ptr("snapshot.storage.k8s.io")
+	}
+	_, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Create(e.ctx, pvc, metav1.CreateOptions{})
+	return err
+}
+
+// pod starts a busybox pod running script with the PVC at /data (or, for
+// a block PVC, as /dev/xvda).
+func (e *env) pod(name, pvc, script string, block bool) error {
+	c := corev1.Container{Name: "main", Image: "docker.io/library/busybox:1.36", ImagePullPolicy: corev1.PullNever,
+		Command: []string{"sh", "-c", script}}
+	if block {
+		c.VolumeDevices = []corev1.VolumeDevice{{Name: "vol", DevicePath: "/dev/xvda"}}
+	} else {
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "vol", MountPath: "/data"}}
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{c},
+			TerminationGracePeriodSeconds: ptr(int64(1)),
+			Volumes: []corev1.Volume{{Name: "vol", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc}}}},
+		},
+	}
+	_, err := e.kc.CoreV1().Pods(appNS).Create(e.ctx, p, metav1.CreateOptions{})
+	return err
+}
+
+// podSucceeds runs a pod to completion and fails unless it Succeeded.
+func (e *env) podSucceeds(name, pvc, script string, block bool) error {
+	if err := e.pod(name, pvc, script, block); err != nil {
+		return err
+	}
+	return e.eventually(3*time.Minute, func() error {
+		p, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		switch p.Status.Phase {
+		case corev1.PodSucceeded:
+			return nil
+		case corev1.PodFailed:
+			out, _ := e.kubectl("logs", "-n", appNS, name)
+			return backoffStop(fmt.Errorf("pod %s failed: %s", name, out))
+		}
+		return fmt.Errorf("pod %s is %s%s", name, p.Status.Phase, e.podState(name))
+	})
+}
+
+// podState describes why a pod is not there yet, for messages.
+func (e *env) podState(name string) string {
+	p, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for _, c := range p.Status.Conditions {
+		if c.Status != corev1.ConditionTrue && c.Message != "" {
+			parts = append(parts, string(c.Type)+": "+c.Message)
+		}
+	}
+	return " (" + strings.Join(parts, "; ") + ")" + e.lastEvent("Pod", name)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// kubectl runs the built kubectl as admin.
+func (e *env) kubectl(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	args = append([]string{"--kubeconfig", e.c.AdminKubeconfig(), "--cache-dir", filepath.Join(e.work, "kubectl-cache")}, args...)
+	out, err := exec.CommandContext(ctx, filepath.Join(e.bins, "kubectl"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// cleanupRealNode deletes the pods (kubelet unpublishes and unstages),
+// snapshots and PVCs, and checks nothing is left of the volumes.
+func (e *env) cleanupRealNode(kubeletRoot string) error {
+	if err := e.kc.CoreV1().Pods(appNS).DeleteCollection(e.ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		return err
+	}
+	if err := e.eventually(2*time.Minute, func() error {
+		pods, err := e.kc.CoreV1().Pods(appNS).List(e.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d pods remain", len(pods.Items))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).DeleteCollection(e.ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if err := e.kc.CoreV1().PersistentVolumeClaims(appNS).DeleteCollection(e.ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		return err
+	}
+	if err := e.eventually(3*time.Minute, func() error {
+		pvs, err := e.kc.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pvs.Items) > 0 {
+			return fmt.Errorf("%d PVs remain", len(pvs.Items))
+		}
+		ents, _ := os.ReadDir(filepath.Join(e.fs.Mount, "volumes"))
+		snaps, _ := os.ReadDir(filepath.Join(e.fs.Mount, "snapshots"))
+		if len(ents)+len(snaps) > 0 {
+			return fmt.Errorf("%d volumes, %d snapshots on the data root", len(ents), len(snaps))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	// Cairn's part: loop devices of the data root, and mounts kubelet made
+	// for CSI volumes (staging under plugins/kubernetes.io/csi, targets
+	// under pods/*/volumes/kubernetes.io~csi or volumeDevices). Kubelet
+	// tears down its own tmpfs token mounts of deleted pods at its pace.
+	all, err := harness.Leaks(e.fs.Mount, kubeletRoot)
+	if err != nil {
+		return err
+	}
+	var leaks []string
+	for _, l := range all {
+		if strings.HasPrefix(l, "loop device") || strings.Contains(l, "kubernetes.io~csi") || strings.Contains(l, "kubernetes.io/csi") {
+			leaks = append(leaks, l)
+		}
+	}
+	if len(leaks) > 0 {
+		return fmt.Errorf("left behind: %s", strings.Join(leaks, ", "))
+	}
+	return nil
+}
