@@ -11,7 +11,8 @@ package main
 //	                  hack/e2e-suite.sh) + /agnhost-2, /uploads and the
 //	                  image's user/group (1000 user-defined-in-image, 50000
 //	                  group-defined-in-image); Entrypoint ["/agnhost"],
-//	                  Cmd ["pause"] like the real image
+//	                  Cmd ["pause"] like the real image; plus the nsenter
+//	                  wrapper below
 //	e2e-busybox.tar   registry.k8s.io/e2e-test-images/busybox:1.37.0-1
 //	                  the busybox layer; Cmd ["sh"] (the suite's default
 //	                  test image on Linux)
@@ -165,6 +166,9 @@ func e2eImages(out, busybox, agnhost string) error {
 		file{name: "agnhost-2", mode: 0o777, link: "agnhost"},
 		file{name: "uploads", mode: 0o755, dir: true},
 		file{name: "home/user-defined-in-image", mode: 0o755, dir: true},
+		file{name: "usr/local", mode: 0o755, dir: true},
+		file{name: "usr/local/bin", mode: 0o755, dir: true},
+		file{name: "usr/local/bin/nsenter", mode: 0o755, data: []byte(nsenterWrapper)},
 	)
 	agLayer, err := layer(files)
 	if err != nil {
@@ -176,6 +180,24 @@ func e2eImages(out, busybox, agnhost string) error {
 		Cmd:        []string{"pause"},
 	})
 }
+
+// nsenterWrapper comes first on the agnhost image's PATH. The suite's
+// host-exec pods (privileged, host / at /rootfs) run
+// `nsenter --mount=/rootfs/proc/1/ns/mnt -- sh -c CMD` to act on the node.
+// On this machine PID 1 is the VM's init (process_api), whose namespace links
+// even root may not open (EACCES), although everything else runs in that
+// same initial mount namespace. Then, and only for exactly that call, the
+// command runs chrooted into /rootfs (the host's root, bind-mounted at pod
+// start), which shows it the host's files; anything else is busybox nsenter.
+const nsenterWrapper = `#!/bin/sh
+# hack/images/e2e.go: see nsenterWrapper there.
+if [ "$1" = "--mount=/rootfs/proc/1/ns/mnt" ] && [ "$2" = "--" ] && [ -d /rootfs ] &&
+	! /bin/busybox readlink /rootfs/proc/1/ns/mnt >/dev/null 2>&1; then
+	shift 2
+	exec /bin/busybox chroot /rootfs "$@"
+fi
+exec /bin/busybox nsenter "$@"
+`
 
 // layerFiles reads back a layer written by layer() as its list of files.
 func layerFiles(layerTar []byte) ([]file, error) {

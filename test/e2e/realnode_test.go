@@ -35,106 +35,7 @@ func TestRealNode(t *testing.T) {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
 	}
 	e := newEnvNamed(t, "e2e-node")
-	if os.Getenv("CAIRN_E2E_NODE") == "1" {
-		deps := exec.Command("bash", filepath.Join(e.root, "hack/node-deps.sh"))
-		deps.Stdout, deps.Stderr = os.Stderr, os.Stderr
-		if err := deps.Run(); err != nil {
-			t.Fatalf("hack/node-deps.sh: %v", err)
-		}
-	}
-	var err error
-	var kubelet *node.Kubelet
-	t.Cleanup(func() {
-		if kubelet != nil {
-			if err := kubelet.Stop(); err != nil {
-				t.Errorf("stopping the node: %v", err)
-			}
-		}
-	})
-	e.step("build cairn and the images (busybox, pause)", func() error {
-		if e.cairn, err = harness.Build(e.work); err != nil {
-			return err
-		}
-		cmd := exec.Command("go", "run", "./hack/images", "-out", filepath.Join(e.work, "images"))
-		cmd.Dir = e.root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go run ./hack/images: %v\n%s", err, out)
-		}
-		return nil
-	})
-	e.step("XFS data root on a loop device", func() error {
-		e.fs, err = scratchfs.Create(filepath.Join(e.work, "root.img"), filepath.Join(e.work, "root"), "xfs", 16<<30)
-		return err
-	})
-	ncfg := node.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "node"),
-		ImageTars: []string{filepath.Join(e.work, "images", "busybox.tar"), filepath.Join(e.work, "images", "pause.tar")}}
-	e.step("control plane (apiserver can reach kubelet)", func() error {
-		apiArgs, err := node.APIServerArgs(ncfg)
-		if err != nil {
-			return err
-		}
-		c, err := cluster.Start(e.ctx, cluster.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "cluster"), ExtraAPIServerArgs: apiArgs})
-		if err != nil {
-			return err
-		}
-		e.c = c
-		return e.clients()
-	})
-	e.step("prerequisites: snapshot CRDs and snapshot-controller", e.installPrerequisites)
-	e.step("install Cairn from deploy/kustomize/base + example classes", e.installCairn)
-	e.step("kubelet + containerd node is Ready", func() error {
-		ncfg.Kubeconfig = e.c.AdminKubeconfig()
-		if kubelet, err = node.Start(e.ctx, ncfg); err != nil {
-			return err
-		}
-		e.nodeName, e.kubeletRoot = kubelet.NodeName(), kubelet.RootDir()
-		return nil
-	})
-	e.step("cairn node registers with kubelet (CSINode, topology label)", func() error {
-		if err := e.startNode(); err != nil {
-			return err
-		}
-		return e.eventually(time.Minute, func() error {
-			cn, err := e.kc.StorageV1().CSINodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			for _, d := range cn.Spec.Drivers {
-				if d.Name == driver && d.NodeID == e.nodeName && len(d.TopologyKeys) == 1 && d.TopologyKeys[0] == topoKey {
-					n, err := e.kc.CoreV1().Nodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
-					if err != nil {
-						return err
-					}
-					if n.Labels[topoKey] != e.nodeName {
-						return fmt.Errorf("node lacks the topology label: %v", n.Labels)
-					}
-					return nil
-				}
-			}
-			return fmt.Errorf("CSINode drivers %+v", cn.Spec.Drivers)
-		})
-	})
-	e.step("cairn controller with its sidecars", func() error {
-		pods, err := e.controllerPods(1)
-		if err != nil {
-			return err
-		}
-		if _, err := e.startReplica(pods[0]); err != nil {
-			return err
-		}
-		return e.waitStorageNode()
-	})
-	e.step("StorageClass cairn-xfs (online growth: the kernel refuses it for ext4 here)", func() error {
-		sc, err := e.kc.StorageV1().StorageClasses().Get(e.ctx, storageClass, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		xfs := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "cairn-xfs"}, Provisioner: sc.Provisioner,
-			Parameters: map[string]string{"csi.storage.k8s.io/fstype": "xfs"}, AllowVolumeExpansion: sc.AllowVolumeExpansion,
-			VolumeBindingMode: sc.VolumeBindingMode, ReclaimPolicy: sc.ReclaimPolicy}
-		_, err = e.kc.StorageV1().StorageClasses().Create(e.ctx, xfs, metav1.CreateOptions{})
-		return err
-	})
+	e.startRealNode(false)
 
 	const write = `dd if=/dev/urandom of=/data/mysql.db bs=1M count=8 2>/dev/null && sha256sum /data/mysql.db > /data/mysql.sum && sync && echo written && exec sleep 100000`
 	const verify = `cd /data && sha256sum -c mysql.sum`
@@ -222,7 +123,7 @@ func TestRealNode(t *testing.T) {
 		return e.podSucceeds("block-user", "block-pvc", script, true)
 	})
 	e.step("delete pods and PVCs: no mounts, loop devices or files left", func() error {
-		return e.cleanupRealNode(kubelet.RootDir())
+		return e.cleanupRealNode(e.kubeletRoot)
 	})
 }
 
@@ -384,4 +285,115 @@ func (e *env) cleanupRealNode(kubeletRoot string) error {
 		return fmt.Errorf("left behind: %s", strings.Join(leaks, ", "))
 	}
 	return nil
+}
+
+// startRealNode brings up the control plane, Cairn and a kubelet +
+// containerd node with Cairn registered, as the steps of the run; extra
+// images (e.g. the e2e suite's) are imported into containerd too.
+func (e *env) startRealNode(allImages bool) {
+	t := e.t
+	if os.Getenv("CAIRN_E2E_NODE") == "1" {
+		deps := exec.Command("bash", filepath.Join(e.root, "hack/node-deps.sh"))
+		deps.Stdout, deps.Stderr = os.Stderr, os.Stderr
+		if err := deps.Run(); err != nil {
+			t.Fatalf("hack/node-deps.sh: %v", err)
+		}
+	}
+	var err error
+	var kubelet *node.Kubelet
+	t.Cleanup(func() {
+		if kubelet != nil {
+			if err := kubelet.Stop(); err != nil {
+				t.Errorf("stopping the node: %v", err)
+			}
+		}
+	})
+	e.step("build cairn and the images (busybox, pause)", func() error {
+		if e.cairn, err = harness.Build(e.work); err != nil {
+			return err
+		}
+		cmd := exec.Command("go", "run", "./hack/images", "-out", filepath.Join(e.work, "images"), "-e2e="+strconv.FormatBool(allImages))
+		cmd.Dir = e.root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go run ./hack/images: %v\n%s", err, out)
+		}
+		return nil
+	})
+	e.step("XFS data root on a loop device", func() error {
+		e.fs, err = scratchfs.Create(filepath.Join(e.work, "root.img"), filepath.Join(e.work, "root"), "xfs", 16<<30)
+		return err
+	})
+	ncfg := node.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "node"),
+		ImageTars: []string{filepath.Join(e.work, "images", "busybox.tar"), filepath.Join(e.work, "images", "pause.tar")}}
+	if allImages { // the e2e suite's images too (hack/images writes e2e-*.tar)
+		more, _ := filepath.Glob(filepath.Join(e.work, "images", "e2e-*.tar"))
+		ncfg.ImageTars = append(ncfg.ImageTars, more...)
+	}
+	e.step("control plane (apiserver can reach kubelet)", func() error {
+		apiArgs, err := node.APIServerArgs(ncfg)
+		if err != nil {
+			return err
+		}
+		c, err := cluster.Start(e.ctx, cluster.Config{BinDir: e.bins, WorkDir: filepath.Join(e.work, "cluster"), ExtraAPIServerArgs: apiArgs})
+		if err != nil {
+			return err
+		}
+		e.c = c
+		return e.clients()
+	})
+	e.step("prerequisites: snapshot CRDs and snapshot-controller", e.installPrerequisites)
+	e.step("install Cairn from deploy/kustomize/base + example classes", e.installCairn)
+	e.step("kubelet + containerd node is Ready", func() error {
+		ncfg.Kubeconfig = e.c.AdminKubeconfig()
+		if kubelet, err = node.Start(e.ctx, ncfg); err != nil {
+			return err
+		}
+		e.nodeName, e.kubeletRoot = kubelet.NodeName(), kubelet.RootDir()
+		return nil
+	})
+	e.step("cairn node registers with kubelet (CSINode, topology label)", func() error {
+		if err := e.startNode(); err != nil {
+			return err
+		}
+		return e.eventually(time.Minute, func() error {
+			cn, err := e.kc.StorageV1().CSINodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			for _, d := range cn.Spec.Drivers {
+				if d.Name == driver && d.NodeID == e.nodeName && len(d.TopologyKeys) == 1 && d.TopologyKeys[0] == topoKey {
+					n, err := e.kc.CoreV1().Nodes().Get(e.ctx, e.nodeName, metav1.GetOptions{})
+					if err != nil {
+						return err
+					}
+					if n.Labels[topoKey] != e.nodeName {
+						return fmt.Errorf("node lacks the topology label: %v", n.Labels)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("CSINode drivers %+v", cn.Spec.Drivers)
+		})
+	})
+	e.step("cairn controller with its sidecars", func() error {
+		pods, err := e.controllerPods(1)
+		if err != nil {
+			return err
+		}
+		if _, err := e.startReplica(pods[0]); err != nil {
+			return err
+		}
+		return e.waitStorageNode()
+	})
+	e.step("StorageClass cairn-xfs (online growth: the kernel refuses it for ext4 here)", func() error {
+		sc, err := e.kc.StorageV1().StorageClasses().Get(e.ctx, storageClass, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		xfs := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "cairn-xfs"}, Provisioner: sc.Provisioner,
+			Parameters: map[string]string{"csi.storage.k8s.io/fstype": "xfs"}, AllowVolumeExpansion: sc.AllowVolumeExpansion,
+			VolumeBindingMode: sc.VolumeBindingMode, ReclaimPolicy: sc.ReclaimPolicy}
+		_, err = e.kc.StorageV1().StorageClasses().Create(e.ctx, xfs, metav1.CreateOptions{})
+		return err
+	})
 }

@@ -1,7 +1,9 @@
 // Tools module for the upstream Kubernetes e2e suite (e2e.test, built with
-// `go test -c k8s.io/kubernetes/test/e2e`) and agnhost, the suite's utility
-// image binary. Separate from hack/tools/kube so that module's stamp (and its
-// binaries) do not change. Built by hack/e2e-suite.sh; see docs/E2E-SUITE.md.
+// `go test -c k8s.io/kubernetes/test/e2e`; deps.go keeps its test-only imports
+// in go.sum), agnhost (the suite's utility image binary) and the Ginkgo CLI
+// of the same version (parallel runs). Separate from hack/tools/kube so that
+// module's stamp (and its binaries) do not change. Built by
+// hack/e2e-suite.sh; see docs/E2E-SUITE.md.
 // The staging replaces of k8s.io/kubernetes are pinned to the published versions.
 module github.com/cairn-csi/cairn/hack/tools/e2e
 
@@ -228,4 +230,7 @@ replace (
 	k8s.io/streaming => k8s.io/streaming v0.36.3
 )
 
-tool k8s.io/kubernetes/test/images/agnhost
+tool (
+	github.com/onsi/ginkgo/v2/ginkgo
+	k8s.io/kubernetes/test/images/agnhost
+)
