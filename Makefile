@@ -36,7 +36,7 @@ e2e: deps tools
 # A real node (kubelet + containerd from Debian, installed by
 # hack/node-deps.sh) and the walkthrough with real pods.
 e2e-node: deps tools
-	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -v -timeout 30m -run 'TestRealNode|TestPodRuns' ./test/e2e/...
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -v -timeout 60m -run 'TestRealNode|TestPodRuns|TestExternalStorage' ./test/e2e/...
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
 # latency, then backups.
