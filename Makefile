@@ -56,6 +56,7 @@ tools:
 	@bash hack/minio.sh >/dev/null
 	@bash hack/helm.sh >/dev/null
 	@bash hack/k8s-tools.sh
+	@bash hack/e2e-suite.sh
 
 # After changing internal/kube/api: deepcopy code and CRDs.
 generate:
