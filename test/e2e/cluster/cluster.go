@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -25,6 +26,11 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 )
+
+// policy is how the cluster waits for its processes and reports their exits.
+var policy = proc.Policy{ExitNote: "exited during start-up", TailBytes: 3000, CheckTimeout: 5 * time.Second, Poll: 200 * time.Millisecond}
+
+var errStopped = errors.New("cluster stopped")
 
 // FieldManager is the server-side apply field manager of Apply.
 const FieldManager = "cairn-e2e"
@@ -58,7 +64,7 @@ type Cluster struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	mu       sync.Mutex
-	procs    []*proc // in start order
+	procs    []*proc.Proc // in start order
 	nodes    map[string]bool
 	stopped  bool
 	stopOnce sync.Once
@@ -99,7 +105,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if c.pki, err = genPKI(filepath.Join(cfg.WorkDir, "pki")); err != nil {
 		return c, fmt.Errorf("cluster: generate certificates: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return c, err
 	}
@@ -120,8 +126,8 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return c, err
 	}
-	if err := waitFor(ctx, etcd, 60*time.Second, func(ctx context.Context) error {
-		return httpOK(ctx, http.DefaultClient, etcdURL+"/health")
+	if err := policy.WaitFor(ctx, etcd, 60*time.Second, func(ctx context.Context) error {
+		return proc.HTTPOK(ctx, http.DefaultClient, etcdURL+"/health")
 	}); err != nil {
 		return c, err
 	}
@@ -168,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		return c, err
 	}
 	c.mapper = restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(c.client.Discovery()))
-	if err := waitFor(ctx, api, 120*time.Second, func(ctx context.Context) error {
+	if err := policy.WaitFor(ctx, api, 120*time.Second, func(ctx context.Context) error {
 		body, err := c.client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		if err != nil {
 			return err
@@ -231,9 +237,9 @@ leaderElection:
 
 	// The serviceaccount controller creates default/default: the
 	// controller manager is up and its informers have synced.
-	if err := waitFor(ctx, kcm, 120*time.Second, func(ctx context.Context) error {
-		if sched.exited() {
-			return backoffStop{sched.exitError()}
+	if err := policy.WaitFor(ctx, kcm, 120*time.Second, func(ctx context.Context) error {
+		if sched.Exited() {
+			return proc.Abort(policy.ExitError(sched))
 		}
 		_, err := c.client.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
 		return err
@@ -243,13 +249,13 @@ leaderElection:
 	return c, nil
 }
 
-func (c *Cluster) start(name string, args ...string) (*proc, error) {
+func (c *Cluster) start(name string, args ...string) (*proc.Proc, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
 		return nil, errStopped
 	}
-	p, err := startProc(c.logDir, name, filepath.Join(c.cfg.BinDir, name), args...)
+	p, err := proc.Start(c.logDir, name, filepath.Join(c.cfg.BinDir, name), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +274,7 @@ func (c *Cluster) Stop() {
 		c.cancel()
 		c.wg.Wait()
 		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].kill()
+			procs[i].Kill()
 		}
 	})
 }
@@ -289,54 +295,3 @@ func (c *Cluster) Host() string { return c.host }
 // CACert returns the PEM of the CA that signed the apiserver's serving
 // certificate (the one in every kubeconfig and in kube-root-ca.crt).
 func (c *Cluster) CACert() []byte { return append([]byte(nil), c.pki.caPEM...) }
-
-// backoffStop ends a waitFor loop early with its error.
-type backoffStop struct{ err error }
-
-func (b backoffStop) Error() string { return b.err.Error() }
-
-// waitFor polls check until it returns nil, failing early if p exits, the
-// timeout passes or ctx ends; the error carries the end of p's log.
-func waitFor(ctx context.Context, p *proc, timeout time.Duration, check func(context.Context) error) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for {
-		if p.exited() {
-			return p.exitError()
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		last = check(cctx)
-		cancel()
-		if last == nil {
-			return nil
-		}
-		var stop backoffStop
-		if errors.As(last, &stop) {
-			return stop.err
-		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v: %v; log %s:\n%s", p.name, timeout, last, p.log, logTail(p.log, 3000))
-		}
-		select {
-		case <-ctx.Done():
-		case <-p.done:
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-func httpOK(ctx context.Context, hc *http.Client, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return nil
-}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
+	"github.com/cairn-csi/cairn/test/e2e/internal/repo"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -23,30 +25,11 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// repoRoot walks up from the working directory to the go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // binDir returns .tools/bin, building the Kubernetes binaries first when
 // CAIRN_E2E=1, and skips the test when they are not built otherwise.
 func binDir(t *testing.T) string {
 	t.Helper()
-	root := repoRoot(t)
+	root := repo.Root(t)
 	script := filepath.Join(root, "hack", "k8s-tools.sh")
 	if os.Getenv("CAIRN_E2E") == "1" {
 		cmd := exec.Command("bash", script, "kube")
@@ -148,7 +131,7 @@ func TestCluster(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			for _, p := range c.procs {
-				t.Logf("--- %s:\n%s", p.name, logTail(p.log, 2000))
+				t.Logf("--- %s:\n%s", p.Name, proc.LogTail(p.Log, 2000))
 			}
 		}
 	}()
@@ -364,7 +347,7 @@ func TestCluster(t *testing.T) {
 	// Stop kills every process and ends the heartbeats; twice is fine.
 	pids := map[string]int{}
 	for _, p := range c.procs {
-		pids[p.name] = p.cmd.Process.Pid
+		pids[p.Name] = p.Pid()
 	}
 	if len(pids) != 4 {
 		t.Errorf("processes %v, want etcd, kube-apiserver, kube-controller-manager, kube-scheduler", pids)

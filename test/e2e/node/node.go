@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -56,6 +57,9 @@ const (
 	// this package's containerd shims among the machine's processes.
 	socketName = "cairn-containerd.sock"
 )
+
+// policy is how the node waits for its processes and reports their exits.
+var policy = proc.Policy{ExitNote: "exited", TailBytes: 4000, CheckTimeout: 10 * time.Second, Poll: 250 * time.Millisecond}
 
 // Config describes the node.
 type Config struct {
@@ -186,8 +190,8 @@ type Kubelet struct {
 	client     kubernetes.Interface
 	host       *hostState
 	mu         sync.Mutex
-	containerd *proc
-	kubelet    *proc
+	containerd *proc.Proc
+	kubelet    *proc.Proc
 	timings    Timings
 	stopOnce   sync.Once
 	stopErr    error
@@ -348,7 +352,7 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	if k.containerd, err = k.start("containerd", bins["containerd"], "--config", k.dir("containerd.toml")); err != nil {
 		return k, err
 	}
-	if err := waitFor(ctx, k.containerd, 60*time.Second, func(ctx context.Context) error {
+	if err := policy.WaitFor(ctx, k.containerd, 60*time.Second, func(ctx context.Context) error {
 		_, err := k.Ctr(ctx, "version")
 		return err
 	}); err != nil {
@@ -368,7 +372,7 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	k.timings.Images = time.Since(ti)
 
 	// kubelet
-	ports, err := freePorts(2)
+	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return k, err
 	}
@@ -388,13 +392,13 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 		return k, err
 	}
 	healthz := "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/healthz"
-	if err := waitFor(ctx, k.kubelet, 60*time.Second, func(ctx context.Context) error {
-		return httpOK(ctx, healthz)
+	if err := policy.WaitFor(ctx, k.kubelet, 60*time.Second, func(ctx context.Context) error {
+		return proc.HTTPOK(ctx, http.DefaultClient, healthz)
 	}); err != nil {
 		return k, err
 	}
 	k.timings.KubeletReady = time.Since(tk)
-	if err := waitFor(ctx, k.kubelet, cfg.ReadyTimeout, func(ctx context.Context) error {
+	if err := policy.WaitFor(ctx, k.kubelet, cfg.ReadyTimeout, func(ctx context.Context) error {
 		n, err := k.client.CoreV1().Nodes().Get(ctx, cfg.NodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -436,10 +440,10 @@ func (k *Kubelet) dir(parts ...string) string {
 	return filepath.Join(append([]string{k.cfg.WorkDir}, parts...)...)
 }
 
-func (k *Kubelet) start(name, bin string, args ...string) (*proc, error) {
+func (k *Kubelet) start(name, bin string, args ...string) (*proc.Proc, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return startProc(k.logDir, name, bin, args...)
+	return proc.Start(k.logDir, name, bin, args...)
 }
 
 // NodeName returns the Node's name.
@@ -664,15 +668,15 @@ func (k *Kubelet) stop() error {
 	kubelet, containerd := k.kubelet, k.containerd
 	k.mu.Unlock()
 	if kubelet != nil {
-		kubelet.stop(5 * time.Second)
+		kubelet.Stop(5 * time.Second)
 	}
-	if containerd != nil && !containerd.exited() {
+	if containerd != nil && !containerd.Exited() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		errs = append(errs, k.removeContainers(ctx))
 		cancel()
 	}
 	if containerd != nil {
-		containerd.stop(5 * time.Second)
+		containerd.Stop(5 * time.Second)
 	}
 	// What is left: shims whose containerd is gone, runc containers,
 	// processes in the pods' cgroups.
@@ -817,67 +821,6 @@ func findBin(binDir, name string) (string, error) {
 func fileExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func httpOK(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return nil
-}
-
-// waitFor polls check until it returns nil, failing early if p exits, the
-// timeout passes or ctx ends; the error carries the end of p's log.
-func waitFor(ctx context.Context, p *proc, timeout time.Duration, check func(context.Context) error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if p.exited() {
-			return p.exitError()
-		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		last := check(cctx)
-		cancel()
-		if last == nil {
-			return nil
-		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v: %v; log %s:\n%s", p.name, timeout, last, p.log, logTail(p.log, 4000))
-		}
-		select {
-		case <-ctx.Done():
-		case <-p.done:
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }
 
 // KubeletClient returns an HTTPS client and base URL for the kubelet's own

@@ -12,29 +12,13 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
+	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
+	"github.com/cairn-csi/cairn/test/e2e/internal/repo"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
 
 // requireNode skips unless the Kubernetes binaries are built and root can
 // run containers: containerd is installed, or CAIRN_E2E_NODE=1 (then
@@ -42,7 +26,7 @@ func repoRoot(t *testing.T) string {
 // binaries' folder.
 func requireNode(t *testing.T) (root, bin string) {
 	t.Helper()
-	root = repoRoot(t)
+	root = repo.Root(t)
 	bin = filepath.Join(root, ".tools", "bin")
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"} {
 		if !fileExecutable(filepath.Join(bin, b)) {
@@ -143,7 +127,7 @@ func TestPodRuns(t *testing.T) {
 	dumpLogs := func() {
 		if t.Failed() {
 			for _, f := range []string{filepath.Join(k.LogDir(), "kubelet.log"), filepath.Join(k.LogDir(), "containerd.log")} {
-				t.Logf("--- end of %s:\n%s", f, logTail(f, 6000))
+				t.Logf("--- end of %s:\n%s", f, proc.LogTail(f, 6000))
 			}
 		}
 	}

@@ -1,19 +1,17 @@
 package node
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/cairn-csi/cairn/test/e2e/internal/testpki"
 )
 
 // pki is the node's own credentials, under <WorkDir>/pki: a CA that
@@ -52,48 +50,16 @@ func ensurePKI(workDir, nodeName string) (*pki, error) {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "cairn-e2e-kubelet-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		return nil, err
-	}
-	ca, err := x509.ParseCertificate(caDER)
+	ca, err := testpki.NewCA("cairn-e2e-kubelet-ca", x509.KeyUsageCertSign|x509.KeyUsageDigitalSignature)
 	if err != nil {
 		return nil, err
 	}
 	issue := func(serial int64, tmpl *x509.Certificate, certPath, keyPath string) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, key, err := ca.Issue(serial, tmpl, x509.KeyUsageDigitalSignature)
 		if err != nil {
 			return err
 		}
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(365*24*time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-		if err != nil {
-			return err
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-			return err
-		}
-		return os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+		return testpki.WriteCertKey(certPath, keyPath, der, key)
 	}
 	if err := issue(2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: nodeName},
@@ -110,7 +76,7 @@ func ensurePKI(workDir, nodeName string) (*pki, error) {
 		return nil, err
 	}
 	// The CA last: its presence marks a complete set.
-	return p, os.WriteFile(p.caCert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	return p, os.WriteFile(p.caCert, testpki.PEMCert(ca.DER), 0o644)
 }
 
 // valid reports whether a complete set for p.nodeName is on disk.
