@@ -114,16 +114,7 @@ func e2eImages(out, busybox, agnhost string) error {
 		return err
 	}
 
-	pause, err := buildPause()
-	if err != nil {
-		return err
-	}
-	pauseLayer, err := layer([]file{{name: "pause", mode: 0o755, data: pause}})
-	if err != nil {
-		return err
-	}
-	if err := writeImage(filepath.Join(out, e2eImagesPrefix+"pause.tar"), E2EPauseRef, pauseLayer,
-		imageConfig{Env: env, Entrypoint: []string{"/pause"}}); err != nil {
+	if err := writePause(filepath.Join(out, e2eImagesPrefix+"pause.tar"), E2EPauseRef); err != nil {
 		return err
 	}
 

@@ -106,6 +106,12 @@ func run(out, busybox string) error {
 	}); err != nil {
 		return err
 	}
+	return writePause(filepath.Join(out, "pause.tar"), PauseRef)
+}
+
+// writePause writes an image named ref whose only file is the static pause
+// program, its entrypoint, to path.
+func writePause(path, ref string) error {
 	pause, err := buildPause()
 	if err != nil {
 		return err
@@ -114,7 +120,7 @@ func run(out, busybox string) error {
 	if err != nil {
 		return err
 	}
-	return writeImage(filepath.Join(out, "pause.tar"), PauseRef, pauseLayer, imageConfig{
+	return writeImage(path, ref, pauseLayer, imageConfig{
 		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		Entrypoint: []string{"/pause"},
 	})
