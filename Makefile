@@ -3,7 +3,7 @@ GO ?= go
 GOFLAGS ?=
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build demo test unit sanity integration e2e e2e-node bench deps tools vet generate manifests clean
+.PHONY: all build demo test unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
 
 all: build
 
@@ -37,6 +37,15 @@ e2e: deps tools
 # hack/node-deps.sh) and the walkthrough with real pods.
 e2e-node: deps tools
 	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -v -timeout 60m -run 'TestRealNode|TestPodRuns|TestExternalStorage' ./test/e2e/...
+
+# The official suite alone on the real node, any selection of
+# hack/e2e-suite.sh (default, more, slow, all); not part of make test past
+# default. Example: make e2e-suite SELECTION=slow E2E_PROCS=2
+SELECTION ?= default
+E2E_PROCS ?= 1
+e2e-suite: deps tools
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 E2E_SELECTION=$(SELECTION) E2E_PROCS=$(E2E_PROCS) \
+		$(GO) test -count=1 -v -timeout 200m -run 'TestExternalStorage' ./test/e2e/
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
 # latency, then backups.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/kube"
+	"github.com/cairn-csi/cairn/internal/machinelock"
 	"github.com/cairn-csi/cairn/internal/scratchfs"
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
 )
@@ -147,10 +148,11 @@ func toolsReady(t *testing.T, root string) bool {
 	return true
 }
 
-func newEnv(t *testing.T) *env { return newEnvNamed(t, "e2e") }
+func newEnv(t *testing.T) *env { return newEnvNamed(t, "e2e", false) }
 
-// newEnvNamed is newEnv with the run's name, which names its log folder.
-func newEnvNamed(t *testing.T, name string) *env {
+// newEnvNamed is newEnv with the run's name, which names its log folder,
+// for a run with a real node (realNode) or without.
+func newEnvNamed(t *testing.T, name string, realNode bool) *env {
 	if os.Geteuid() != 0 {
 		t.Fatal("the e2e run needs root (loop devices, mounts)")
 	}
@@ -161,6 +163,18 @@ func newEnvNamed(t *testing.T, name string) *env {
 	if !toolsReady(t, root) {
 		t.Skip("Kubernetes tools not built: run `make e2e` (or CAIRN_E2E=1 go test ./test/e2e/), which builds them into .tools/bin")
 	}
+	// A real node's pods would pin the mounts of other tests on this
+	// machine, so it runs alone; a run without one only keeps nodes away
+	// (see machinelock). Waiting for the lock is not part of the run's time.
+	lock := machinelock.Shared
+	if realNode {
+		lock = machinelock.Exclusive
+	}
+	unlock, err := lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock) // after the clean-up below
 	work := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	// Component logs stay in _out/e2e/logs (git-ignored) after the run.

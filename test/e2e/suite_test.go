@@ -21,7 +21,7 @@ func TestExternalStorage(t *testing.T) {
 	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
 	}
-	e := newEnvNamed(t, "e2e-suite")
+	e := newEnvNamed(t, "e2e-suite", true)
 	suite := filepath.Join(e.root, "hack/e2e-suite.sh")
 	if exec.Command("bash", suite, "--check").Run() != nil {
 		if os.Getenv("CAIRN_E2E_NODE") != "1" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/machinelock"
 	"github.com/cairn-csi/cairn/internal/scratchfs"
 )
 
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := machinelock.Main(m) // apart from a real node's run (see machinelock)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

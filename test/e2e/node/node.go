@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-csi/cairn/internal/machinelock"
 	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -195,36 +196,7 @@ type Kubelet struct {
 	timings    Timings
 	stopOnce   sync.Once
 	stopErr    error
-	lock       *os.File // the machine-wide node lock, held until Stop
-}
-
-// lockFile serialises nodes on one machine: tests in several packages may
-// each want the one node this machine can run; the later waits.
-const lockFile = "/run/cairn-e2e-node.lock"
-
-// acquireMachine waits (until ctx ends) for the machine-wide node lock. A
-// holder that dies releases it with its last file descriptor.
-func acquireMachine(ctx context.Context) (*os.File, error) {
-	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("node: lock %s: %w", lockFile, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("node: another node runs on this machine (%s): %w", lockFile, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	unlock     func() // releases the machine lock (machinelock), at Stop
 }
 
 func newKubelet(cfg Config) *Kubelet {
@@ -258,15 +230,17 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("node: needs root")
 	}
-	lock, err := acquireMachine(ctx)
+	// One node at a time on a machine, and none while other tests mount
+	// file systems: its pods would pin their mounts (see machinelock).
+	unlock, err := machinelock.Exclusive(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	defer func() {
 		if k == nil || err != nil {
-			lock.Close()
+			unlock()
 		} else {
-			k.lock = lock
+			k.unlock = unlock
 		}
 	}()
 	bins := map[string]string{}
@@ -655,8 +629,8 @@ logging:
 func (k *Kubelet) Stop() error {
 	k.stopOnce.Do(func() {
 		k.stopErr = k.stop()
-		if k.lock != nil {
-			k.lock.Close()
+		if k.unlock != nil {
+			k.unlock()
 		}
 	})
 	return k.stopErr

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-csi/cairn/internal/machinelock"
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
 	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
 	"github.com/cairn-csi/cairn/test/e2e/internal/repo"
@@ -71,6 +72,12 @@ func readTunables() map[string]string {
 
 func TestPodRuns(t *testing.T) {
 	root, bin := requireNode(t)
+	// Wait for the machine (Start takes it again) before the clock starts.
+	unlock, err := machinelock.Exclusive(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	work := t.TempDir()
