@@ -45,7 +45,7 @@ SELECTION ?= default
 E2E_PROCS ?= 1
 e2e-suite: deps tools
 	CAIRN_E2E=1 CAIRN_E2E_NODE=1 E2E_SELECTION=$(SELECTION) E2E_PROCS=$(E2E_PROCS) \
-		$(GO) test -count=1 -v -timeout 200m -run 'TestExternalStorage' ./test/e2e/
+		$(GO) test -count=1 -v -timeout 220m -run 'TestExternalStorage' ./test/e2e/
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot
 # latency, then backups.

@@ -148,11 +148,12 @@ func toolsReady(t *testing.T, root string) bool {
 	return true
 }
 
-func newEnv(t *testing.T) *env { return newEnvNamed(t, "e2e", false) }
+func newEnv(t *testing.T) *env { return newEnvNamed(t, "e2e", false, 20*time.Minute) }
 
 // newEnvNamed is newEnv with the run's name, which names its log folder,
-// for a run with a real node (realNode) or without.
-func newEnvNamed(t *testing.T, name string, realNode bool) *env {
+// for a run with a real node (realNode) or without, that may last up to
+// timeout (e.ctx ends then).
+func newEnvNamed(t *testing.T, name string, realNode bool, timeout time.Duration) *env {
 	if os.Geteuid() != 0 {
 		t.Fatal("the e2e run needs root (loop devices, mounts)")
 	}
@@ -176,7 +177,7 @@ func newEnvNamed(t *testing.T, name string, realNode bool) *env {
 	}
 	t.Cleanup(unlock) // after the clean-up below
 	work := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	// Component logs stay in _out/e2e/logs (git-ignored) after the run.
 	logs := filepath.Join(root, "_out", name, "logs")
 	os.RemoveAll(logs)

@@ -34,7 +34,7 @@ func TestRealNode(t *testing.T) {
 	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
 	}
-	e := newEnvNamed(t, "e2e-node", true)
+	e := newEnvNamed(t, "e2e-node", true, 20*time.Minute)
 	e.startRealNode(false)
 
 	const write = `dd if=/dev/urandom of=/data/mysql.db bs=1M count=8 2>/dev/null && sha256sum /data/mysql.db > /data/mysql.sum && sync && echo written && exec sleep 100000`

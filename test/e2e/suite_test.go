@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestExternalStorage runs the official Kubernetes e2e storage suite's
@@ -21,7 +22,18 @@ func TestExternalStorage(t *testing.T) {
 	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
 	}
-	e := newEnvNamed(t, "e2e-suite", true)
+	selection := os.Getenv("E2E_SELECTION")
+	if selection == "" {
+		selection = "default"
+	}
+	// Setting up and tearing down take minutes; the suite itself stops at
+	// hack/e2e-suite.sh's timeout for the selection (1h, or 3h for slow
+	// and all).
+	timeout := 80 * time.Minute
+	if selection == "slow" || selection == "all" {
+		timeout = 200 * time.Minute
+	}
+	e := newEnvNamed(t, "e2e-suite", true, timeout)
 	suite := filepath.Join(e.root, "hack/e2e-suite.sh")
 	if exec.Command("bash", suite, "--check").Run() != nil {
 		if os.Getenv("CAIRN_E2E_NODE") != "1" {
@@ -34,10 +46,6 @@ func TestExternalStorage(t *testing.T) {
 		})
 	}
 	e.startRealNode(true)
-	selection := os.Getenv("E2E_SELECTION")
-	if selection == "" {
-		selection = "default"
-	}
 	var out []byte
 	e.step("e2e.test External Storage, selection "+selection, func() error {
 		cmd := exec.CommandContext(e.ctx, "bash", suite, "run", selection)
