@@ -23,8 +23,11 @@ package main
 //	                  files on the volume")
 //	e2e-glibc-dns-testing.tar
 //	                  registry.k8s.io/e2e-test-images/glibc-dns-testing:2.0.0
-//	                  busybox (multiVolume's concurrent-access specs run it
-//	                  with /bin/sh -c)
+//	                  busybox, with this machine's glibc, dash as /bin/sh
+//	                  and GNU dd as /bin/dd (multiVolume's concurrent-access
+//	                  specs run it with /bin/sh -c and write with
+//	                  dd oflag=nocache, which busybox dd lacks; busybox's sh
+//	                  would run its own dd applet whatever PATH says)
 //	e2e-pause.tar     registry.k8s.io/pause:3.10.2, the suite's pause image
 //	                  (the sandbox image stays pause:3.10 from pause.tar)
 //
@@ -42,7 +45,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 )
 
@@ -85,16 +91,35 @@ func e2eImages(out, busybox, agnhost string) error {
 	if err != nil {
 		return err
 	}
+	// with is the busybox layer plus extra files; an extra file replaces
+	// the busybox entry of the same name (a folder both have stays one).
 	with := func(extra ...file) ([]byte, error) {
-		files := append(append([]file(nil), base...), extra...)
-		return layer(files)
+		replaced := map[string]bool{}
+		for _, f := range extra {
+			replaced[f.name] = true
+		}
+		var files []file
+		for _, f := range base {
+			if !replaced[f.name] {
+				files = append(files, f)
+			}
+		}
+		return layer(append(files, extra...))
 	}
 
 	if err := writeImage(filepath.Join(out, e2eImagesPrefix+"busybox.tar"), E2EBusyboxRef, bbLayer,
 		imageConfig{Env: env, Cmd: []string{"sh"}}); err != nil {
 		return err
 	}
-	if err := writeImage(filepath.Join(out, e2eImagesPrefix+"glibc-dns-testing.tar"), E2EGlibcDNSRef, bbLayer,
+	glibcFiles, err := glibcTools(map[string]string{"bin/sh": "/bin/dash", "bin/dd": "/bin/dd"})
+	if err != nil {
+		return err
+	}
+	glibc, err := with(glibcFiles...)
+	if err != nil {
+		return err
+	}
+	if err := writeImage(filepath.Join(out, e2eImagesPrefix+"glibc-dns-testing.tar"), E2EGlibcDNSRef, glibc,
 		imageConfig{Env: env, Cmd: []string{"sh"}}); err != nil {
 		return err
 	}
@@ -189,6 +214,52 @@ if [ "$1" = "--mount=/rootfs/proc/1/ns/mnt" ] && [ "$2" = "--" ] && [ -d /rootfs
 fi
 exec /bin/busybox nsenter "$@"
 `
+
+// glibcTools returns this machine's dynamically linked programs (image
+// path -> host path) with the shared libraries ldd finds for them, at the
+// same paths, and their folders.
+func glibcTools(bins map[string]string) ([]file, error) {
+	want := map[string]string{} // image path -> host path
+	for img, host := range bins {
+		want[img] = host
+		out, err := exec.Command("ldd", host).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", host, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			var lib string
+			switch {
+			case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+				lib = f[2]
+			case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+				lib = f[0] // the dynamic loader
+			}
+			if lib != "" {
+				want[strings.TrimPrefix(path.Clean(lib), "/")] = lib
+			}
+		}
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	dirs := map[string]bool{}
+	var files []file
+	for _, n := range names {
+		for d := path.Dir(n); d != "." && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			files = append(files, file{name: d, mode: 0o755, dir: true})
+		}
+		data, err := os.ReadFile(want[n]) // through symbolic links
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, file{name: n, mode: 0o755, data: data})
+	}
+	return files, nil
+}
 
 // layerFiles reads back a layer written by layer() as its list of files.
 func layerFiles(layerTar []byte) ([]file, error) {
