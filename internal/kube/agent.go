@@ -17,6 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -79,12 +80,16 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 		a.Progress = 2 * time.Second
 	}
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[cairnv1.NodeLabel] == a.Node })
+	// Objects are worked on in parallel (the engine serialises per ID), so
+	// a slow one (a copy-mode clone, a large snapshot) does not hold up
+	// the others on this node.
+	opts := controller.Options{MaxConcurrentReconciles: 4}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("volume").For(&cairnv1.Volume{}).WithEventFilter(mine).
-		Complete(reconcile.Func(a.reconcileVolume)); err != nil {
+		WithOptions(opts).Complete(reconcile.Func(a.reconcileVolume)); err != nil {
 		return err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("snapshot").For(&cairnv1.Snapshot{}).WithEventFilter(mine).
-		Complete(reconcile.Func(a.reconcileSnapshot)); err != nil {
+		WithOptions(opts).Complete(reconcile.Func(a.reconcileSnapshot)); err != nil {
 		return err
 	}
 	// Targets are re-read when they or their credential Secret change.
@@ -268,7 +273,16 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	created := false
 	if errors.Is(err, engine.ErrNotFound) {
 		if err = a.prepareSource(ctx, v.Spec.Source); err == nil {
-			ev, err = a.Engine.CreateVolume(ctx, createRequest(&v))
+			cctx := ctx
+			if s := v.Spec.Source; s != nil && s.Kind == cairnv1.SourceBackup {
+				// A download may take hours: the engine goes on in the
+				// background and answers Aborted with its progress at
+				// the deadline; the status shows it and we look again.
+				var cancel context.CancelFunc
+				cctx, cancel = context.WithTimeout(ctx, a.Progress)
+				defer cancel()
+			}
+			ev, err = a.Engine.CreateVolume(cctx, createRequest(&v))
 			created = err == nil
 		}
 	}
@@ -276,7 +290,13 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	if err == nil {
 		v.Status.SizeBytes, v.Status.FsType = ev.SizeBytes, ev.FsType
 		msg = fmt.Sprintf("%d bytes on node %s", ev.SizeBytes, a.Node)
-		if v.Spec.RequiredBytes > ev.SizeBytes {
+		// Expand when the file is smaller than asked, and also when it is
+		// not but the status never recorded the growth (the agent died, or
+		// its status patch failed, after the engine grew the file): the
+		// engine's answer is idempotent and says whether the node must
+		// still grow the file system.
+		unrecorded := !created && orig.Status.SizeBytes > 0 && v.Spec.RequiredBytes > orig.Status.SizeBytes
+		if v.Spec.RequiredBytes > ev.SizeBytes || unrecorded {
 			var res *engine.ExpandResult
 			if res, err = a.Engine.ExpandVolume(ctx, v.Name, v.Spec.RequiredBytes, v.Spec.LimitBytes); err == nil {
 				v.Status.SizeBytes, v.Status.NodeExpansionRequired = res.SizeBytes, res.NodeExpansionRequired
@@ -351,10 +371,18 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 			return reconcile.Result{}, nil
 		}
 		var err error
-		if s.Spec.Type == cairnv1.SnapshotLocal {
+		switch {
+		case s.Spec.Type == cairnv1.SnapshotLocal:
 			err = a.Engine.DeleteSnapshot(ctx, s.Name)
-		} else if err = a.ensureTarget(ctx, s.Spec.BackupTarget); err == nil {
-			err = a.Engine.DeleteBackup(ctx, s.Spec.Handle)
+		case s.Spec.Name == "" && s.Annotations[cairnv1.DeleteBackupAnnotation] != "true":
+			// An import that nobody asked to delete: forget it, keep the
+			// backup (see DeleteBackupAnnotation).
+			log.Info("Imported backup forgotten; it stays in its target")
+			return reconcile.Result{}, a.removeFinalizer(ctx, &s)
+		default:
+			if err = a.ensureTarget(ctx, s.Spec.BackupTarget); err == nil {
+				err = a.Engine.DeleteBackup(ctx, s.Spec.Handle)
+			}
 		}
 		if err != nil {
 			a.event(&s, s.Spec.Parameters, true, "DeleteFailed", "Deleting the snapshot failed: %v", err)

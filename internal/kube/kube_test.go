@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/harness"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/scratchfs"
 )
 
@@ -236,6 +238,30 @@ func TestVolumeSnapshotCloneExpandDelete(t *testing.T) {
 }
 
 // storageNode writes a StorageNode as a node agent would.
+// TestExpansionRecordedAfterALostStatus: the engine grew a staged volume
+// but the agent's status never said so (killed, or its status patch
+// failed, between the two). The next expansion call must still tell
+// kubelet to grow the file system.
+func TestExpansionRecordedAfterALostStatus(t *testing.T) {
+	f := newFixture(t)
+	v, err := f.create("grown", 512*mib, onlyNode(testNode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(f.work, "staging")
+	if err := f.eng.StageVolume(f.ctx, engine.StageRequest{VolumeID: v.ID, StagingPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.eng.UnstageVolume(context.Background(), v.ID, staging) })
+	if res, err := f.eng.ExpandVolume(f.ctx, v.ID, gib, 0); err != nil || !res.NodeExpansionRequired {
+		t.Fatalf("engine expand: %+v %v", res, err)
+	}
+	res, err := f.remote.ExpandVolume(f.ctx, v.ID, gib, 0)
+	if err != nil || res.SizeBytes != gib || !res.NodeExpansionRequired {
+		t.Fatalf("expand after the engine already grew it: %+v %v, want %d bytes and node expansion", res, err, gib)
+	}
+}
+
 func (f *fixture) storageNode(name string, avail int64, heartbeat time.Time) {
 	sn := &cairnv1.StorageNode{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	if err := f.cl.Create(f.ctx, sn); err != nil {
@@ -390,6 +416,39 @@ func TestBackupsThroughObjects(t *testing.T) {
 	missing := engine.BackupHandle{Target: "default", VolumeID: v.ID, BackupID: strings.Repeat("0", 32)}.String()
 	if _, err := f.remote.GetBackup(f.ctx, missing); !errors.Is(err, engine.ErrNotFound) {
 		t.Errorf("missing backup: %v, want NotFound", err)
+	}
+	// The same backup seen through a target this cluster does not have yet:
+	// the lookup fails for good and the controller deletes the import. That
+	// must only forget it, even once the target exists and the agent's
+	// retried clean-up can reach the store.
+	later := engine.BackupHandle{Target: "later", VolumeID: foreign.Handle.VolumeID, BackupID: foreign.Handle.BackupID}.String()
+	ctx, cancel := context.WithTimeout(f.ctx, 20*time.Second)
+	_, err = f.remote.GetBackup(ctx, later)
+	cancel()
+	if !errors.Is(err, engine.ErrInvalidArgument) {
+		t.Fatalf("import through a missing target: %v, want InvalidArgument", err)
+	}
+	if err := f.cl.Create(f.ctx, &cairnv1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "later"}, Spec: cairnv1.BackupTargetSpec{URL: "file://" + target}}); err != nil {
+		t.Fatal(err)
+	}
+	f.eventually(time.Minute, func() error {
+		var s cairnv1.Snapshot
+		if err := f.cl.Get(f.ctx, client.ObjectKey{Name: SnapshotObjectName(later)}, &s); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("failed import still there: %v %v", s.Status, err)
+		}
+		return nil
+	})
+	// Read the target itself: the engine also knows the backup as its own.
+	st, err := objstore.Open(f.ctx, "file://"+target, objstore.Credentials{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := backup.Open(f.ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Manifest(f.ctx, foreign.Handle.VolumeID, foreign.Handle.BackupID); err != nil {
+		t.Fatalf("the backup went with the failed import: %v", err)
 	}
 	for _, h := range []string{handle, fh} {
 		if err := f.remote.DeleteBackup(f.ctx, h); err != nil {

@@ -643,6 +643,14 @@ func (r *Remote) DeleteBackup(ctx context.Context, handle string) error {
 	if err != nil {
 		return err
 	}
+	if s.Spec.Name == "" && s.Annotations[cairnv1.DeleteBackupAnnotation] != "true" {
+		// An import owns nothing until asked: this is the asking.
+		orig := s.DeepCopy()
+		metav1.SetMetaDataAnnotation(&s.ObjectMeta, cairnv1.DeleteBackupAnnotation, "true")
+		if err := r.Client.Patch(ctx, s, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
+			return apiError("annotate "+s.Name, err)
+		}
+	}
 	return r.deleteObject(ctx, s)
 }
 

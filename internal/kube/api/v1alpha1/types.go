@@ -12,6 +12,10 @@ const (
 	// Finalizer keeps a Volume or Snapshot until the node agent has
 	// removed its data.
 	Finalizer = "cairn.csi.dev/data"
+	// DeleteBackupAnnotation ("true") on an imported backup's Snapshot
+	// asks the node agent to delete the backup from its target when the
+	// object goes; without it, deleting an import only forgets it.
+	DeleteBackupAnnotation = "cairn.csi.dev/delete-backup"
 	// ConditionReady is True once the object is usable.
 	ConditionReady = "Ready"
 )
