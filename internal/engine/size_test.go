@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"errors"
+	"math"
+	"strings"
 	"testing"
 )
 
@@ -94,6 +96,77 @@ func TestCreateVolumeSizes(t *testing.T) {
 				t.Errorf("refused volume %s exists: %v", name, err)
 			}
 		}
+		assertNoLeftovers(t, e)
+	})
+}
+
+// Sizes near MaxInt64 used to overflow in the rounding: PickSize(MaxInt64,
+// 0) was negative, so CreateVolume failed with Internal (a negative
+// truncate) and ExpandVolume "succeeded" without growing. Every size above
+// MaxVolumeSize is OutOfRange, naming the field; everything up to it
+// rounds without overflow.
+func TestSizesNearMaxInt64(t *testing.T) {
+	const maxInt = int64(math.MaxInt64)
+	for _, tc := range []struct {
+		required, limit int64
+		field           string // "": accepted
+	}{
+		{maxInt, 0, "capacity_range.required_bytes"},
+		{maxInt - 1, 0, "capacity_range.required_bytes"},
+		{maxInt - mib + 2, 0, "capacity_range.required_bytes"},
+		{MaxVolumeSize + 1, 0, "capacity_range.required_bytes"},
+		{maxInt, maxInt, "capacity_range.required_bytes"},
+		{MaxVolumeSize, 0, ""},
+		{MaxVolumeSize - mib + 1, 0, ""},
+		{0, maxInt, ""},             // a huge limit is only an upper bound
+		{5 * mib, maxInt, ""},       // likewise
+		{MaxVolumeSize, maxInt, ""}, // likewise
+	} {
+		for _, fs := range []string{"ext4", "xfs", ""} {
+			got, err := PickSize(tc.required, tc.limit, fs)
+			if tc.field != "" {
+				if !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), tc.field) {
+					t.Errorf("PickSize(%d, %d, %q) = %d, %v; want OutOfRange naming %s", tc.required, tc.limit, fs, got, err, tc.field)
+				}
+				continue
+			}
+			if err != nil || got < tc.required || got%4096 != 0 || got > MaxVolumeSize {
+				t.Errorf("PickSize(%d, %d, %q) = %d, %v; want a multiple of 4096 in [%d, %d]", tc.required, tc.limit, fs, got, err, tc.required, MaxVolumeSize)
+			}
+		}
+	}
+	// Expansion goes through the same rule.
+	for _, required := range []int64{maxInt, maxInt - 1, MaxVolumeSize + 1} {
+		got, err := ExpandSize("v-x", gib, required, 0, "ext4")
+		if !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "capacity_range.required_bytes") {
+			t.Errorf("ExpandSize(1GiB → %d) = %d, %v; want OutOfRange naming capacity_range.required_bytes", required, got, err)
+		}
+	}
+	if got, err := ExpandSize("v-x", gib, MaxVolumeSize, 0, "ext4"); err != nil || got != MaxVolumeSize {
+		t.Errorf("ExpandSize(1GiB → MaxVolumeSize) = %d, %v", got, err)
+	}
+}
+
+// A CreateVolume or ExpandVolume for MaxInt64 bytes is OutOfRange (it was
+// Internal, and a "successful" expansion below the required size), and
+// leaves nothing behind.
+func TestHugeSizesOutOfRange(t *testing.T) {
+	forEachRoot(t, func(t *testing.T, e *Engine) {
+		ctx := context.Background()
+		_, err := e.CreateVolume(ctx, CreateVolumeRequest{Name: "huge", RequiredBytes: math.MaxInt64})
+		wantErr(t, err, ErrOutOfRange, "create a MaxInt64-byte volume")
+		if !strings.Contains(err.Error(), "capacity_range.required_bytes") {
+			t.Errorf("error %q does not name capacity_range.required_bytes", err)
+		}
+		v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "small", RequiredBytes: mib}))(t)
+		res, err := e.ExpandVolume(ctx, v.ID, math.MaxInt64, 0)
+		if !errors.Is(err, ErrOutOfRange) {
+			t.Fatalf("expand to MaxInt64 bytes: %+v, %v; want ErrOutOfRange", res, err)
+		}
+		if got := fileSize(t, e.volumeData(v.ID)); got != mib {
+			t.Errorf("refused expansion changed the data file to %d bytes", got)
+		}
+		ok(t, e.DeleteVolume(ctx, v.ID))
 		assertNoLeftovers(t, e)
 	})
 }

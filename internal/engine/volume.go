@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,6 +24,10 @@ const (
 	MinXFSSize = 300 << 20
 	sizeAlign  = 1 << 20
 	minAlign   = 4096
+	// MaxVolumeSize is the largest size a volume can have: the largest
+	// multiple of 1 MiB an int64 holds, so that no size up to it overflows
+	// when it is rounded up.
+	MaxVolumeSize = math.MaxInt64 &^ (sizeAlign - 1)
 )
 
 // CreateVolumeRequest asks for a new volume.
@@ -50,10 +55,15 @@ type Volume struct {
 
 // PickSize applies Cairn's sizing rules to a request: default 1 GiB, rounded
 // up to 1 MiB (or 4 KiB when the limit is tighter), at least 300 MiB for XFS,
-// within limit. It is exported so validation and the engine agree.
+// within limit, at most MaxVolumeSize (checked before rounding, so that the
+// rounding cannot overflow). It is exported so validation and the engine
+// agree; every size the engine rounds goes through it.
 func PickSize(required, limit int64, fsType string) (int64, error) {
 	if required < 0 || limit < 0 {
 		return 0, errorf(ErrOutOfRange, "capacity_range: negative bytes (required %d, limit %d)", required, limit)
+	}
+	if required > MaxVolumeSize {
+		return 0, errorf(ErrOutOfRange, "capacity_range.required_bytes %d exceeds the largest volume size, %d bytes", required, int64(MaxVolumeSize))
 	}
 	if limit > 0 && required > limit {
 		return 0, errorf(ErrOutOfRange, "capacity_range: required_bytes %d exceeds limit_bytes %d", required, limit)
