@@ -81,8 +81,8 @@ func csiVolume(v *VolumeInfo) *csipb.Volume {
 	if v.FsType != "" {
 		out.VolumeContext["fsType"] = v.FsType
 	}
-	if src := v.Source; src != nil {
-		switch src.Kind {
+	if v.Source != nil {
+		switch src := v.Source.CSI(); src.Kind {
 		case "snapshot":
 			out.ContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Snapshot{Snapshot: &csipb.VolumeContentSource_SnapshotSource{SnapshotId: src.ID}}}
 		case "volume":

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -356,8 +357,8 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 
 // dropBases removes the local bases of a volume's completed backups, once
 // the volume is gone and no incremental backup can follow.
-func (e *Engine) dropBases(ctx context.Context, volumeID string) {
-	e.removeBases(ctx, "backup base of a deleted volume", func(o *backupJob) bool { return o.VolumeID == volumeID })
+func (e *Engine) dropBases(ctx context.Context, volumeID string) error {
+	return e.removeBases(ctx, "backup base of a deleted volume", func(o *backupJob) bool { return o.VolumeID == volumeID })
 }
 
 // latestBase returns the manifest of the newest completed backup of the
@@ -392,22 +393,26 @@ func (e *Engine) pruneBases(ctx context.Context, j *backupJob) {
 }
 
 // removeBases removes the local snapshots of the completed backups that
-// match, each under its backup's lock. The backups in the targets stay.
-func (e *Engine) removeBases(ctx context.Context, what string, match func(*backupJob) bool) {
-	jobs, _ := e.listJobs()
+// match, each under its backup's lock (the caller holds no lock: lock
+// order, locks.go). The backups in the targets stay. It returns the first
+// failure, after trying every base.
+func (e *Engine) removeBases(ctx context.Context, what string, match func(*backupJob) bool) error {
+	jobs, err := e.listJobs()
 	for _, o := range jobs {
 		if o.State != jobDone || !match(o) {
 			continue
 		}
-		unlock, err := e.locks.lock(ctx, o.BackupID)
-		if err != nil {
-			return
+		unlock, lerr := e.locks.lock(ctx, o.BackupID)
+		if lerr == nil {
+			lerr = e.removeObject(backupsDir, o.BackupID)
+			unlock()
 		}
-		if err := e.removeObject(backupsDir, o.BackupID); err != nil {
-			klog.ErrorS(err, "Removing "+what, "backup", o.BackupID)
+		if lerr != nil {
+			klog.ErrorS(lerr, "Removing "+what, "backup", o.BackupID)
+			err = cmp.Or(err, fmt.Errorf("remove %s %s: %w", what, o.BackupID, lerr))
 		}
-		unlock()
 	}
+	return err
 }
 
 func (e *Engine) listJobs() ([]*backupJob, error) {
@@ -577,7 +582,13 @@ func (e *Engine) restoreVolume(ctx context.Context, req CreateVolumeRequest) (*V
 	b.mu.Unlock()
 	select {
 	case <-run.done:
-		return run.vol, run.err
+		if run.err != nil {
+			return nil, run.err
+		}
+		// Every caller's request is compared with the volume: the one
+		// that started the download, a repeated one, or a different one
+		// for the same name that joined it.
+		return e.matchExisting(&run.vol.VolumeMeta, req, run.vol.FsType)
 	case <-ctx.Done():
 		return nil, errorf(ErrAborted, "restore of volume %q from %s in progress (%d of %d bytes)", req.Name, h, run.prog.Load(), run.size)
 	}
@@ -591,10 +602,7 @@ func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h Back
 	defer unlock()
 	src := &Source{Kind: "backup", ID: h.String()}
 	if existing, err := e.loadVolume(id); err == nil {
-		if existing.Source == nil || *existing.Source != *src {
-			return nil, errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
-		}
-		return e.matchExisting(existing, CreateVolumeRequest{Name: req.Name, RequiredBytes: req.RequiredBytes, LimitBytes: req.LimitBytes, Block: req.Block}, existing.FsType)
+		return e.describe(existing), nil // restoreVolume compares it with the request
 	}
 	repo, err := e.repo(ctx, h.Target)
 	if err != nil {

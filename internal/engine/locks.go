@@ -8,9 +8,27 @@ import (
 
 // keyLocks serialises work per ID: calls on one ID run one at a time,
 // calls on different IDs run in parallel. Waiting honours the context.
+//
+// Lock order. The engine's locks are the per-ID locks here (volume,
+// snapshot and backup IDs) and two mutexes, Engine.capMu (capacity check
+// and allocation) and backups.mu (the backup state maps). The rules:
+//
+//  1. A call takes every ID lock it needs in one lock call, which sorts
+//     them (CreateSnapshot: snapshot + volume; CreateVolume from a source:
+//     volume + source; CreateBackup: backup + volume). It never calls lock
+//     again while it holds them: work on other IDs that follows (dropping
+//     a deleted volume's backup bases, pruning older bases after an
+//     upload) runs after the first locks are released.
+//  2. capMu and backups.mu are leaves: they may be taken while ID locks
+//     are held, never the other way round (nothing waits for an ID lock
+//     while holding them), and never one inside the other.
+//
+// So no two calls can each hold a lock the other waits for.
 type keyLocks struct {
 	mu    sync.Mutex
 	locks map[string]*keyLock
+	// onLocked, if set (tests only), is called after each key is taken.
+	onLocked func(key string)
 }
 
 type keyLock struct {
@@ -41,6 +59,9 @@ func (k *keyLocks) lock(ctx context.Context, keys ...string) (func(), error) {
 			return nil, err
 		}
 		held = append(held, key)
+		if k.onLocked != nil {
+			k.onLocked(key)
+		}
 	}
 	return release, nil
 }

@@ -42,9 +42,18 @@ type rootMeta struct {
 
 // Source names what a volume was created from.
 type Source struct {
-	// Kind is "snapshot" or "volume".
+	// Kind is "snapshot", "volume" or "backup" (ID: its bs:// handle).
 	Kind string `json:"kind"`
 	ID   string `json:"id"`
+}
+
+// CSI is the source as a CSI request names it: a backup is a snapshot
+// whose ID is its bs:// handle.
+func (s Source) CSI() Source {
+	if s.Kind == "backup" {
+		s.Kind = "snapshot"
+	}
+	return s
 }
 
 // StageInfo records where and how a volume is staged on this node.

@@ -265,7 +265,7 @@ func CheckExisting(m *VolumeMeta, req CreateVolumeRequest, fsType string) error 
 		return errorf(ErrAlreadyExists, "volume %q exists with %d bytes, more than limit_bytes %d", req.Name, m.SizeBytes, req.LimitBytes)
 	case m.Block != req.Block:
 		return errorf(ErrAlreadyExists, "volume %q exists with a different access type", req.Name)
-	case (want == nil) != (m.Source == nil) || (want != nil && *want != *m.Source):
+	case (want == nil) != (m.Source == nil) || (want != nil && *want != m.Source.CSI()):
 		return errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
 	case want == nil && !req.Block && m.FsType != fsType:
 		return errorf(ErrAlreadyExists, "volume %q exists with file system %s, not %s", req.Name, m.FsType, fsType)
@@ -316,11 +316,24 @@ func (e *Engine) ListVolumes(ctx context.Context) ([]*Volume, error) {
 }
 
 // DeleteVolume deletes a volume; deleting a missing volume succeeds.
-// Snapshots of the volume are independent and stay.
+// Snapshots of the volume are independent and stay; the local bases of its
+// backups go (their backups stay in the targets). If a base cannot be
+// removed in time the call fails after the volume is gone, and its retry
+// removes the base.
 func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 	if !ValidVolumeID(id) {
 		return nil // can never have existed
 	}
+	if err := e.deleteVolume(ctx, id); err != nil {
+		return err
+	}
+	// After the volume's lock is released (lock order, locks.go), and
+	// after the volume is gone: an upload finishing meanwhile sees it gone
+	// and drops its own base.
+	return e.dropBases(ctx, id)
+}
+
+func (e *Engine) deleteVolume(ctx context.Context, id string) error {
 	unlock, err := e.locks.lock(ctx, id)
 	if err != nil {
 		return err
@@ -350,7 +363,6 @@ func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
 	if err := e.removeObject(volumesDir, id); err != nil {
 		return fmt.Errorf("delete volume %s: %w", id, err)
 	}
-	e.dropBases(ctx, id)
 	klog.InfoS("Volume deleted", "volumeID", id, "name", m.Name)
 	return nil
 }
