@@ -179,21 +179,15 @@ func (c *backupCLI) printJSON(v any) error {
 }
 
 func (c *backupCLI) list(volume string) error {
-	refs, err := c.repo.List(c.ctx, volume)
+	ms, damaged, err := c.repo.Manifests(c.ctx, volume)
 	if err != nil {
 		return err
 	}
-	var ms []*backup.Manifest
-	for _, r := range refs {
-		m, err := c.repo.Manifest(c.ctx, r.VolumeID, r.BackupID)
-		if errors.Is(err, backup.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
+	for _, d := range damaged {
+		fmt.Fprintf(os.Stderr, "cairn backup: warning: skipping damaged manifest %s\n", d)
+	}
+	for _, m := range ms {
 		m.Blocks = nil
-		ms = append(ms, m)
 	}
 	if c.json {
 		return c.printJSON(ms)
@@ -260,12 +254,18 @@ func (c *backupCLI) verify(args []string) error {
 		}
 	} else {
 		fmt.Fprintf(c.out, "verified %d backups: %d blocks, %s\n", rep.Backups, rep.Blocks, bytesHuman(rep.Bytes))
+		for _, d := range rep.DamagedManifests {
+			fmt.Fprintf(c.out, "DAMAGED manifest of backup %s/%s (%s): %v\n", d.VolumeID, d.BackupID, d.Key, d.Err)
+		}
 		for _, p := range rep.Problems {
 			fmt.Fprintf(c.out, "DAMAGED backup %s/%s block at offset %d (hash %s) in pack %s at %d: %s\n", p.VolumeID, p.BackupID, p.Offset, p.Hash, p.Pack, p.PackOffset, p.Error)
 		}
+		for _, b := range rep.DamagedBackups {
+			fmt.Fprintf(c.out, "DAMAGED backup %s/%s cannot be restored\n", b.VolumeID, b.BackupID)
+		}
 	}
-	if len(rep.Problems) > 0 {
-		return &cliError{exitDamaged, fmt.Errorf("%d damaged block references found", len(rep.Problems))}
+	if rep.Damaged() {
+		return &cliError{exitDamaged, fmt.Errorf("%d damaged backups: %d damaged manifests, %d damaged block references", len(rep.DamagedBackups), len(rep.DamagedManifests), len(rep.Problems))}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
-	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
 // Source is what to back up.
@@ -97,9 +97,16 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		lock.abandon() // keep the lock: a retry resumes with its packs
 	}()
 
-	idx, err := r.loadIndex(ctx, lock.resumedPacks())
+	idx, err := r.loadIndex(ctx, lock.packs())
 	if err != nil {
 		return nil, err
+	}
+	// A block unchanged since the parent is reused only if its hash is at
+	// a verified location; otherwise it is read and stored again.
+	for n, p := range plan {
+		if e, ok := parentEntries[int64(n)*bs]; ok && p == planReuse && !idx.has(e.Hash) {
+			plan[n] = planRead
+		}
 	}
 
 	var (
@@ -116,10 +123,26 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		pendingMu     sync.Mutex
 		pending       = map[string]bool{} // hashes queued for upload by this backup
 	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err; cancel() })
+	}
+	// guarded runs a stage's body, failing the backup if it panics.
+	guarded := func(body func()) {
+		if err := safeCall(func() error { body(); return nil }); err != nil {
+			fail(err)
+		}
+	}
+
 	if progress != nil {
 		stopProgress := make(chan struct{})
 		defer close(stopProgress)
-		go func() {
+		go guarded(func() {
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
 			for {
@@ -130,17 +153,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 					progress(Progress{BytesDone: done.Load(), BytesTotal: size})
 				}
 			}
-		}()
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		errOnce  sync.Once
-		firstErr error
-	)
-	fail := func(err error) {
-		errOnce.Do(func() { firstErr = err; cancel() })
+		})
 	}
 
 	workers := runtime.GOMAXPROCS(0)
@@ -158,64 +171,78 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		uploaderWG.Add(1)
 		go func() {
 			defer uploaderWG.Done()
-			for u := range uploads {
-				if ctx.Err() != nil {
+			defer func() {
+				for u := range uploads { // after a panic: drain
 					packBufs <- u.buf
-					continue
 				}
-				err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data)))
-				packBufs <- u.buf
-				if err != nil {
-					fail(fmt.Errorf("upload pack %s: %w", u.id, err))
-					continue
+			}()
+			guarded(func() {
+				for u := range uploads {
+					if ctx.Err() != nil {
+						packBufs <- u.buf
+						continue
+					}
+					err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data)))
+					packBufs <- u.buf
+					if err != nil {
+						fail(fmt.Errorf("upload pack %s: %w", u.id, err))
+						continue
+					}
+					idx.addPack(u.id, u.index, nil)
+					if err := lock.addPack(ctx, u.id); err != nil {
+						fail(err)
+						continue
+					}
+					faults.Point("backup:after-pack")
+					bytesUploaded.Add(int64(len(u.data)))
+					packsUploaded.Add(1)
 				}
-				idx.addPack(u.id, u.index)
-				if err := lock.addPack(ctx, u.id); err != nil {
-					fail(err)
-					continue
-				}
-				faults.Point("backup:after-pack")
-				bytesUploaded.Add(int64(len(u.data)))
-				packsUploaded.Add(1)
-			}
+			})
 		}()
 	}
 	packerDone := make(chan struct{})
 	go func() {
 		defer close(packerDone)
 		defer close(uploads)
-		var pb *packBuilder
-		flush := func() {
-			if pb == nil || len(pb.index) == 0 {
-				return
+		defer func() {
+			for b := range blobs { // after a panic: drain
+				blobBufs.put(b.data)
 			}
-			id, data, index := pb.finish()
-			select {
-			case uploads <- upload{id: id, data: data, index: index, buf: pb.buf}:
-			case <-ctx.Done():
-				packBufs <- pb.buf
-			}
-			pb = nil
-		}
-		for b := range blobs {
-			if pb == nil {
+		}()
+		guarded(func() {
+			var pb *packBuilder
+			flush := func() {
+				if pb == nil || len(pb.index) == 0 {
+					return
+				}
+				id, data, index := pb.finish()
 				select {
-				case buf := <-packBufs:
-					pb = newPackBuilder(buf)
+				case uploads <- upload{id: id, data: data, index: index, buf: pb.buf}:
 				case <-ctx.Done():
-					blobBufs.put(b.data)
-					continue
+					packBufs <- pb.buf
+				}
+				pb = nil
+			}
+			for b := range blobs {
+				if pb == nil {
+					select {
+					case buf := <-packBufs:
+						pb = newPackBuilder(buf)
+					case <-ctx.Done():
+						blobBufs.put(b.data)
+						continue
+					}
+				}
+				pb.add(b.hash, b.data, b.rawLen, b.comp)
+				blobBufs.put(b.data)
+				if pb.full() {
+					flush()
 				}
 			}
-			pb.add(b.hash, b.data, b.rawLen, b.comp)
-			blobBufs.put(b.data)
-			if pb.size() >= packTarget {
+			if ctx.Err() == nil {
 				flush()
 			}
-		}
-		if ctx.Err() == nil {
-			flush()
-		}
+		})
 	}()
 
 	work := make(chan int64, 16)
@@ -225,48 +252,54 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, bs)
-			for n := range work {
-				if ctx.Err() != nil {
-					continue
+			defer func() {
+				for range work { // after a panic: drain
 				}
-				off := n * bs
-				length := min(bs, size-off)
-				b := buf[:length]
-				if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-					fail(fmt.Errorf("read %s at %d: %w", src.Path, off, err))
-					continue
+			}()
+			guarded(func() {
+				buf := make([]byte, bs)
+				for n := range work {
+					if ctx.Err() != nil {
+						continue
+					}
+					off := n * bs
+					length := min(bs, size-off)
+					b := buf[:length]
+					if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+						fail(fmt.Errorf("read %s at %d: %w", src.Path, off, err))
+						continue
+					}
+					bytesRead.Add(length)
+					done.Add(length)
+					if bytes.Equal(b, zero[:length]) {
+						nSkip.Add(1)
+						continue
+					}
+					h := hashBlock(b)
+					entriesMu.Lock()
+					entries = append(entries, Entry{Offset: off, Hash: h})
+					entriesMu.Unlock()
+					if idx.has(h) {
+						nDedup.Add(1)
+						continue
+					}
+					pendingMu.Lock()
+					dup := pending[h]
+					pending[h] = true
+					pendingMu.Unlock()
+					if dup {
+						nDedup.Add(1)
+						continue
+					}
+					data, comp := encodeBlock(b, blobBufs.get())
+					nNew.Add(1)
+					select {
+					case blobs <- blob{hash: h, data: data, rawLen: length, comp: comp}:
+					case <-ctx.Done():
+						blobBufs.put(data)
+					}
 				}
-				bytesRead.Add(length)
-				done.Add(length)
-				if bytes.Equal(b, zero[:length]) {
-					nSkip.Add(1)
-					continue
-				}
-				h := hashBlock(b)
-				entriesMu.Lock()
-				entries = append(entries, Entry{Offset: off, Hash: h})
-				entriesMu.Unlock()
-				if idx.has(h) {
-					nDedup.Add(1)
-					continue
-				}
-				pendingMu.Lock()
-				dup := pending[h]
-				pending[h] = true
-				pendingMu.Unlock()
-				if dup {
-					nDedup.Add(1)
-					continue
-				}
-				data, comp := encodeBlock(b, blobBufs.get())
-				nNew.Add(1)
-				select {
-				case blobs <- blob{hash: h, data: data, rawLen: length, comp: comp}:
-				case <-ctx.Done():
-					blobBufs.put(data)
-				}
-			}
+			})
 		}()
 	}
 	reused := 0
@@ -341,7 +374,17 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	if src.Parent != nil {
 		m.Parent = src.Parent.ID
 	}
-	if err := r.putJSON(ctx, manifestKey(meta.VolumeID, meta.BackupID), m); err != nil {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxManifestBytes {
+		return nil, fmt.Errorf("backup %s: its manifest would be %d bytes, over the %d a reader accepts", meta.BackupID, len(b), maxManifestBytes)
+	}
+	if err := lock.checkCommit(ctx); err != nil {
+		return nil, fmt.Errorf("commit backup %s: %w", meta.BackupID, err)
+	}
+	if err := r.store.Put(ctx, manifestKey(meta.VolumeID, meta.BackupID), bytes.NewReader(b), int64(len(b))); err != nil {
 		return nil, fmt.Errorf("commit manifest of backup %s: %w", meta.BackupID, err)
 	}
 	committed = true
@@ -454,61 +497,4 @@ func sameExtents(a, b []fsops.Extent) bool {
 		}
 	}
 	return true
-}
-
-// blockIndex maps block hashes to their stored location.
-type blockIndex struct {
-	mu sync.RWMutex
-	m  map[string]Loc
-}
-
-func (x *blockIndex) has(h string) bool {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	_, ok := x.m[h]
-	return ok
-}
-
-func (x *blockIndex) get(h string) (Loc, bool) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	l, ok := x.m[h]
-	return l, ok
-}
-
-func (x *blockIndex) addPack(id string, index []packIndexEntry) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for _, e := range index {
-		if _, ok := x.m[e.Hash]; !ok {
-			x.m[e.Hash] = Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}
-		}
-	}
-}
-
-// loadIndex builds the store's block index from every manifest, plus the
-// packs a crashed run of this backup uploaded.
-func (r *Repo) loadIndex(ctx context.Context, resumed []string) (*blockIndex, error) {
-	ms, err := r.Manifests(ctx)
-	if err != nil {
-		return nil, err
-	}
-	x := &blockIndex{m: map[string]Loc{}}
-	for _, m := range ms {
-		for _, e := range m.Blocks {
-			x.m[e.Hash] = e.Loc
-		}
-	}
-	for _, id := range resumed {
-		index, err := r.readPackIndex(ctx, id)
-		if errors.Is(err, objstore.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			klog.ErrorS(err, "Ignoring unreadable pack of an interrupted backup", "pack", id)
-			continue
-		}
-		x.addPack(id, index)
-	}
-	return x, nil
 }

@@ -33,7 +33,6 @@ const (
 var (
 	backupIDRe = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
 	volumeIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,252}$`)
-	packIDRe   = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
 // BackupIDForName derives a backup's ID from the snapshot name it was made
@@ -137,11 +136,25 @@ func (m *Manifest) StoredBytes() int64 {
 
 // lockInfo is locks/<id>.json.
 type lockInfo struct {
-	Kind      string    `json:"kind"` // "backup" or "gc"
-	ID        string    `json:"id"`
+	Kind string `json:"kind"` // lockBackup or lockGC
+	ID   string `json:"id"`
+	// Heartbeat is the writer's clock at the write, for people only:
+	// liveness is judged by the object's modification time, the store's
+	// clock (docs/FORMAT.md, "Locks and garbage collection").
 	Heartbeat time.Time `json:"heartbeat"`
-	Packs     []string  `json:"packs,omitempty"`
+	// State is stateRunning (or empty, from older clients) while the
+	// backup runs, stateInterrupted once it stopped without committing.
+	State string   `json:"state,omitempty"`
+	Packs []string `json:"packs,omitempty"`
 }
+
+// Lock kinds and states.
+const (
+	lockBackup       = "backup"
+	lockGC           = "gc"
+	stateRunning     = "running"
+	stateInterrupted = "interrupted"
+)
 
 func manifestKey(volumeID, backupID string) string {
 	return "backups/" + volumeID + "/" + backupID + ".json"

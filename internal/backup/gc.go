@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -24,44 +25,45 @@ type GCReport struct {
 	StaleLocks   int   `json:"staleLocksRemoved"`
 }
 
-// GC deletes packs no manifest refers to and that are older than minAge.
-// It holds the exclusive GC lock and refuses (ErrBusy) while any backup is
-// running, so it never deletes data a running backup may refer to.
+// GC deletes packs no manifest refers to and that are older than minAge
+// (docs/FORMAT.md, "Locks and garbage collection"). It holds its own GC
+// lock, refreshed while it runs, and refuses (ErrBusy) while a backup or
+// another GC is running; it refuses too while any manifest is unreadable,
+// since it cannot know which packs such a backup needs. It never deletes
+// a pack after its own lock may have lapsed.
 func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) {
-	if live, err := r.liveLock(ctx, gcLockID); err != nil {
-		return nil, err
-	} else if live {
-		return nil, fmt.Errorf("%w: another garbage collection is running", ErrBusy)
-	}
-	info := lockInfo{Kind: "gc", ID: gcLockID, Heartbeat: time.Now().UTC()}
-	if err := r.putJSON(ctx, lockKey(gcLockID), &info); err != nil {
+	l := newLease(r, newGCLockID(), lockGC, nil)
+	if err := l.write(ctx); err != nil {
 		return nil, err
 	}
-	defer r.store.Delete(context.WithoutCancel(ctx), lockKey(gcLockID))
+	l.startHeartbeat()
+	defer func() {
+		if err := l.release(ctx); err != nil {
+			klog.ErrorS(err, "Removing the GC lock", "store", r.store, "lock", l.key)
+		}
+	}()
+	now, err := r.storeNow(ctx, l.key)
+	if err != nil {
+		return nil, err
+	}
 	rep := &GCReport{}
-	locks, err := r.locks(ctx)
+	protected, err := r.gcLocks(ctx, l.key, now, minAge, rep)
 	if err != nil {
 		return nil, err
 	}
-	for _, l := range locks {
-		if l.Kind != "backup" {
-			continue
-		}
-		if time.Since(l.Heartbeat) < lockLive {
-			return nil, fmt.Errorf("%w: backup %s is running (heartbeat %s ago)", ErrBusy, l.ID, time.Since(l.Heartbeat).Round(time.Second))
-		}
-		// A stale lock belongs to a crashed backup; its packs are kept
-		// by the minimum age, so the lock itself can go.
-		if err := r.store.Delete(ctx, lockKey(l.ID)); err != nil {
-			return nil, err
-		}
-		rep.StaleLocks++
-	}
-	ms, err := r.Manifests(ctx)
+	ms, damaged, err := r.Manifests(ctx, "")
 	if err != nil {
 		return nil, err
 	}
-	ref := map[string]bool{}
+	if len(damaged) > 0 {
+		names := make([]string, len(damaged))
+		for i, d := range damaged {
+			names[i] = d.String()
+		}
+		return nil, fmt.Errorf("%w: garbage collection refused: %d backup manifests are unreadable, and the packs they need are unknown (repair or delete them): %s",
+			ErrCorrupt, len(damaged), strings.Join(names, "; "))
+	}
+	ref := protected
 	for _, m := range ms {
 		for _, e := range m.Blocks {
 			ref[e.Pack] = true
@@ -70,14 +72,14 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 	var victims []objstore.Info
 	err = r.store.List(ctx, "packs/", func(i objstore.Info) error {
 		id := i.Key[strings.LastIndex(i.Key, "/")+1:]
-		if !packIDRe.MatchString(id) {
+		if !ValidHash(id) || i.Key != packKey(id) {
 			return nil
 		}
 		rep.Packs++
 		switch {
 		case ref[id]:
 			rep.Referenced++
-		case time.Since(i.ModTime) < minAge:
+		case lockAge(i, now) < minAge:
 			rep.TooYoung++
 		default:
 			victims = append(victims, i)
@@ -88,12 +90,76 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 		return nil, err
 	}
 	for _, v := range victims {
+		if err := l.check(); err != nil {
+			return rep, fmt.Errorf("garbage collection stopped: %w", err)
+		}
 		if err := r.store.Delete(ctx, v.Key); err != nil {
 			return rep, err
 		}
 		rep.Deleted++
 		rep.BytesDeleted += v.Size
+		r.forgetPack(ctx, v.Key[strings.LastIndex(v.Key, "/")+1:])
 	}
 	klog.InfoS("Backup store garbage collected", "store", r.store, "packs", rep.Packs, "deleted", rep.Deleted, "bytes", rep.BytesDeleted, "tooYoung", rep.TooYoung)
 	return rep, nil
+}
+
+// gcLocks looks at every other lock with GC's own written: a live backup
+// or GC lock makes GC refuse; a backup lock younger than minAge keeps the
+// packs it lists (an interrupted backup resumes with them); older locks
+// are stale and removed. A lock that cannot be read counts as running
+// while it is live.
+func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge time.Duration, rep *GCReport) (map[string]bool, error) {
+	objs, err := r.lockObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	protected := map[string]bool{}
+	for _, o := range objs {
+		if o.Key == own {
+			continue
+		}
+		age := lockAge(o, now)
+		if lockKind(o.Key) == lockGC {
+			if live(age) {
+				return nil, fmt.Errorf("%w: another garbage collection is running (%s)", ErrBusy, o.Key)
+			}
+		} else {
+			info, err := r.readLock(ctx, o.Key)
+			switch {
+			case errors.Is(err, objstore.ErrNotFound):
+				continue // released meanwhile
+			case err != nil && !errors.Is(err, ErrCorrupt):
+				return nil, err
+			case live(age) && (err != nil || info.State != stateInterrupted):
+				return nil, fmt.Errorf("%w: backup %s is running (lock written %s ago)", ErrBusy, o.Key, age.Round(time.Second))
+			case err == nil && age < minAge && age > -maxSkew:
+				for _, p := range info.Packs {
+					protected[p] = true
+				}
+				continue
+			}
+		}
+		if err := r.store.Delete(ctx, o.Key); err != nil {
+			return nil, err
+		}
+		rep.StaleLocks++
+	}
+	return protected, nil
+}
+
+// forgetPack drops a deleted pack's cached index and its quarantine
+// records.
+func (r *Repo) forgetPack(ctx context.Context, id string) {
+	r.mu.Lock()
+	delete(r.packs, id)
+	r.mu.Unlock()
+	var keys []string
+	_ = r.store.List(ctx, quarantinePrefix+id+"/", func(i objstore.Info) error {
+		keys = append(keys, i.Key)
+		return nil
+	})
+	for _, k := range keys {
+		_ = r.store.Delete(ctx, k)
+	}
 }

@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,101 +17,149 @@ import (
 
 // Lock timing (docs/FORMAT.md, "Locks and garbage collection").
 var (
+	// heartbeatEvery is how often a holder rewrites its lock.
 	heartbeatEvery = 30 * time.Second
-	lockLive       = 10 * time.Minute
-	gcWaitStep     = 5 * time.Second
+	// lockLive is how long after its last write (by the store's clock) a
+	// lock counts as held.
+	lockLive = 10 * time.Minute
+	// maxSkew is how far in the store's future a lock's modification
+	// time may lie and still count: beyond it the lock is stale.
+	maxSkew = time.Minute
+	// gcWaitStep is how long a backup waits between looks at a GC lock.
+	gcWaitStep = 5 * time.Second
+	// packSaveEvery bounds how often a backup's lock is rewritten as packs
+	// are uploaded: a crash forgets at most this much upload, whose packs
+	// GC reclaims later.
+	packSaveEvery = 5 * time.Second
 )
 
 const gcLockID = "gc"
 
-// ErrBusy is returned by GC when backups are running.
+// ErrBusy is returned by GC when backups or another GC are running, and by
+// a backup whose lock lapsed or that met a GC before committing.
 var ErrBusy = errors.New("backup store busy")
 
-// backupLock is a running backup's shared lock with heartbeat; it also
-// records the packs uploaded so far, for resuming after a crash.
-type backupLock struct {
+// lease is a lock object this process holds: written before the holder
+// looks at anyone else's, refreshed by a heartbeat while held. Its holder
+// may act on it only while check passes, that is while less than half of
+// lockLive has passed since the start of its last successful write — by
+// its own monotonic clock, so no two clocks are ever compared. Others
+// judge it by the object's modification time against the store's clock.
+type lease struct {
 	r     *Repo
-	id    string
+	key   string
 	mu    sync.Mutex
-	packs []string
-	saved time.Time // last write of the lock
+	info  lockInfo
+	okAt  time.Time // start of the last successful write
+	saved time.Time // last write attempt (for packSaveEvery)
 	stop  chan struct{}
 	done  chan struct{}
 }
 
-// acquireBackupLock writes the lock (keeping the packs a previous, crashed
-// run recorded), then waits while a live GC lock exists.
-func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*backupLock, error) {
-	var prev lockInfo
-	if err := r.getJSON(ctx, lockKey(id), &prev); err != nil && !errors.Is(err, objstore.ErrNotFound) {
-		return nil, err
-	}
-	l := &backupLock{r: r, id: id, packs: prev.Packs, stop: make(chan struct{}), done: make(chan struct{})}
-	for {
-		if err := l.write(ctx); err != nil {
-			return nil, err
-		}
-		live, err := r.liveLock(ctx, gcLockID)
-		if err != nil {
-			return nil, err
-		}
-		if !live {
-			break
-		}
-		klog.InfoS("Backup waits for garbage collection", "backup", id, "store", r.store)
-		if err := r.store.Delete(ctx, lockKey(id)); err != nil {
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(gcWaitStep):
-		}
-	}
-	go l.heartbeat()
-	return l, nil
+func newLease(r *Repo, id, kind string, packs []string) *lease {
+	return &lease{r: r, key: lockKey(id), info: lockInfo{Kind: kind, ID: id, State: stateRunning, Packs: packs}}
 }
 
-func (l *backupLock) write(ctx context.Context) error {
+func (l *lease) write(ctx context.Context) error {
 	l.mu.Lock()
-	info := lockInfo{Kind: "backup", ID: l.id, Heartbeat: time.Now().UTC(), Packs: append([]string(nil), l.packs...)}
-	l.saved = info.Heartbeat
+	info := l.info
+	info.Packs = append([]string(nil), l.info.Packs...)
+	start := time.Now()
+	info.Heartbeat = start.UTC()
+	l.saved = start
 	l.mu.Unlock()
-	if err := l.r.putJSON(ctx, lockKey(l.id), &info); err != nil {
-		return fmt.Errorf("write backup lock %s: %w", l.id, err)
+	if err := l.r.putJSON(ctx, l.key, &info); err != nil {
+		return fmt.Errorf("write lock %s: %w", l.key, err)
+	}
+	l.mu.Lock()
+	if start.After(l.okAt) {
+		l.okAt = start
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *lease) setState(s string) {
+	l.mu.Lock()
+	l.info.State = s
+	l.mu.Unlock()
+}
+
+// check fails once others may have judged the lock stale.
+func (l *lease) check() error {
+	l.mu.Lock()
+	age := time.Since(l.okAt)
+	l.mu.Unlock()
+	if age >= lockLive/2 {
+		return fmt.Errorf("%w: lock %s was last refreshed %s ago and may have lapsed", ErrBusy, l.key, age.Round(time.Second))
 	}
 	return nil
 }
 
-func (l *backupLock) heartbeat() {
-	defer close(l.done)
-	t := time.NewTicker(heartbeatEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			if err := l.write(ctx); err != nil {
-				klog.ErrorS(err, "Backup lock heartbeat failed", "backup", l.id)
+func (l *lease) startHeartbeat() {
+	l.stop, l.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(l.done)
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), min(lockLive/4, time.Minute))
+				if err := l.write(ctx); err != nil {
+					klog.ErrorS(err, "Lock heartbeat failed", "lock", l.key, "store", l.r.store)
+				}
+				cancel()
 			}
-			cancel()
 		}
+	}()
+}
+
+func (l *lease) stopHeartbeat() {
+	if l.stop != nil {
+		close(l.stop)
+		<-l.done
+		l.stop = nil
 	}
 }
 
-// packSaveEvery bounds how often the lock is rewritten as packs are
-// uploaded: a crash forgets at most this much upload, whose packs GC
-// reclaims later.
-var packSaveEvery = 5 * time.Second
+// release stops the heartbeat and deletes the lock.
+func (l *lease) release(ctx context.Context) error {
+	l.stopHeartbeat()
+	return l.r.store.Delete(context.WithoutCancel(ctx), l.key)
+}
+
+// abandon stops the heartbeat. A backup lock that lists packs is kept in
+// state interrupted, so a later run resumes with them; it no longer
+// blocks GC, which keeps its packs while it is younger than GC's minimum
+// age. A lock without packs is deleted.
+func (l *lease) abandon() {
+	l.stopHeartbeat()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l.mu.Lock()
+	empty := len(l.info.Packs) == 0
+	l.info.State = stateInterrupted
+	l.mu.Unlock()
+	var err error
+	if empty {
+		err = l.r.store.Delete(ctx, l.key)
+	} else {
+		err = l.write(ctx)
+	}
+	if err != nil {
+		klog.V(2).InfoS("Could not save the interrupted backup's lock", "lock", l.key, "err", err)
+	}
+}
 
 // addPack records an uploaded pack in the lock (persisted at most every
 // packSaveEvery, and when the backup stops) before any manifest refers to
 // it.
-func (l *backupLock) addPack(ctx context.Context, id string) error {
+func (l *lease) addPack(ctx context.Context, id string) error {
 	l.mu.Lock()
-	l.packs = append(l.packs, id)
+	l.info.Packs = append(l.info.Packs, id)
 	due := time.Since(l.saved) >= packSaveEvery
 	l.mu.Unlock()
 	if !due {
@@ -121,65 +171,137 @@ func (l *backupLock) addPack(ctx context.Context, id string) error {
 	return l.write(wctx)
 }
 
-func (l *backupLock) resumedPacks() []string {
+func (l *lease) packs() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]string(nil), l.packs...)
+	return append([]string(nil), l.info.Packs...)
 }
 
-// release stops the heartbeat and deletes the lock.
-func (l *backupLock) release(ctx context.Context) error {
-	close(l.stop)
-	<-l.done
-	return l.r.store.Delete(ctx, lockKey(l.id))
-}
-
-// abandon stops the heartbeat but keeps the lock, so a later run resumes
-// with the packs it lists.
-func (l *backupLock) abandon() {
-	close(l.stop)
-	<-l.done
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := l.write(ctx); err != nil {
-		klog.V(2).InfoS("Could not save the interrupted backup's lock", "backup", l.id, "err", err)
+// acquireBackupLock writes the backup's lock (keeping the packs a
+// previous, crashed run recorded), then looks for a live GC lock; while
+// there is one it marks its own lock interrupted and waits.
+func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error) {
+	var prev lockInfo
+	err := r.readJSON(ctx, lockKey(id), maxLockBytes, &prev)
+	if err == nil {
+		err = prev.validate(lockKey(id))
 	}
-}
-
-// liveLock reports whether lock id exists with a recent heartbeat.
-func (r *Repo) liveLock(ctx context.Context, id string) (bool, error) {
-	var info lockInfo
-	err := r.getJSON(ctx, lockKey(id), &info)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return time.Since(info.Heartbeat) < lockLive, nil
-}
-
-// locks lists every lock in the store.
-func (r *Repo) locks(ctx context.Context) ([]lockInfo, error) {
-	var keys []string
-	if err := r.store.List(ctx, "locks/", func(i objstore.Info) error {
-		if strings.HasSuffix(i.Key, ".json") {
-			keys = append(keys, i.Key)
-		}
-		return nil
-	}); err != nil {
+	switch {
+	case err == nil, errors.Is(err, objstore.ErrNotFound):
+	case errors.Is(err, ErrCorrupt):
+		klog.InfoS("Warning: ignoring a damaged lock; its packs are not resumed", "store", r.store, "object", lockKey(id), "err", err)
+		prev = lockInfo{}
+	default:
 		return nil, err
 	}
-	var out []lockInfo
-	for _, k := range keys {
-		var info lockInfo
-		if err := r.getJSON(ctx, k, &info); err != nil {
-			if errors.Is(err, objstore.ErrNotFound) {
-				continue
-			}
+	l := newLease(r, id, lockBackup, prev.Packs)
+	for {
+		l.setState(stateRunning)
+		if err := l.write(ctx); err != nil {
 			return nil, err
 		}
-		out = append(out, info)
+		gc, err := r.liveGC(ctx, l.key)
+		if err != nil {
+			return nil, err
+		}
+		if gc == "" {
+			break
+		}
+		klog.InfoS("Backup waits for garbage collection", "backup", id, "store", r.store, "lock", gc)
+		l.setState(stateInterrupted)
+		if err := l.write(ctx); err != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(gcWaitStep):
+		}
+	}
+	l.startHeartbeat()
+	return l, nil
+}
+
+// checkCommit is a backup's last look before it writes its manifest: its
+// own lock has not lapsed, and no GC is running.
+func (l *lease) checkCommit(ctx context.Context) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	gc, err := l.r.liveGC(ctx, l.key)
+	if err != nil {
+		return err
+	}
+	if gc != "" {
+		return fmt.Errorf("%w: garbage collection (%s) runs; the backup commits after it", ErrBusy, gc)
+	}
+	return nil
+}
+
+// storeNow is the store's clock: the modification time of the lock the
+// caller has just written.
+func (r *Repo) storeNow(ctx context.Context, ownKey string) (time.Time, error) {
+	info, err := r.store.Stat(ctx, ownKey)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stat own lock %s: %w", ownKey, err)
+	}
+	return info.ModTime, nil
+}
+
+// lockAge is how long ago, by the store's clock, a lock was written.
+func lockAge(o objstore.Info, now time.Time) time.Duration { return now.Sub(o.ModTime) }
+
+// live reports whether a lock written age ago still counts as held.
+func live(age time.Duration) bool { return age < lockLive && age > -maxSkew }
+
+// lockObjects lists the lock objects, with their modification times.
+func (r *Repo) lockObjects(ctx context.Context) ([]objstore.Info, error) {
+	var out []objstore.Info
+	err := r.store.List(ctx, "locks/", func(i objstore.Info) error {
+		if strings.HasSuffix(i.Key, ".json") && lockKind(i.Key) != "" {
+			out = append(out, i)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list locks: %w", err)
 	}
 	return out, nil
+}
+
+// liveGC returns the key of a live GC lock, or "", judged against the
+// store's clock read from the caller's own lock ownKey.
+func (r *Repo) liveGC(ctx context.Context, ownKey string) (string, error) {
+	now, err := r.storeNow(ctx, ownKey)
+	if err != nil {
+		return "", err
+	}
+	objs, err := r.lockObjects(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, o := range objs {
+		if lockKind(o.Key) == lockGC && o.Key != ownKey && live(lockAge(o, now)) {
+			return o.Key, nil
+		}
+	}
+	return "", nil
+}
+
+// readLock reads and validates a lock object.
+func (r *Repo) readLock(ctx context.Context, key string) (*lockInfo, error) {
+	var info lockInfo
+	if err := r.readJSON(ctx, key, maxLockBytes, &info); err != nil {
+		return nil, err
+	}
+	if err := info.validate(key); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+func newGCLockID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return gcLockID + "-" + hex.EncodeToString(b[:])
 }

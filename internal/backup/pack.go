@@ -41,7 +41,9 @@ func (p *packBuilder) add(hash string, blob []byte, rawLen int64, comp string) {
 	p.buf.Write(blob)
 }
 
-func (p *packBuilder) size() int { return p.buf.Len() }
+// full reports whether the pack should be finished: by size, or by blob
+// count so that its index stays well under maxPackIndexBytes.
+func (p *packBuilder) full() bool { return p.buf.Len() >= packTarget || len(p.index) >= maxPackBlobs }
 
 // bufferPool is a fixed free list of byte buffers. Unlike sync.Pool it
 // keeps its buffers across garbage collections.
@@ -77,38 +79,6 @@ func (p *packBuilder) finish() (string, []byte, []packIndexEntry) {
 	return hex.EncodeToString(sum[:]), p.buf.Bytes(), p.index
 }
 
-// readPackIndex reads a pack's trailing index with two range reads.
-func (r *Repo) readPackIndex(ctx context.Context, id string) ([]packIndexEntry, error) {
-	info, err := r.store.Stat(ctx, packKey(id))
-	if err != nil {
-		return nil, err
-	}
-	tl := int64(4 + len(packMagic))
-	if info.Size < tl {
-		return nil, fmt.Errorf("%w: pack %s is %d bytes, too short for a trailer", ErrCorrupt, id, info.Size)
-	}
-	tail, err := r.readRange(ctx, packKey(id), info.Size-tl, tl)
-	if err != nil {
-		return nil, err
-	}
-	if string(tail[4:]) != packMagic {
-		return nil, fmt.Errorf("%w: pack %s has no %s trailer", ErrCorrupt, id, packMagic)
-	}
-	n := int64(binary.LittleEndian.Uint32(tail[:4]))
-	if n > info.Size-tl {
-		return nil, fmt.Errorf("%w: pack %s index length %d exceeds the pack", ErrCorrupt, id, n)
-	}
-	b, err := r.readRange(ctx, packKey(id), info.Size-tl-n, n)
-	if err != nil {
-		return nil, err
-	}
-	var idx []packIndexEntry
-	if err := json.Unmarshal(b, &idx); err != nil {
-		return nil, fmt.Errorf("%w: pack %s index: %v", ErrCorrupt, id, err)
-	}
-	return idx, nil
-}
-
 func (r *Repo) readRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	return r.readRangeInto(ctx, key, off, n, nil)
 }
@@ -136,7 +106,8 @@ var (
 		return e
 	}}
 	decoderPool = sync.Pool{New: func() any {
-		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxBlockSize),
+			zstd.WithDecoderMaxWindow(MaxBlockSize), zstd.WithDecodeAllCapLimit(true))
 		return d
 	}}
 )
@@ -154,8 +125,17 @@ func encodeBlock(raw, dst []byte) ([]byte, string) {
 }
 
 // decodeBlock undoes encodeBlock into dst (reused if large enough) and
-// checks the result against the block's hash.
+// checks the result against the block's hash. The output is bounded by
+// rawLen before anything is decoded (the decoder never writes past dst's
+// capacity), so a small hostile blob cannot make it allocate.
 func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst []byte) ([]byte, error) {
+	if rawLen < 1 || rawLen > MaxBlockSize {
+		return nil, fmt.Errorf("raw length %d out of range", rawLen)
+	}
+	if int64(cap(dst)) < rawLen {
+		dst = make([]byte, 0, rawLen)
+	}
+	dst = dst[:0:rawLen]
 	var raw []byte
 	switch comp {
 	case compNone:
@@ -163,7 +143,7 @@ func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst 
 	case compZstd:
 		dec := decoderPool.Get().(*zstd.Decoder)
 		var err error
-		raw, err = dec.DecodeAll(stored, dst[:0])
+		raw, err = dec.DecodeAll(stored, dst)
 		decoderPool.Put(dec)
 		if err != nil {
 			return nil, fmt.Errorf("decompress: %v", err)
@@ -175,10 +155,13 @@ func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst 
 		return nil, fmt.Errorf("block is %d bytes, want %d", len(raw), rawLen)
 	}
 	if got := hashBlock(raw); got != wantHash {
-		return nil, fmt.Errorf("hash %s…, want %s…", got[:16], wantHash[:16])
+		return nil, fmt.Errorf("hash %s…, want %s…", short(got), short(wantHash))
 	}
 	return raw, nil
 }
+
+// short abbreviates a hash for messages (safe on any string).
+func short(h string) string { return h[:min(len(h), 16)] }
 
 // PrepareBlock does to one raw block what a backup does before packing it:
 // hash it and compress it. Benchmarks use it to measure the CPU cost.

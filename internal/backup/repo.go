@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"path"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
@@ -26,26 +28,33 @@ var (
 type Repo struct {
 	store objstore.Store
 	cfg   StoreConfig
+
+	mu sync.Mutex
+	// packs caches validated pack indexes by pack ID; a pack's ID is the
+	// hash of its index, so an entry never goes stale, only missing.
+	packs map[string][]packIndexEntry
+	// bad holds blob locations found damaged in this process.
+	bad map[badLoc]bool
 	// Concurrency bounds parallel object requests.
 	Concurrency int
 }
 
 // Open opens the backup store on st, initialising it on first use.
 func Open(ctx context.Context, st objstore.Store) (*Repo, error) {
-	r := &Repo{store: st, Concurrency: 8}
-	err := r.getJSON(ctx, configKey, &r.cfg)
-	switch {
-	case errors.Is(err, objstore.ErrNotFound):
+	r := &Repo{store: st, Concurrency: 8, packs: map[string][]packIndexEntry{}}
+	err := r.readJSON(ctx, configKey, maxConfigBytes, &r.cfg)
+	if errors.Is(err, objstore.ErrNotFound) {
 		r.cfg = StoreConfig{FormatVersion: FormatVersion, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
 		if err := r.putJSON(ctx, configKey, &r.cfg); err != nil {
 			return nil, fmt.Errorf("initialise backup store %s: %w", st, err)
 		}
-	case err != nil:
+		return r, nil
+	}
+	if err == nil {
+		err = r.cfg.validate()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("open backup store %s: %w", st, err)
-	case r.cfg.FormatVersion > FormatVersion:
-		return nil, fmt.Errorf("backup store %s has format %d; this driver knows up to %d", st, r.cfg.FormatVersion, FormatVersion)
-	case r.cfg.BlockSize <= 0 || r.cfg.Hash != hashName:
-		return nil, fmt.Errorf("backup store %s: unsupported configuration (block size %d, hash %q)", st, r.cfg.BlockSize, r.cfg.Hash)
 	}
 	return r, nil
 }
@@ -56,22 +65,6 @@ func (r *Repo) Store() objstore.Store { return r.store }
 // BlockSize is the store's block size.
 func (r *Repo) BlockSize() int64 { return r.cfg.BlockSize }
 
-func (r *Repo) getJSON(ctx context.Context, key string, v any) error {
-	rc, err := r.store.Get(ctx, key)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", key, err)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("parse %s: %w", key, err)
-	}
-	return nil
-}
-
 func (r *Repo) putJSON(ctx context.Context, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -80,28 +73,31 @@ func (r *Repo) putJSON(ctx context.Context, key string, v any) error {
 	return r.store.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
 }
 
-// Manifest loads a committed backup.
+// Manifest loads a committed backup. A manifest that fails validation is
+// reported as ErrCorrupt (or ErrUnsupported for a newer format), naming
+// the object.
 func (r *Repo) Manifest(ctx context.Context, volumeID, backupID string) (*Manifest, error) {
 	if !ValidVolumeID(volumeID) || !ValidBackupID(backupID) {
 		return nil, fmt.Errorf("%w: %s/%s is not a valid backup name", ErrNotFound, volumeID, backupID)
 	}
 	var m Manifest
-	err := r.getJSON(ctx, manifestKey(volumeID, backupID), &m)
+	err := r.readJSON(ctx, manifestKey(volumeID, backupID), maxManifestBytes, &m)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s/%s in %s", ErrNotFound, volumeID, backupID, r.store)
 	}
+	if err == nil {
+		err = m.validate(volumeID, backupID, r.cfg.BlockSize)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if m.FormatVersion > FormatVersion {
-		return nil, fmt.Errorf("backup %s has format %d; this driver knows up to %d", backupID, m.FormatVersion, FormatVersion)
 	}
 	return &m, nil
 }
 
 // BackupRef names a committed backup.
 type BackupRef struct {
-	VolumeID, BackupID string
+	VolumeID string `json:"volumeId"`
+	BackupID string `json:"backupId"`
 }
 
 // List returns the committed backups, optionally of one volume, sorted.
@@ -129,28 +125,60 @@ func (r *Repo) List(ctx context.Context, volumeID string) ([]BackupRef, error) {
 	return out, err
 }
 
-// Manifests loads every committed backup's manifest in parallel.
-func (r *Repo) Manifests(ctx context.Context) ([]*Manifest, error) {
-	refs, err := r.List(ctx, "")
+// Damage is a manifest that could not be read or failed validation.
+type Damage struct {
+	BackupRef
+	Key string `json:"key"`
+	Err error  `json:"-"`
+}
+
+func (d Damage) String() string { return d.Key + ": " + d.Err.Error() }
+
+// MarshalJSON writes a damaged manifest with its error as a string.
+func (d Damage) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]string{"key": d.Key, "volumeId": d.VolumeID, "backupId": d.BackupID, "error": d.Err.Error()})
+}
+
+// Manifests loads the committed backups' manifests (of one volume, or all
+// if volumeID is empty) in parallel. A manifest that cannot be read or is
+// invalid does not fail the call: it is returned in damaged, so one bad
+// object cannot stop every other backup's listing, dedup or restore. The
+// error is for a listing that failed or a cancelled context.
+func (r *Repo) Manifests(ctx context.Context, volumeID string) (ms []*Manifest, damaged []Damage, err error) {
+	refs, err := r.List(ctx, volumeID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]*Manifest, len(refs))
+	errs := make([]error, len(refs))
 	err = parallel(ctx, r.Concurrency, len(refs), func(i int) error {
-		m, err := r.Manifest(ctx, refs[i].VolumeID, refs[i].BackupID)
-		if errors.Is(err, ErrNotFound) {
-			return nil // deleted meanwhile
-		}
-		out[i] = m
-		return err
+		out[i], errs[i] = r.Manifest(ctx, refs[i].VolumeID, refs[i].BackupID)
+		return ctx.Err()
 	})
-	kept := out[:0]
-	for _, m := range out {
-		if m != nil {
-			kept = append(kept, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, m := range out {
+		switch {
+		case m != nil:
+			ms = append(ms, m)
+		case errors.Is(errs[i], ErrNotFound): // deleted meanwhile
+		default:
+			damaged = append(damaged, Damage{BackupRef: refs[i], Key: manifestKey(refs[i].VolumeID, refs[i].BackupID), Err: errs[i]})
 		}
 	}
-	return kept, err
+	return ms, damaged, nil
+}
+
+// ReadableManifests is Manifests for operations that skip damage: each
+// damaged manifest is logged as a warning naming the object, and only the
+// readable ones are returned.
+func (r *Repo) ReadableManifests(ctx context.Context, volumeID, op string) ([]*Manifest, error) {
+	ms, damaged, err := r.Manifests(ctx, volumeID)
+	for _, d := range damaged {
+		klog.InfoS("Warning: skipping a damaged backup manifest", "op", op, "store", r.store, "object", d.Key, "err", d.Err)
+	}
+	return ms, err
 }
 
 // Delete deletes a backup's manifest; garbage collection reclaims its data.
@@ -189,7 +217,7 @@ func parallel(ctx context.Context, workers, n int, fn func(i int) error) error {
 				i := next
 				next++
 				mu.Unlock()
-				if err := fn(i); err != nil {
+				if err := safeCall(func() error { return fn(i) }); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -206,4 +234,18 @@ func parallel(ctx context.Context, workers, n int, fn func(i int) error) error {
 		firstErr = ctx.Err()
 	}
 	return firstErr
+}
+
+// safeCall runs fn, turning a panic into an error: the last line of
+// defence for worker goroutines, which no gRPC interceptor covers. The
+// validation layer (validate.go) is the fix; this only keeps a bug from
+// taking the process down.
+func safeCall(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			klog.ErrorS(nil, "Panic in a backup store worker", "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error: %v", p)
+		}
+	}()
+	return fn()
 }

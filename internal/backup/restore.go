@@ -2,7 +2,9 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync/atomic"
 	"time"
@@ -10,26 +12,34 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/faults"
+	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
 // blockError names exactly which block failed and where it is stored.
 func blockError(m *Manifest, e Entry, err error) error {
 	return fmt.Errorf("%w: backup %s of volume %s, block at volume offset %d (hash %s…) in pack %s at offset %d: %v",
-		ErrCorrupt, m.ID, m.VolumeID, e.Offset, e.Hash[:16], e.Pack, e.Loc.Offset, err)
+		ErrCorrupt, m.ID, m.VolumeID, e.Offset, short(e.Hash), e.Pack, e.Loc.Offset, err)
 }
 
 // fetchBlock reads one stored block into storedBuf and verifies it,
-// decompressing into buf; both buffers are reused when large enough.
+// decompressing into buf; both buffers are reused when large enough. A
+// blob that is missing, short or fails its check is damage (ErrCorrupt)
+// and is quarantined; a failure to reach the store is returned as it is.
 func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, buf []byte) ([]byte, error) {
 	stored, err := r.readRangeInto(ctx, packKey(e.Pack), e.Loc.Offset, e.Length, storedBuf)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case errors.Is(err, objstore.ErrNotFound), errors.Is(err, objstore.ErrInvalidRange),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return nil, blockError(m, e, err)
+	default:
+		return nil, fmt.Errorf("backup %s of volume %s, block at volume offset %d: %w", m.ID, m.VolumeID, e.Offset, err)
 	}
 	raw, err := decodeBlock(stored, e.Comp, e.RawLength, e.Hash, buf)
 	if err != nil {
+		r.quarantine(ctx, e, err)
 		return nil, blockError(m, e, err)
 	}
 	return raw, nil
@@ -40,6 +50,9 @@ func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, 
 // parallel and each is verified against its hash before it is written; a
 // damaged block fails the restore with an error naming it.
 func (r *Repo) Restore(ctx context.Context, m *Manifest, dst string, progress func(Progress)) error {
+	if err := m.validate(m.VolumeID, m.ID, r.cfg.BlockSize); err != nil {
+		return err
+	}
 	start := time.Now()
 	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
 	if err != nil {

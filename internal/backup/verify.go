@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 )
 
-// Problem is one damaged block.
+// Problem is one damaged block reference.
 type Problem struct {
 	BackupID   string `json:"backupId"`
 	VolumeID   string `json:"volumeId"`
@@ -25,27 +25,45 @@ type VerifyReport struct {
 	Blocks   int       `json:"blocks"` // distinct stored blocks checked
 	Bytes    int64     `json:"bytes"`  // raw bytes checked
 	Problems []Problem `json:"problems"`
+	// DamagedManifests are the manifests that could not be read or are
+	// invalid: their backups cannot be restored.
+	DamagedManifests []Damage `json:"damagedManifests"`
+	// DamagedBackups names every backup with a problem, sorted.
+	DamagedBackups []BackupRef `json:"damagedBackups"`
 }
 
-// Verify reads back every block of the given backups (all if refs is
-// empty), decompresses it and checks its hash. Each distinct stored block
-// is read once. Damaged blocks are reported, not returned as errors; the
-// error is for failures to run at all.
+// Damaged reports whether Verify found anything wrong.
+func (rep *VerifyReport) Damaged() bool {
+	return len(rep.Problems) > 0 || len(rep.DamagedManifests) > 0
+}
+
+// Verify reads back every entry of every given backup (all if refs is
+// empty), decompresses it and checks its hash. Entries are grouped by
+// their whole location and hash, so each distinct one is read once and
+// an entry that shares a place with another backup's valid entry but
+// names another hash is checked on its own. Damage is reported (and the
+// blob quarantined), not returned as an error; the error is for failures
+// to run at all.
 func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progress)) (*VerifyReport, error) {
+	rep := &VerifyReport{}
 	var ms []*Manifest
 	if len(refs) == 0 {
-		all, err := r.Manifests(ctx)
+		all, damaged, err := r.Manifests(ctx, "")
 		if err != nil {
 			return nil, err
 		}
-		ms = all
+		ms, rep.DamagedManifests = all, damaged
 	} else {
 		for _, ref := range refs {
 			m, err := r.Manifest(ctx, ref.VolumeID, ref.BackupID)
-			if err != nil {
+			switch {
+			case err == nil:
+				ms = append(ms, m)
+			case errors.Is(err, ErrCorrupt), errors.Is(err, ErrUnsupported):
+				rep.DamagedManifests = append(rep.DamagedManifests, Damage{BackupRef: ref, Key: manifestKey(ref.VolumeID, ref.BackupID), Err: err})
+			default:
 				return nil, err
 			}
-			ms = append(ms, m)
 		}
 	}
 	type use struct {
@@ -53,15 +71,15 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		e Entry
 	}
 	type key struct {
-		pack string
-		off  int64
+		hash string
+		loc  Loc
 	}
 	uses := map[key][]use{}
 	var keys []key
 	var total int64
 	for _, m := range ms {
 		for _, e := range m.Blocks {
-			k := key{e.Pack, e.Loc.Offset}
+			k := key{e.Hash, e.Loc}
 			if _, ok := uses[k]; !ok {
 				keys = append(keys, k)
 				total += e.RawLength
@@ -70,19 +88,27 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		}
 	}
 	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].pack != keys[j].pack {
-			return keys[i].pack < keys[j].pack
+		a, b := keys[i], keys[j]
+		if a.loc.Pack != b.loc.Pack {
+			return a.loc.Pack < b.loc.Pack
 		}
-		return keys[i].off < keys[j].off
+		if a.loc.Offset != b.loc.Offset {
+			return a.loc.Offset < b.loc.Offset
+		}
+		return a.hash < b.hash
 	})
-	rep := &VerifyReport{Backups: len(ms), Blocks: len(keys), Bytes: total}
+	rep.Backups, rep.Blocks, rep.Bytes = len(ms)+len(rep.DamagedManifests), len(keys), total
 	var (
 		mu   sync.Mutex
 		done atomic.Int64
 	)
+	bufs := newBufferPool(r.Concurrency, int(r.cfg.BlockSize))
+	storedBufs := newBufferPool(r.Concurrency, blobCap(r.cfg.BlockSize))
 	err := parallel(ctx, r.Concurrency, len(keys), func(i int) error {
 		u := uses[keys[i]]
-		_, err := r.fetchBlock(ctx, u[0].m, u[0].e, nil, make([]byte, 0, u[0].e.RawLength))
+		buf, storedBuf := bufs.get(), storedBufs.get()
+		defer func() { bufs.put(buf); storedBufs.put(storedBuf) }()
+		_, err := r.fetchBlock(ctx, u[0].m, u[0].e, storedBuf, buf)
 		done.Add(u[0].e.RawLength)
 		if progress != nil {
 			progress(Progress{BytesDone: done.Load(), BytesTotal: total})
@@ -102,10 +128,27 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 	})
 	sort.Slice(rep.Problems, func(i, j int) bool {
 		a, b := rep.Problems[i], rep.Problems[j]
+		if a.VolumeID != b.VolumeID {
+			return a.VolumeID < b.VolumeID
+		}
 		if a.BackupID != b.BackupID {
 			return a.BackupID < b.BackupID
 		}
 		return a.Offset < b.Offset
+	})
+	seen := map[BackupRef]bool{}
+	for _, p := range rep.Problems {
+		seen[BackupRef{p.VolumeID, p.BackupID}] = true
+	}
+	for _, d := range rep.DamagedManifests {
+		seen[d.BackupRef] = true
+	}
+	for ref := range seen {
+		rep.DamagedBackups = append(rep.DamagedBackups, ref)
+	}
+	sort.Slice(rep.DamagedBackups, func(i, j int) bool {
+		a, b := rep.DamagedBackups[i], rep.DamagedBackups[j]
+		return a.VolumeID < b.VolumeID || a.VolumeID == b.VolumeID && a.BackupID < b.BackupID
 	})
 	return rep, err
 }

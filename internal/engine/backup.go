@@ -490,7 +490,9 @@ func (e *Engine) ListBackups(ctx context.Context) ([]*BackupInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		ms, err := repo.Manifests(ctx)
+		// Damaged manifests are skipped with a warning naming each: one
+		// bad object must not hide every other backup.
+		ms, err := repo.ReadableManifests(ctx, "", "list snapshots")
 		if err != nil {
 			return nil, errorf(ErrUnavailable, "backup target %q: %v", t, err)
 		}
