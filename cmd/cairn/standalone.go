@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/csi"
@@ -45,6 +46,9 @@ func runStandalone(args []string) error {
 	}
 	if *nodeID == "" {
 		return errors.New("--node-id is required")
+	}
+	if err := csi.CheckNodeID(*nodeID, "--node-id"); err != nil {
+		return errors.New(status.Convert(err).Message())
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -17,7 +17,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVo
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path"); err != nil {
+	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", n.s.engine.OwnsPath); err != nil {
 		return nil, err
 	}
 	if req.GetVolumeCapability() == nil {
@@ -50,7 +50,7 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnsta
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path"); err != nil {
+	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", n.s.engine.OwnsPath); err != nil {
 		return nil, err
 	}
 	if err := n.s.engine.UnstageVolume(ctx, req.GetVolumeId(), req.GetStagingTargetPath()); err != nil {
@@ -63,10 +63,10 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetTargetPath(), "target_path"); err != nil {
+	if err := checkPath(req.GetTargetPath(), "target_path", n.s.engine.OwnsPath); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path"); err != nil {
+	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", n.s.engine.OwnsPath); err != nil {
 		return nil, err
 	}
 	if req.GetVolumeCapability() == nil {
@@ -98,7 +98,7 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnp
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return nil, err
 	}
-	if err := checkPath(req.GetTargetPath(), "target_path"); err != nil {
+	if err := checkPath(req.GetTargetPath(), "target_path", n.s.engine.OwnsPath); err != nil {
 		return nil, err
 	}
 	if err := n.s.engine.UnpublishVolume(ctx, req.GetVolumeId(), req.GetTargetPath()); err != nil {

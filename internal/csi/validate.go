@@ -3,6 +3,7 @@ package csi
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -166,19 +167,40 @@ func checkSnapshotParameters(params map[string]string, targets []string) (snapsh
 	return k, nil
 }
 
-// checkPath requires an absolute, clean path for field.
-func checkPath(p, field string) error {
+// checkPath requires an absolute, clean path for field (no "..", ".",
+// doubled or trailing slashes: what the CO sends is compared with what was
+// recorded as it is), outside what the data root keeps (owned, nil for no
+// data root).
+func checkPath(p, field string, owned func(string) bool) error {
 	if p == "" {
 		return invalid("%s is required", field)
-	}
-	if !filepath.IsAbs(p) {
-		return invalid("%s %q must be an absolute path", field, p)
 	}
 	if strings.Contains(p, "\x00") {
 		return invalid("%s contains a NUL byte", field)
 	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s %q must be an absolute path", field, p)
+	}
+	if filepath.Clean(p) != p {
+		return invalid("%s %q must be a clean path (%q)", field, p, filepath.Clean(p))
+	}
+	if owned != nil && owned(p) {
+		return invalid("%s %q is inside what Cairn's data root keeps", field, p)
+	}
 	return nil
 }
+
+// CheckNodeID validates a node ID: it is the value of the topology segment
+// TopologyKey, which CSI limits to 63 characters, alphanumeric at both
+// ends with '-', '_' and '.' between (a Kubernetes label value).
+func CheckNodeID(id, field string) error {
+	if !nodeIDRe.MatchString(id) {
+		return invalid("%s %q: a node ID is 1 to 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit", field, id)
+	}
+	return nil
+}
+
+var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
 
 func required(v, field string) error {
 	if v == "" {
@@ -210,6 +232,9 @@ func placement(req *csipb.TopologyRequirement, field string) (Placement, error) 
 			n, ok := t.GetSegments()[TopologyKey]
 			if !ok || n == "" {
 				return nil, invalid("%s.%s[%d]: segment %v lacks the key %s", field, sub, i, t.GetSegments(), TopologyKey)
+			}
+			if err := CheckNodeID(n, fmt.Sprintf("%s.%s[%d].segments[%s]", field, sub, i, TopologyKey)); err != nil {
+				return nil, err
 			}
 			out = append(out, n)
 		}

@@ -14,7 +14,9 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,7 +130,7 @@ func (e *Engine) initLayout() error {
 	case rm.FormatVersion > FormatVersion:
 		return fmt.Errorf("data root %s has format version %d; this driver knows up to %d", e.root, rm.FormatVersion, FormatVersion)
 	}
-	for _, d := range []string{volumesDir, snapshotsDir, backupsDir, tmpDir, trashDir} {
+	for _, d := range layoutDirs {
 		if err := os.MkdirAll(filepath.Join(e.root, d), 0o700); err != nil {
 			return err
 		}
@@ -142,6 +144,24 @@ func (e *Engine) initLayout() error {
 
 // Root returns the absolute data root.
 func (e *Engine) Root() string { return e.root }
+
+// layoutDirs are the directories the engine keeps under the data root.
+var layoutDirs = []string{volumesDir, snapshotsDir, backupsDir, tmpDir, trashDir}
+
+// OwnsPath reports whether the absolute, clean path p is the data root or
+// inside what the engine keeps there (its metadata file and layoutDirs):
+// no staging or target path may be there.
+func (e *Engine) OwnsPath(p string) bool {
+	if p == e.root {
+		return true
+	}
+	rel, ok := strings.CutPrefix(p, strings.TrimSuffix(e.root, "/")+"/")
+	if !ok {
+		return false
+	}
+	first, _, _ := strings.Cut(rel, "/")
+	return first == rootMetaFile || slices.Contains(layoutDirs, first)
+}
 
 // CloneMode reports whether snapshots and clones are reflinks or copies.
 func (e *Engine) CloneMode() CloneMode {

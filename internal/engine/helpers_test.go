@@ -40,7 +40,7 @@ var rootKinds = []struct {
 	{"ext4", false},
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for loop devices and mounts")

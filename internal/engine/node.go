@@ -236,7 +236,7 @@ func (e *Engine) UnstageVolume(ctx context.Context, id, stagingPath string) erro
 	defer unlock()
 	m, err := e.loadVolume(id)
 	if isNotFound(err) {
-		return e.unmountIfMounted(stagingPath)
+		return nil // nothing of an unknown volume is mounted anywhere
 	}
 	if err != nil {
 		return err
@@ -341,16 +341,13 @@ func (e *Engine) PublishVolume(ctx context.Context, req PublishRequest) error {
 }
 
 // UnpublishVolume unmounts and removes the target path. Unpublishing a
-// target that is not published succeeds.
+// target that is not published succeeds and leaves the path alone.
 func (e *Engine) UnpublishVolume(ctx context.Context, id, target string) error {
 	unlock, err := e.locks.lock(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if err := e.cleanupTarget(target); err != nil {
-		return err
-	}
 	m, err := e.loadVolume(id)
 	if isNotFound(err) {
 		return nil
@@ -358,14 +355,19 @@ func (e *Engine) UnpublishVolume(ctx context.Context, id, target string) error {
 	if err != nil {
 		return err
 	}
-	n := len(m.Published)
-	m.Published = slices.DeleteFunc(m.Published, func(p PublishInfo) bool { return p.Target == target })
-	if len(m.Published) != n {
-		if err := e.saveVolume(m); err != nil {
-			return err
-		}
-		klog.InfoS("Volume unpublished", "volumeID", id, "target", target)
+	// Only a recorded target is ours to unmount and remove (a publish
+	// records its target before it creates or mounts anything).
+	if !slices.ContainsFunc(m.Published, func(p PublishInfo) bool { return p.Target == target }) {
+		return nil
 	}
+	if err := e.cleanupTarget(target); err != nil {
+		return err
+	}
+	m.Published = slices.DeleteFunc(m.Published, func(p PublishInfo) bool { return p.Target == target })
+	if err := e.saveVolume(m); err != nil {
+		return err
+	}
+	klog.InfoS("Volume unpublished", "volumeID", id, "target", target)
 	return nil
 }
 

@@ -479,3 +479,34 @@ func TestSnapshotOfStagedVolumeWithLostMount(t *testing.T) {
 		ok(t, e.UnstageVolume(ctx, v.ID, staging))
 	})
 }
+
+// NodeUnpublishVolume and NodeUnstageVolume touch only what Cairn recorded:
+// for an unknown volume, or a target it never published, they used to
+// unmount whatever was mounted at the path and remove the file there.
+func TestUnpublishUnstageTouchOnlyRecordedPaths(t *testing.T) {
+	requireRoot(t)
+	e := newTestEngine(t, "ext4")
+	ctx := context.Background()
+	file := kubePath(e, "precious")
+	ok(t, os.MkdirAll(filepath.Dir(file), 0o750))
+	ok(t, os.WriteFile(file, []byte("not Cairn's"), 0o600))
+	other := kubePath(e, "someone-elses-mount")
+	ok(t, os.MkdirAll(other, 0o750))
+	ok(t, unix.Mount("tmpfs", other, "tmpfs", 0, "size=1m"))
+	defer unix.Unmount(other, 0)
+	v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "known", RequiredBytes: mib}))(t)
+	for _, id := range []string{"x", VolumeIDForName("unknown"), v.ID} {
+		ok(t, e.UnpublishVolume(ctx, id, file))
+		ok(t, e.UnpublishVolume(ctx, id, other))
+		ok(t, e.UnstageVolume(ctx, id, other))
+		if _, err := os.Stat(file); err != nil {
+			t.Fatalf("UnpublishVolume(%s) of a target it never published removed it: %v", id, err)
+		}
+		if !isMountPoint(other) {
+			t.Fatalf("UnpublishVolume/UnstageVolume(%s) unmounted a path it never used", id)
+		}
+	}
+	ok(t, e.DeleteVolume(ctx, v.ID))
+	ok(t, unix.Unmount(other, 0))
+	ok(t, os.RemoveAll(kubePath(e)))
+}
