@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,12 +46,22 @@ type Agent struct {
 	// Progress is how often an operation in progress (a backup upload, a
 	// restore) is looked at again.
 	Progress time.Duration
+	// Resync is how often the agent re-creates the Volume and Snapshot
+	// objects missing for what its data root holds (recover.go); it also
+	// does so at start-up and soon after one of its objects is gone.
+	// Default: Heartbeat.
+	Resync time.Duration
 
 	client   client.Client
 	events   recorder.EventRecorder
 	kick     chan struct{}
 	targets  map[string]string // configured target -> what it was opened from
 	targetMu chan struct{}     // one target sync at a time
+	// recoverKick asks for a recovery pass soon; dataMu keeps a recovery
+	// from re-creating an object whose data a deletion is removing
+	// (deletions hold it shared, the recovery of one object exclusively).
+	recoverKick chan struct{}
+	dataMu      sync.RWMutex
 }
 
 // AgentCacheOptions restricts a node agent's informers to what it needs:
@@ -71,6 +82,7 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	a.client = mgr.GetClient()
 	a.events = mgr.GetEventRecorder("cairn-node")
 	a.kick = make(chan struct{}, 1)
+	a.recoverKick = make(chan struct{}, 1)
 	a.targets = map[string]string{}
 	a.targetMu = make(chan struct{}, 1)
 	if a.Heartbeat <= 0 {
@@ -78,6 +90,9 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if a.Progress <= 0 {
 		a.Progress = 2 * time.Second
+	}
+	if a.Resync <= 0 {
+		a.Resync = a.Heartbeat
 	}
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[cairnv1.NodeLabel] == a.Node })
 	// Objects are worked on in parallel (the engine serialises per ID), so
@@ -116,8 +131,11 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	return mgr.Add(a)
 }
 
-// Start runs the heartbeat until ctx ends (manager.Runnable).
+// Start runs the heartbeat and the recovery of missing objects until ctx
+// ends (manager.Runnable; the manager starts it once the caches are
+// synced).
 func (a *Agent) Start(ctx context.Context) error {
+	go a.recoverLoop(ctx)
 	t := time.NewTicker(a.Heartbeat)
 	defer t.Stop()
 	for {
@@ -201,6 +219,14 @@ type statusFields struct {
 	conditions             *[]metav1.Condition
 }
 
+func volumeStatus(v *cairnv1.Volume) statusFields {
+	return statusFields{&v.Status.Phase, &v.Status.Reason, &v.Status.Message, &v.Status.ObservedGeneration, &v.Status.Conditions}
+}
+
+func snapshotStatus(s *cairnv1.Snapshot) statusFields {
+	return statusFields{&s.Status.Phase, &s.Status.Reason, &s.Status.Message, &s.Status.ObservedGeneration, &s.Status.Conditions}
+}
+
 // setOutcome records the result of one reconcile attempt in the status.
 func setOutcome(st statusFields, generation int64, err error, okMsg string) {
 	*st.observed = generation
@@ -245,24 +271,19 @@ func (a *Agent) removeFinalizer(ctx context.Context, obj client.Object) error {
 func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var v cairnv1.Volume
 	if err := a.client.Get(ctx, req.NamespacedName, &v); err != nil {
-		return reconcile.Result{}, client.IgnoreNotFound(err)
+		return reconcile.Result{}, a.gone(err)
 	}
 	if v.Spec.NodeName != a.Node {
 		return reconcile.Result{}, nil
 	}
 	log := klog.FromContext(ctx).WithValues("volumeID", v.Name, "name", v.Spec.Name)
 	if !v.DeletionTimestamp.IsZero() {
-		if !controllerutil.ContainsFinalizer(&v, cairnv1.Finalizer) {
-			return reconcile.Result{}, nil
-		}
-		if err := a.Engine.DeleteVolume(ctx, v.Name); err != nil {
-			a.event(&v, v.Spec.Parameters, true, "DeleteFailed", "Deleting the volume's data failed: %v", err)
-			return reconcile.Result{}, err
-		}
-		a.capacityChanged()
-		log.Info("Volume data removed")
-		a.event(&v, nil, false, "Deleted", "Volume data removed from node %s", a.Node)
-		return reconcile.Result{}, a.removeFinalizer(ctx, &v)
+		return reconcile.Result{}, a.deleteVolume(ctx, log, &v)
+	}
+	if v.Name != engine.VolumeIDForName(v.Spec.Name) {
+		// Not an object the controller wrote: the engine would make or
+		// find a volume under another ID than this object's name.
+		return reconcile.Result{}, a.refuse(ctx, &v, volumeStatus(&v), fmt.Sprintf("object name %q is not the volume ID of spec.name %q", v.Name, v.Spec.Name))
 	}
 	done := v.Status.Phase == cairnv1.PhaseReady && v.Status.ObservedGeneration == v.Generation
 	if done {
@@ -271,7 +292,9 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	orig := v.DeepCopy()
 	ev, err := a.Engine.GetVolume(ctx, v.Name)
 	created := false
-	if errors.Is(err, engine.ErrNotFound) {
+	if errors.Is(err, engine.ErrNotFound) && recovered(&v) {
+		err = engine.Errorf(engine.ErrNotFound, "volume %s was re-created from node %s's data root, whose data is now gone; nothing is made in its place", v.Name, a.Node)
+	} else if errors.Is(err, engine.ErrNotFound) {
 		if err = a.prepareSource(ctx, v.Spec.Source); err == nil {
 			cctx := ctx
 			if s := v.Spec.Source; s != nil && s.Kind == cairnv1.SourceBackup {
@@ -305,7 +328,7 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 			}
 		}
 	}
-	setOutcome(statusFields{&v.Status.Phase, &v.Status.Reason, &v.Status.Message, &v.Status.ObservedGeneration, &v.Status.Conditions}, v.Generation, err, msg)
+	setOutcome(volumeStatus(&v), v.Generation, err, msg)
 	switch {
 	case created:
 		a.capacityChanged()
@@ -360,37 +383,17 @@ func (a *Agent) prepareSource(ctx context.Context, s *cairnv1.VolumeSource) erro
 func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var s cairnv1.Snapshot
 	if err := a.client.Get(ctx, req.NamespacedName, &s); err != nil {
-		return reconcile.Result{}, client.IgnoreNotFound(err)
+		return reconcile.Result{}, a.gone(err)
 	}
 	if s.Spec.NodeName != a.Node {
 		return reconcile.Result{}, nil
 	}
 	log := klog.FromContext(ctx).WithValues("snapshot", s.Name, "type", s.Spec.Type, "handle", s.Spec.Handle)
 	if !s.DeletionTimestamp.IsZero() {
-		if !controllerutil.ContainsFinalizer(&s, cairnv1.Finalizer) {
-			return reconcile.Result{}, nil
-		}
-		var err error
-		switch {
-		case s.Spec.Type == cairnv1.SnapshotLocal:
-			err = a.Engine.DeleteSnapshot(ctx, s.Name)
-		case s.Spec.Name == "" && s.Annotations[cairnv1.DeleteBackupAnnotation] != "true":
-			// An import that nobody asked to delete: forget it, keep the
-			// backup (see DeleteBackupAnnotation).
-			log.Info("Imported backup forgotten; it stays in its target")
-			return reconcile.Result{}, a.removeFinalizer(ctx, &s)
-		default:
-			if err = a.ensureTarget(ctx, s.Spec.BackupTarget); err == nil {
-				err = a.Engine.DeleteBackup(ctx, s.Spec.Handle)
-			}
-		}
-		if err != nil {
-			a.event(&s, s.Spec.Parameters, true, "DeleteFailed", "Deleting the snapshot failed: %v", err)
-			return reconcile.Result{}, err
-		}
-		a.capacityChanged()
-		log.Info("Snapshot deleted")
-		return reconcile.Result{}, a.removeFinalizer(ctx, &s)
+		return reconcile.Result{}, a.deleteSnapshot(ctx, log, &s)
+	}
+	if why := snapshotNameProblem(&s); why != "" {
+		return reconcile.Result{}, a.refuse(ctx, &s, snapshotStatus(&s), why)
 	}
 	if s.Status.ReadyToUse && s.Status.ObservedGeneration == s.Generation {
 		return reconcile.Result{}, nil
@@ -401,10 +404,14 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	switch {
 	case s.Spec.Type == cairnv1.SnapshotLocal:
 		var snap *engine.Snapshot
-		if snap, err = a.Engine.CreateSnapshot(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.Parameters); err == nil {
-			s.Status.SnapshotID, s.Status.SizeBytes, s.Status.SourceVolumeID = snap.ID, snap.SizeBytes, snap.SourceVolumeID
-			s.Status.CreationTime = &metav1.Time{Time: snap.CreatedAt}
-			s.Status.ReadyToUse = true
+		if recovered(&s) {
+			// Never take a new snapshot in place of one that is gone.
+			snap, err = a.Engine.GetSnapshot(ctx, s.Name)
+		} else {
+			snap, err = a.Engine.CreateSnapshot(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.Parameters)
+		}
+		if err == nil {
+			setLocalSnapshotStatus(&s, snap)
 			msg = "snapshot taken on node " + a.Node
 		}
 	default:
@@ -430,7 +437,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 			}
 		}
 	}
-	setOutcome(statusFields{&s.Status.Phase, &s.Status.Reason, &s.Status.Message, &s.Status.ObservedGeneration, &s.Status.Conditions}, s.Generation, err, msg)
+	setOutcome(snapshotStatus(&s), s.Generation, err, msg)
 	switch {
 	case s.Status.ReadyToUse:
 		log.Info("Snapshot ready")

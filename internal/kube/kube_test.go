@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -49,6 +50,9 @@ type fixture struct {
 	eng    *engine.Engine
 	fs     *scratchfs.FS
 	work   string
+	cfg    *rest.Config
+	crds   string     // deploy/crds
+	agent  chan error // the agent's manager's end
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -72,7 +76,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatalf("envtest: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	f := &fixture{t: t, ctx: ctx, work: t.TempDir()}
+	f := &fixture{t: t, ctx: ctx, work: t.TempDir(), cfg: cfg, crds: filepath.Join(root, "deploy/crds"), agent: make(chan error, 1)}
 	t.Cleanup(func() {
 		cancel()
 		if f.eng != nil {
@@ -102,7 +106,7 @@ func newFixture(t *testing.T) *fixture {
 	if err := agent.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	go mgr.Start(ctx)
+	go func() { f.agent <- mgr.Start(ctx) }()
 	if f.cl, err = client.New(cfg, client.Options{Scheme: Scheme}); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -346,7 +348,10 @@ func volumeInfo(v *cairnv1.Volume) *csi.VolumeInfo {
 	return &csi.VolumeInfo{Volume: &engine.Volume{VolumeMeta: m}, Node: v.Spec.NodeName}
 }
 
-// deleteObject deletes obj and waits until its finalizer is gone.
+// deleteObject deletes obj and waits until its finalizer is gone. Without
+// the mark deleteData sets, the node agent only forgets the object (a
+// failed create's clean-up: nothing was made, or what exists is not this
+// call's to remove).
 func (r *Remote) deleteObject(ctx context.Context, obj client.Object) error {
 	if err := r.Client.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
 		return apiError("delete "+obj.GetName(), err)
@@ -364,12 +369,36 @@ func (r *Remote) deleteObject(ctx context.Context, obj client.Object) error {
 	}, "deletion of "+key.Name)
 }
 
+// deleteData is how a CSI delete removes data: it marks obj with the
+// delete annotation (cairnv1.DataDeletionRequested; on a backup's Snapshot
+// also with its older name, for agents that predate it), then deletes it
+// and waits until its node removed the data. The mark goes straight to the
+// API server (a merge patch, not a cached read), so an object this
+// replica's cache has not seen yet is still found; a missing object is
+// already deleted.
+func (r *Remote) deleteData(ctx context.Context, obj client.Object) error {
+	ann := map[string]string{cairnv1.DeleteDataAnnotation: "true"}
+	if s, ok := obj.(*cairnv1.Snapshot); ok && engine.IsBackupHandle(s.Spec.Handle) {
+		ann[cairnv1.DeleteBackupAnnotation] = "true"
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
+	if err != nil {
+		return err
+	}
+	if err := r.Client.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); apierrors.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return apiError("mark "+obj.GetName()+" for deletion", err)
+	}
+	return r.deleteObject(ctx, obj)
+}
+
 // DeleteVolume deletes the Volume and waits until its node removed the data.
 func (r *Remote) DeleteVolume(ctx context.Context, id string) error {
 	if !engine.ValidVolumeID(id) {
 		return nil // can never have existed
 	}
-	return r.deleteObject(ctx, &cairnv1.Volume{ObjectMeta: metav1.ObjectMeta{Name: id}})
+	return r.deleteData(ctx, &cairnv1.Volume{ObjectMeta: metav1.ObjectMeta{Name: id}})
 }
 
 // GetVolume describes a volume.
@@ -533,7 +562,7 @@ func (r *Remote) DeleteSnapshot(ctx context.Context, id string) error {
 	if !engine.ValidSnapshotID(id) {
 		return nil
 	}
-	return r.deleteObject(ctx, &cairnv1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: id}})
+	return r.deleteData(ctx, &cairnv1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: id}})
 }
 
 // GetSnapshot describes a local snapshot.
@@ -643,15 +672,7 @@ func (r *Remote) DeleteBackup(ctx context.Context, handle string) error {
 	if err != nil {
 		return err
 	}
-	if s.Spec.Name == "" && s.Annotations[cairnv1.DeleteBackupAnnotation] != "true" {
-		// An import owns nothing until asked: this is the asking.
-		orig := s.DeepCopy()
-		metav1.SetMetaDataAnnotation(&s.ObjectMeta, cairnv1.DeleteBackupAnnotation, "true")
-		if err := r.Client.Patch(ctx, s, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
-			return apiError("annotate "+s.Name, err)
-		}
-	}
-	return r.deleteObject(ctx, s)
+	return r.deleteData(ctx, s)
 }
 
 // ListBackups lists the backups this cluster knows.

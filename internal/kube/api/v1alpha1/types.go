@@ -12,13 +12,37 @@ const (
 	// Finalizer keeps a Volume or Snapshot until the node agent has
 	// removed its data.
 	Finalizer = "cairn.csi.dev/data"
-	// DeleteBackupAnnotation ("true") on an imported backup's Snapshot
-	// asks the node agent to delete the backup from its target when the
-	// object goes; without it, deleting an import only forgets it.
+	// DeleteDataAnnotation ("true") on a Volume or Snapshot asks the node
+	// agent to delete the object's data (the volume, the local snapshot,
+	// the backup in its target) when the object goes. The controller sets
+	// it just before deleting the object for CSI DeleteVolume or
+	// DeleteSnapshot; an object deleted without it (by a person, by
+	// removing the CRDs, by a restore tool, by the controller cleaning up
+	// a failed create) only loses its finalizer, and the data stays. See
+	// DataDeletionRequested, the one place that reads it.
+	DeleteDataAnnotation = "cairn.csi.dev/delete-data"
+	// DeleteBackupAnnotation is the older name of DeleteDataAnnotation,
+	// which controllers before delete-data set on imported backups only.
+	// It is still honoured, and still set on backup Snapshots for agents
+	// that predate delete-data.
 	DeleteBackupAnnotation = "cairn.csi.dev/delete-backup"
+	// RecoveredAnnotation (an RFC 3339 time) marks a Volume or Snapshot the
+	// node agent re-created from what its data root holds, after the
+	// object had been deleted without a CSI delete. The agent never
+	// creates data for such an object: if the data is gone, it reports
+	// NotFound instead of making a new, empty volume or a new snapshot.
+	RecoveredAnnotation = "cairn.csi.dev/recovered"
 	// ConditionReady is True once the object is usable.
 	ConditionReady = "Ready"
 )
+
+// DataDeletionRequested tells whether deleting obj may delete its data:
+// only when it carries DeleteDataAnnotation (or the older
+// DeleteBackupAnnotation) set to "true".
+func DataDeletionRequested(obj metav1.Object) bool {
+	a := obj.GetAnnotations()
+	return a[DeleteDataAnnotation] == "true" || a[DeleteBackupAnnotation] == "true"
+}
 
 // Phases of a Volume or Snapshot.
 const (
