@@ -79,6 +79,9 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	}
 	size := st.Size()
 	bs := r.cfg.BlockSize
+	if size > MaxVolumeBytes {
+		return nil, fmt.Errorf("backup %s: the volume is %d bytes; a backup store holds volumes of up to %d", meta.BackupID, size, int64(MaxVolumeBytes))
+	}
 
 	plan, parentEntries, err := r.plan(f, size, src)
 	if err != nil {

@@ -125,7 +125,7 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 				return nil, fmt.Errorf("%w: another garbage collection is running (%s)", ErrBusy, o.Key)
 			}
 		} else {
-			info, err := r.readLock(ctx, o.Key)
+			info, err := r.readLock(ctx, o)
 			switch {
 			case errors.Is(err, objstore.ErrNotFound):
 				continue // released meanwhile

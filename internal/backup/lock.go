@@ -182,7 +182,7 @@ func (l *lease) packs() []string {
 // there is one it marks its own lock interrupted and waits.
 func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error) {
 	var prev lockInfo
-	err := r.readJSON(ctx, lockKey(id), maxLockBytes, &prev)
+	err := r.readJSON(ctx, lockKey(id), maxLockBytes, -1, &prev)
 	if err == nil {
 		err = prev.validate(lockKey(id))
 	}
@@ -289,9 +289,10 @@ func (r *Repo) liveGC(ctx context.Context, ownKey string) (string, error) {
 }
 
 // readLock reads and validates a lock object.
-func (r *Repo) readLock(ctx context.Context, key string) (*lockInfo, error) {
+func (r *Repo) readLock(ctx context.Context, o objstore.Info) (*lockInfo, error) {
+	key := o.Key
 	var info lockInfo
-	if err := r.readJSON(ctx, key, maxLockBytes, &info); err != nil {
+	if err := r.readJSON(ctx, key, maxLockBytes, o.Size, &info); err != nil {
 		return nil, err
 	}
 	if err := info.validate(key); err != nil {

@@ -42,7 +42,7 @@ type Repo struct {
 // Open opens the backup store on st, initialising it on first use.
 func Open(ctx context.Context, st objstore.Store) (*Repo, error) {
 	r := &Repo{store: st, Concurrency: 8, packs: map[string][]packIndexEntry{}}
-	err := r.readJSON(ctx, configKey, maxConfigBytes, &r.cfg)
+	err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &r.cfg)
 	if errors.Is(err, objstore.ErrNotFound) {
 		r.cfg = StoreConfig{FormatVersion: FormatVersion, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
 		if err := r.putJSON(ctx, configKey, &r.cfg); err != nil {
@@ -77,11 +77,17 @@ func (r *Repo) putJSON(ctx context.Context, key string, v any) error {
 // reported as ErrCorrupt (or ErrUnsupported for a newer format), naming
 // the object.
 func (r *Repo) Manifest(ctx context.Context, volumeID, backupID string) (*Manifest, error) {
+	return r.manifest(ctx, volumeID, backupID, -1)
+}
+
+// manifest is Manifest with the object's size if a listing gave it (-1
+// if not).
+func (r *Repo) manifest(ctx context.Context, volumeID, backupID string, size int64) (*Manifest, error) {
 	if !ValidVolumeID(volumeID) || !ValidBackupID(backupID) {
 		return nil, fmt.Errorf("%w: %s/%s is not a valid backup name", ErrNotFound, volumeID, backupID)
 	}
 	var m Manifest
-	err := r.readJSON(ctx, manifestKey(volumeID, backupID), maxManifestBytes, &m)
+	err := r.readJSON(ctx, manifestKey(volumeID, backupID), maxManifestBytes, size, &m)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s/%s in %s", ErrNotFound, volumeID, backupID, r.store)
 	}
@@ -102,17 +108,31 @@ type BackupRef struct {
 
 // List returns the committed backups, optionally of one volume, sorted.
 func (r *Repo) List(ctx context.Context, volumeID string) ([]BackupRef, error) {
+	ls, err := r.list(ctx, volumeID)
+	out := make([]BackupRef, len(ls))
+	for i, l := range ls {
+		out[i] = l.BackupRef
+	}
+	return out, err
+}
+
+type listed struct {
+	BackupRef
+	size int64
+}
+
+func (r *Repo) list(ctx context.Context, volumeID string) ([]listed, error) {
 	prefix := "backups/"
 	if volumeID != "" {
 		prefix += volumeID + "/"
 	}
-	var out []BackupRef
+	var out []listed
 	err := r.store.List(ctx, prefix, func(info objstore.Info) error {
 		rest := strings.TrimPrefix(info.Key, "backups/")
 		vol, file, ok := strings.Cut(rest, "/")
 		id := strings.TrimSuffix(file, ".json")
 		if ok && path.Ext(file) == ".json" && ValidBackupID(id) && ValidVolumeID(vol) {
-			out = append(out, BackupRef{VolumeID: vol, BackupID: id})
+			out = append(out, listed{BackupRef{VolumeID: vol, BackupID: id}, info.Size})
 		}
 		return nil
 	})
@@ -145,14 +165,14 @@ func (d Damage) MarshalJSON() ([]byte, error) {
 // object cannot stop every other backup's listing, dedup or restore. The
 // error is for a listing that failed or a cancelled context.
 func (r *Repo) Manifests(ctx context.Context, volumeID string) (ms []*Manifest, damaged []Damage, err error) {
-	refs, err := r.List(ctx, volumeID)
+	refs, err := r.list(ctx, volumeID)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := make([]*Manifest, len(refs))
 	errs := make([]error, len(refs))
 	err = parallel(ctx, r.Concurrency, len(refs), func(i int) error {
-		out[i], errs[i] = r.Manifest(ctx, refs[i].VolumeID, refs[i].BackupID)
+		out[i], errs[i] = r.manifest(ctx, refs[i].VolumeID, refs[i].BackupID, refs[i].size)
 		return ctx.Err()
 	})
 	if err != nil {
@@ -164,7 +184,7 @@ func (r *Repo) Manifests(ctx context.Context, volumeID string) (ms []*Manifest, 
 			ms = append(ms, m)
 		case errors.Is(errs[i], ErrNotFound): // deleted meanwhile
 		default:
-			damaged = append(damaged, Damage{BackupRef: refs[i], Key: manifestKey(refs[i].VolumeID, refs[i].BackupID), Err: errs[i]})
+			damaged = append(damaged, Damage{BackupRef: refs[i].BackupRef, Key: manifestKey(refs[i].VolumeID, refs[i].BackupID), Err: errs[i]})
 		}
 	}
 	return ms, damaged, nil

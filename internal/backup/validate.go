@@ -7,6 +7,7 @@ package backup
 // field of a store object before it passed through here.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,7 +28,7 @@ const (
 
 	maxConfigBytes     = 64 << 10
 	maxLockBytes       = 32 << 20
-	maxManifestBytes   = 256 << 20
+	maxManifestBytes   = 128 << 20
 	maxPackIndexBytes  = 16 << 20
 	maxQuarantineBytes = 64 << 10
 	maxPackBlobs       = 8192 // a writer starts a new pack after this many blobs
@@ -48,22 +49,34 @@ func corruptf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...)
 }
 
-// readJSON reads and parses one store object of at most limit bytes.
-// An object over the limit is damage: it is never read past the limit.
-func (r *Repo) readJSON(ctx context.Context, key string, limit int64, v any) error {
+// readJSON reads and parses one store object of at most limit bytes;
+// size is the object's size if the caller listed it, or -1 to look it up.
+// An object over the limit is damage, found before anything is read: no
+// store object can make a reader allocate more than its kind's limit.
+func (r *Repo) readJSON(ctx context.Context, key string, limit, size int64, v any) error {
+	if size < 0 {
+		info, err := r.store.Stat(ctx, key)
+		if err != nil {
+			return err
+		}
+		size = info.Size
+	}
+	if size > limit {
+		return corruptf("%s is %d bytes, more than the %d such an object may have", key, size, limit)
+	}
 	rc, err := r.store.Get(ctx, key)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
-	if err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	if _, err := buf.ReadFrom(io.LimitReader(rc, limit+1)); err != nil {
 		return fmt.Errorf("read %s: %w", key, err)
 	}
-	if int64(len(b)) > limit {
+	if int64(buf.Len()) > limit {
 		return corruptf("%s is larger than %d bytes", key, limit)
 	}
-	if err := json.Unmarshal(b, v); err != nil {
+	if err := json.Unmarshal(buf.Bytes(), v); err != nil {
 		return corruptf("parse %s: %v", key, err)
 	}
 	return nil
