@@ -115,6 +115,16 @@ func TestRealNode(t *testing.T) {
 		}
 		return nil
 	})
+	e.step("delete Cairn's CRDs and apply them again while pod mysql uses its volume: data kept, the pod reads it", func() error {
+		if err := e.reinstallCRDs(); err != nil {
+			return err
+		}
+		out, err := e.kubectl("exec", "-n", appNS, "mysql", "--", "sh", "-c", verify+" && echo >> /data/after-reinstall")
+		if err != nil {
+			return fmt.Errorf("pod mysql after the reinstall: %v %s", err, out)
+		}
+		return nil
+	})
 	e.step("raw block PVC used by a pod through volumeDevices", func() error {
 		if err := e.claim("block-pvc", storageClass, "1Gi", nil, true); err != nil {
 			return err

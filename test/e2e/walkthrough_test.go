@@ -114,12 +114,28 @@ func TestKubernetesMode(t *testing.T) {
 	e.step("pre-provisioned VolumeSnapshotContent naming that backup restores into a new PVC", func() error {
 		return e.preProvisioned(drHandle, drData)
 	})
+	e.step("kubectl delete the Volume of mysql-clone-pvc: data kept, the node agent re-creates the object", func() error {
+		return e.deleteVolumeObject("mysql-clone-pvc")
+	})
+	e.step("the re-created mysql-clone-pvc expands to 3Gi and mounts with the data", func() error {
+		if err := e.expand("mysql-clone-pvc", "3Gi"); err != nil {
+			return err
+		}
+		return e.checkMounted("mysql-clone-pvc", data, 29*gi/10)
+	})
+	e.step("delete Cairn's CRDs (as kubectl delete -k does), apply them again: data kept, objects re-created", e.reinstallCRDs)
+	e.step("after the reinstall mysql-restore-pvc expands to 2Gi and mounts with the data", func() error {
+		if err := e.expand("mysql-restore-pvc", "2Gi"); err != nil {
+			return err
+		}
+		return e.checkMounted("mysql-restore-pvc", data, 19*gi/10)
+	})
 	e.step("kill cairn node while a snapshot is taken (file system frozen); restart: readyToUse", e.killNodeDuringSnapshot)
 	e.step("data written after the restart is intact (file system thawed)", func() error {
 		return fsops.WriteFileAtomic(filepath.Join(pvcVol.Target, "after-restart"), []byte("still writable\n"), 0o644)
 	})
 	e.step("kill the active controller replica: the other takes over and provisions", e.failover)
-	e.step("delete snapshots and PVCs: volumes removed, nothing left on the data root", e.cleanup)
+	e.step("delete snapshots and PVCs (re-created objects too): volumes removed, nothing left on the data root", e.cleanup)
 }
 
 // waitStorageNode waits for the node agent's first report.
@@ -383,8 +399,9 @@ func (e *env) expand(name, size string) error {
 
 // retainSnapshot takes a snapshot with a Retain class, deletes the
 // VolumeSnapshot and checks that the content, Cairn's Snapshot and the
-// data stay; then deletes the content and the Cairn Snapshot by hand (what
-// an administrator does to reclaim a retained snapshot).
+// data stay; then deletes the content and the Cairn Snapshot by hand, with
+// the delete annotation (what an administrator does to reclaim a retained
+// snapshot: without it the data would stay).
 func (e *env) retainSnapshot() error {
 	if err := e.snapshotClass("cairn-retain", snapv1.VolumeSnapshotContentRetain, map[string]string{"type": "snap"}); err != nil {
 		return err
@@ -424,6 +441,11 @@ func (e *env) retainSnapshot() error {
 	}
 	// Reclaim it.
 	if err := e.snaps.SnapshotV1().VolumeSnapshotContents().Delete(e.ctx, content, metav1.DeleteOptions{}); err != nil {
+		return err
+	}
+	patch := client.MergeFrom(snap.DeepCopy())
+	metav1.SetMetaDataAnnotation(&snap.ObjectMeta, cairnv1.DeleteDataAnnotation, "true")
+	if err := e.cc.Patch(e.ctx, &snap, patch); err != nil {
 		return err
 	}
 	if err := e.cc.Delete(e.ctx, &snap); err != nil {
