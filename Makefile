@@ -2,8 +2,10 @@
 GO ?= go
 GOFLAGS ?=
 TEST_TIMEOUT ?= 45m
+# How long make fuzz runs each fuzz target (make test: 3s each).
+FUZZTIME ?= 30s
 
-.PHONY: all build demo test unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
+.PHONY: all build demo test fuzz unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
 
 all: build
 
@@ -15,9 +17,15 @@ demo: deps
 	$(GO) run ./demo
 
 # Everything CI runs: vet, unit tests, csi-sanity, integration tests, the
-# Kubernetes e2e run.
+# Kubernetes e2e run, then every fuzz target for 3s.
 test: deps tools vet
 	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@FUZZTIME=3s GO=$(GO) bash hack/fuzz.sh
+
+# Every fuzz target in the repository (found by hack/fuzz.sh), FUZZTIME
+# each: make fuzz FUZZTIME=10m.
+fuzz:
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash hack/fuzz.sh
 
 unit:
 	$(GO) test -count=1 ./internal/...

@@ -194,7 +194,7 @@ func (c *controllerServer) GetCapacity(ctx context.Context, req *csipb.GetCapaci
 		}
 	}
 	node := req.GetAccessibleTopology().GetSegments()[TopologyKey]
-	if len(req.GetAccessibleTopology().GetSegments()) > 0 && node == "" {
+	if len(req.GetAccessibleTopology().GetSegments()) > 0 && CheckNodeID(node, "") != nil {
 		return &csipb.GetCapacityResponse{}, nil // a topology this driver does not know
 	}
 	avail, err := c.s.backend.Capacity(ctx, node)
