@@ -227,7 +227,7 @@ func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string
 		if m, err := repo.Manifest(ctx, volumeID, id); err == nil {
 			return manifestInfo(target, m), nil // committed earlier; local base gone
 		} else if !errors.Is(err, backup.ErrNotFound) {
-			return nil, errorf(ErrUnavailable, "backup target %q: %v", target, err)
+			return nil, manifestError("", BackupHandle{Target: target, VolumeID: volumeID, BackupID: id}, err)
 		}
 	}
 	vol, err := e.loadVolume(volumeID)
@@ -461,13 +461,25 @@ func (e *Engine) GetBackup(ctx context.Context, handle string) (*BackupInfo, err
 		return nil, err
 	}
 	m, err := repo.Manifest(ctx, h.VolumeID, h.BackupID)
-	if errors.Is(err, backup.ErrNotFound) {
-		return nil, errorf(ErrNotFound, "snapshot %s not found in backup target %q", handle, h.Target)
-	}
 	if err != nil {
-		return nil, errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+		return nil, manifestError("", h, err)
 	}
 	return manifestInfo(h.Target, m), nil
+}
+
+// manifestError maps what a backup store answered about a backup's
+// manifest to an error kind: missing is NotFound, damaged (invalid, or of
+// a newer format) is FailedPrecondition naming the object, anything else
+// is the target being unavailable. field prefixes the message.
+func manifestError(field string, h BackupHandle, err error) error {
+	switch {
+	case errors.Is(err, backup.ErrNotFound):
+		return errorf(ErrNotFound, "%ssnapshot %s not found in backup target %q", field, h, h.Target)
+	case errors.Is(err, backup.ErrCorrupt), errors.Is(err, backup.ErrUnsupported):
+		return errorf(ErrFailedPrecondition, "%sbackup %s cannot be used: %v", field, h, err)
+	default:
+		return errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+	}
 }
 
 // ListBackups lists in-progress backups of this node and every committed
@@ -611,11 +623,8 @@ func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h Back
 		return nil, err
 	}
 	m, err := repo.Manifest(ctx, h.VolumeID, h.BackupID)
-	if errors.Is(err, backup.ErrNotFound) {
-		return nil, errorf(ErrNotFound, "volume_content_source: snapshot %s not found in backup target %q", h, h.Target)
-	}
 	if err != nil {
-		return nil, errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+		return nil, manifestError("volume_content_source: ", h, err)
 	}
 	run.size = m.SizeBytes
 	if req.LimitBytes > 0 && req.LimitBytes < m.SizeBytes {
