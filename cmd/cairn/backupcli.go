@@ -25,7 +25,7 @@ const (
 	exitOK       = 0
 	exitFailed   = 1 // the operation could not be done
 	exitUsage    = 2 // bad command line
-	exitDamaged  = 3 // verify found damaged blocks
+	exitDamaged  = 3 // verify found damaged blocks or manifests
 	exitNotFound = 4 // the named backup does not exist
 )
 
@@ -42,7 +42,7 @@ Commands:
 A backup may also be named by its snapshot handle bs://TARGET/VOLUME/BACKUP.
 URL is file:///path or s3://bucket/prefix?endpoint=host:port (credentials from
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
-Exit codes: 0 ok, 1 failed, 2 usage, 3 damaged blocks found, 4 backup not found.
+Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found by verify, 4 backup not found.
 `
 
 type cliError struct {
