@@ -5,7 +5,7 @@ TEST_TIMEOUT ?= 45m
 # How long make fuzz runs each fuzz target (make test: 3s each).
 FUZZTIME ?= 30s
 
-.PHONY: all build demo test fuzz unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
+.PHONY: all build demo test fuzz stress unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
 
 all: build
 
@@ -26,6 +26,12 @@ test: deps tools vet
 # each: make fuzz FUZZTIME=10m.
 fuzz:
 	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash hack/fuzz.sh
+
+# The backup lock protocol under load (test/stress), against a filesystem
+# target and a real MinIO, STRESS_TIME per target: make stress STRESS_TIME=10m.
+STRESS_TIME ?= 60s
+stress: deps tools
+	STRESS_TIME=$(STRESS_TIME) $(GO) test -count=1 -v -timeout 0 -run 'TestStress' ./test/stress/
 
 unit:
 	$(GO) test -count=1 ./internal/...
