@@ -940,3 +940,86 @@ func runSchedule(t *testing.T, seed int64, total *ilStats) {
 		t.Errorf("seed %d (stalled worker %d, stalled GC %v): INVARIANT BROKEN: %s", seed, stallWorker, stallGC, p)
 	}
 }
+
+// TestRaceResumeWaitsForGC is the stress test's failure made
+// deterministic: a backup interrupted twice at its commit (as when a GC
+// runs then) is retried by the same Repo while a GC with minimum age 0
+// runs. The retry reads its lock (listing its pack) and waits for the GC,
+// which deletes the retry's (interrupted, waiting) lock and the pack; the
+// retry then resumes with the pack's cached index and must not commit a
+// manifest that points into it.
+func TestRaceResumeWaitsForGC(t *testing.T) {
+	ilTiming(t)
+	w := newWorld(t)
+	ctx := context.Background()
+	br, bs := w.actor(1, 0)
+	gr, gs := w.actor(2, 0)
+	content := randContent(t, 5)
+	src := w.snapshot(content)
+	m0 := newMeta(volID(1))
+	for i := 0; i < 2; i++ {
+		bs.failManifests.Store(1)
+		if _, err := br.Backup(ctx, Source{Path: src}, m0, nil); err == nil {
+			t.Fatal("backup through a failing store committed")
+		}
+	}
+	// The retry looks at the GC lock once, writes its lock interrupted
+	// and sleeps; GC reads its clock after that write (so the waiting
+	// lock is older than minimum age 0).
+	gw := gcWaitStep
+	gcWaitStep = 2 * time.Second
+	t.Cleanup(func() { gcWaitStep = gw })
+	// GC has written its lock and is held just before it reads its clock.
+	listed, release := make(chan struct{}), make(chan struct{})
+	var gcOnce sync.Once
+	gs.setHooks(func(ctx context.Context, op, key string) error {
+		if op == "stat" && strings.HasPrefix(key, "locks/gc") {
+			gcOnce.Do(func() { close(listed); <-release })
+		}
+		return nil
+	}, nil)
+	type res struct {
+		rep *GCReport
+		err error
+	}
+	gcDone := make(chan res, 1)
+	go func() {
+		rep, err := gr.GC(ctx, 0)
+		gcDone <- res{rep, err}
+	}()
+	<-listed
+	var waited atomic.Bool
+	bs.setHooks(nil, func(op, key string, err error) {
+		if op == "list" && key == "locks/" {
+			waited.Store(true)
+		}
+	})
+	bDone := make(chan error, 1)
+	var m *Manifest
+	go func() {
+		var err error
+		m, err = br.Backup(ctx, Source{Path: src}, m0, nil)
+		bDone <- err
+	}()
+	if !waitFor(5*time.Second, waited.Load) {
+		t.Fatal("the retry never looked at the locks")
+	}
+	time.Sleep(200 * time.Millisecond) // it waits for the GC
+	if _, err := w.base.Manifest(ctx, m0.VolumeID, m0.BackupID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the retry committed while a GC held its lock: %v", err)
+	}
+	close(release)
+	g := <-gcDone
+	err := <-bDone
+	t.Logf("GC: %+v, %v; retry: err=%v", g.rep, g.err, err)
+	if g.err != nil || g.rep.Deleted == 0 {
+		t.Fatalf("test premise: GC should have deleted the interrupted backup's pack: %+v, %v", g.rep, g.err)
+	}
+	var committed []string
+	if err == nil {
+		committed = append(committed, m.ID)
+	}
+	if _, problems := w.checkRestores(map[string][]byte{m0.BackupID: content}, committed); len(problems) > 0 {
+		t.Fatalf("BUG: a backup that waited for GC resumed into a pack that GC deleted (stale pack-index cache): %v", problems)
+	}
+}
