@@ -15,6 +15,9 @@ FUZZTIME=${FUZZTIME:-30s}
 GO=${GO:-go}
 only=${1:-.}
 
+# files in a corpus directory (0 if there is none yet)
+count_files() { if [[ -d $1 ]]; then find "$1" -type f | wc -l; else echo 0; fi; }
+
 failed=()
 count=0
 start=$(date +%s)
@@ -24,9 +27,22 @@ while read -r dir name; do
 	count=$((count + 1))
 	t0=$(date +%s)
 	log=$(mktemp)
+	corpus="$dir/testdata/fuzz/$name"
+	before=$(count_files "$corpus")
+	ok=0
+	note=""
 	if $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "./$dir" >"$log" 2>&1; then
-		execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-		printf 'fuzz %-28s %-22s ok   %6ss  %s execs\n' "$name" "$dir" "$(($(date +%s) - t0))" "${execs:-?}"
+		ok=1
+	elif [[ $(count_files "$corpus") == "$before" ]] && grep -q '^    context deadline exceeded$' "$log" && ! grep -q -- '--- FAIL: .*#\|panic:\|Failing input' "$log"; then
+		# Go's coordinator can report its own -fuzztime deadline as a
+		# failure (go.dev/issue/75804, fixed in Go 1.27): no input was
+		# written, so nothing failed.
+		ok=1
+		note=" (fuzztime deadline race, go.dev/issue/75804, ignored)"
+	fi
+	if ((ok)); then
+		execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+		printf 'fuzz %-28s %-22s ok   %6ss  %s execs%s\n' "$name" "$dir" "$(($(date +%s) - t0))" "${execs:-?}" "$note"
 	else
 		printf 'fuzz %-28s %-22s FAIL %6ss\n' "$name" "$dir" "$(($(date +%s) - t0))"
 		grep -v '^I[0-9]' "$log" | tail -40 | sed 's/^/    /'
