@@ -61,8 +61,12 @@ func (a *Agent) deleteSnapshot(ctx context.Context, log klog.Logger, s *cairnv1.
 	if !controllerutil.ContainsFinalizer(s, cairnv1.Finalizer) {
 		return nil
 	}
-	a.dataMu.RLock()
-	defer a.dataMu.RUnlock()
+	if s.Spec.Type == cairnv1.SnapshotLocal {
+		// Only local snapshots are re-created (a backup deletion, which
+		// may be slow, need not hold up the recovery).
+		a.dataMu.RLock()
+		defer a.dataMu.RUnlock()
+	}
 	if !cairnv1.DataDeletionRequested(s) || snapshotNameProblem(s) != "" {
 		defer a.recoverSoon()
 		switch _, err := a.Engine.GetSnapshot(ctx, s.Name); {
