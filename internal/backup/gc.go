@@ -140,6 +140,17 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 				continue
 			}
 		}
+		// Only the object judged above: one rewritten since (a backup
+		// that resumed, a GC that started) is not stale.
+		if cur, err := r.store.Stat(ctx, o.Key); err != nil || !cur.ModTime.Equal(o.ModTime) || cur.Size != o.Size {
+			if err != nil && !errors.Is(err, objstore.ErrNotFound) {
+				return nil, err
+			}
+			if err == nil {
+				return nil, fmt.Errorf("%w: lock %s changed while garbage collection looked at it", ErrBusy, o.Key)
+			}
+			continue
+		}
 		if err := r.store.Delete(ctx, o.Key); err != nil {
 			return nil, err
 		}
@@ -148,12 +159,17 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 	return protected, nil
 }
 
-// forgetPack drops a deleted pack's cached index and its quarantine
-// records.
-func (r *Repo) forgetPack(ctx context.Context, id string) {
+// forgetPackIndex drops a pack's cached index.
+func (r *Repo) forgetPackIndex(id string) {
 	r.mu.Lock()
 	delete(r.packs, id)
 	r.mu.Unlock()
+}
+
+// forgetPack drops a deleted pack's cached index and its quarantine
+// records.
+func (r *Repo) forgetPack(ctx context.Context, id string) {
+	r.forgetPackIndex(id)
 	var keys []string
 	_ = r.store.List(ctx, quarantinePrefix+id+"/", func(i objstore.Info) error {
 		keys = append(keys, i.Key)

@@ -52,8 +52,13 @@ type lease struct {
 	info  lockInfo
 	okAt  time.Time // start of the last successful write
 	saved time.Time // last write attempt (for packSaveEvery)
-	stop  chan struct{}
-	done  chan struct{}
+	// lapsed is set for good once two successful writes were half a
+	// lifetime or more apart: others may have judged the lock stale in
+	// between and acted (deleted it, collected packs), so a later
+	// successful heartbeat does not make the lease whole again.
+	lapsed bool
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 func newLease(r *Repo, id, kind string, packs []string) *lease {
@@ -72,6 +77,9 @@ func (l *lease) write(ctx context.Context) error {
 		return fmt.Errorf("write lock %s: %w", l.key, err)
 	}
 	l.mu.Lock()
+	if !l.okAt.IsZero() && start.Sub(l.okAt) >= lockLive/2 {
+		l.lapsed = true
+	}
 	if start.After(l.okAt) {
 		l.okAt = start
 	}
@@ -88,8 +96,11 @@ func (l *lease) setState(s string) {
 // check fails once others may have judged the lock stale.
 func (l *lease) check() error {
 	l.mu.Lock()
-	age := time.Since(l.okAt)
+	age, lapsed := time.Since(l.okAt), l.lapsed
 	l.mu.Unlock()
+	if lapsed {
+		return fmt.Errorf("%w: lock %s went unrefreshed for half its lifetime and may have been judged stale", ErrBusy, l.key)
+	}
 	if age >= lockLive/2 {
 		return fmt.Errorf("%w: lock %s was last refreshed %s ago and may have lapsed", ErrBusy, l.key, age.Round(time.Second))
 	}
@@ -201,6 +212,9 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 			return nil, err
 		}
 		gc, err := r.liveGC(ctx, l.key)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue // a GC removed our lock as stale between write and look: write it again
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -219,15 +233,35 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 		}
 	}
 	l.startHeartbeat()
+	// A GC that ran while this backup waited (or before it started) may
+	// have removed the lock read above and the packs it listed: keep
+	// only the resumed packs that still exist, asking the store itself
+	// (not the pack-index cache). From here on no GC can delete them.
+	l.mu.Lock()
+	resumed := l.info.Packs
+	l.mu.Unlock()
+	var kept []string
+	for _, p := range resumed {
+		_, err := r.store.Stat(ctx, packKey(p))
+		switch {
+		case err == nil:
+			kept = append(kept, p)
+		case errors.Is(err, objstore.ErrNotFound):
+			r.forgetPackIndex(p)
+		default:
+			l.abandon()
+			return nil, err
+		}
+	}
+	l.mu.Lock()
+	l.info.Packs = kept
+	l.mu.Unlock()
 	return l, nil
 }
 
 // checkCommit is a backup's last look before it writes its manifest: its
 // own lock has not lapsed, and no GC is running.
 func (l *lease) checkCommit(ctx context.Context) error {
-	if err := l.check(); err != nil {
-		return err
-	}
 	gc, err := l.r.liveGC(ctx, l.key)
 	if err != nil {
 		return err
@@ -235,7 +269,7 @@ func (l *lease) checkCommit(ctx context.Context) error {
 	if gc != "" {
 		return fmt.Errorf("%w: garbage collection (%s) runs; the backup commits after it", ErrBusy, gc)
 	}
-	return nil
+	return l.check() // last, so that a slow look above counts against the lease
 }
 
 // storeNow is the store's clock: the modification time of the lock the
