@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -160,7 +161,14 @@ func FuzzQuarantineKey(f *testing.F) {
 // memRepo is a Repo on a fresh filesystem store in a temporary directory.
 func memRepo(t *testing.T) *Repo {
 	t.Helper()
-	st, err := objstore.Open(context.Background(), "file://"+t.TempDir(), objstore.Credentials{})
+	// Not t.TempDir(): a fuzz seed's name ("seed#0") puts a '#' in it,
+	// which a URL takes for a fragment.
+	dir, err := os.MkdirTemp("", "cairn-fuzz-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	st, err := objstore.Open(context.Background(), "file://"+dir, objstore.Credentials{})
 	if err != nil {
 		t.Fatal(err)
 	}
