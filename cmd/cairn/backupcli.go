@@ -257,6 +257,9 @@ func (c *backupCLI) verify(args []string) error {
 		for _, d := range rep.DamagedManifests {
 			fmt.Fprintf(c.out, "DAMAGED manifest of backup %s/%s (%s): %v\n", d.VolumeID, d.BackupID, d.Key, d.Err)
 		}
+		for _, d := range rep.NewerManifests {
+			fmt.Fprintf(c.out, "not checked: backup %s/%s has a newer format (%v)\n", d.VolumeID, d.BackupID, d.Err)
+		}
 		for _, p := range rep.Problems {
 			fmt.Fprintf(c.out, "DAMAGED backup %s/%s block at offset %d (hash %s) in pack %s at %d: %s\n", p.VolumeID, p.BackupID, p.Offset, p.Hash, p.Pack, p.PackOffset, p.Error)
 		}

@@ -154,6 +154,10 @@ type Damage struct {
 
 func (d Damage) String() string { return d.Key + ": " + d.Err.Error() }
 
+// Damaged reports whether the manifest is invalid; otherwise it is of a
+// newer format (ErrUnsupported) or could not be read (the store failed).
+func (d Damage) Damaged() bool { return errors.Is(d.Err, ErrCorrupt) }
+
 // MarshalJSON writes a damaged manifest with its error as a string.
 func (d Damage) MarshalJSON() ([]byte, error) {
 	return json.Marshal(map[string]string{"key": d.Key, "volumeId": d.VolumeID, "backupId": d.BackupID, "error": d.Err.Error()})

@@ -31,9 +31,15 @@ func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, 
 	case err == nil:
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case errors.Is(err, objstore.ErrNotFound), errors.Is(err, objstore.ErrInvalidRange),
-		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+	case errors.Is(err, objstore.ErrNotFound), errors.Is(err, objstore.ErrInvalidRange):
 		return nil, blockError(m, e, err)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		// Short: damage only if the pack really is too short (a flaky
+		// connection that gave up resuming is not).
+		if info, serr := r.store.Stat(ctx, packKey(e.Pack)); serr == nil && info.Size < e.Loc.Offset+e.Length {
+			return nil, blockError(m, e, fmt.Errorf("pack is %d bytes: %w", info.Size, err))
+		}
+		return nil, fmt.Errorf("backup %s of volume %s, block at volume offset %d: %w", m.ID, m.VolumeID, e.Offset, err)
 	default:
 		return nil, fmt.Errorf("backup %s of volume %s, block at volume offset %d: %w", m.ID, m.VolumeID, e.Offset, err)
 	}

@@ -183,6 +183,9 @@ func parsePackIndex(id string, raw []byte, dataLen, blockSize int64) ([]packInde
 	if err := json.Unmarshal(raw, &idx); err != nil {
 		return nil, corruptf("pack %s index: %v", id, err)
 	}
+	if len(idx) > maxPackBlobs*4 {
+		return nil, corruptf("pack %s index lists %d blobs; writers start a new pack after %d", id, len(idx), maxPackBlobs)
+	}
 	end := int64(0)
 	for i, e := range idx {
 		err := checkLoc(Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}, blockSize)

@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -25,11 +26,29 @@ type VerifyReport struct {
 	Blocks   int       `json:"blocks"` // distinct stored blocks checked
 	Bytes    int64     `json:"bytes"`  // raw bytes checked
 	Problems []Problem `json:"problems"`
-	// DamagedManifests are the manifests that could not be read or are
-	// invalid: their backups cannot be restored.
+	// DamagedManifests are the invalid manifests: their backups cannot be
+	// restored.
 	DamagedManifests []Damage `json:"damagedManifests"`
+	// NewerManifests are of a newer format than this driver's: not
+	// checked, not counted as damage.
+	NewerManifests []Damage `json:"newerManifests"`
 	// DamagedBackups names every backup with a problem, sorted.
 	DamagedBackups []BackupRef `json:"damagedBackups"`
+}
+
+// addDamage files a manifest that could not be used: invalid ones are
+// damage, newer-format ones are noted, and one the store failed to read
+// stops the run (it says nothing about the backup).
+func (rep *VerifyReport) addDamage(d Damage) error {
+	switch {
+	case d.Damaged():
+		rep.DamagedManifests = append(rep.DamagedManifests, d)
+	case errors.Is(d.Err, ErrUnsupported):
+		rep.NewerManifests = append(rep.NewerManifests, d)
+	default:
+		return fmt.Errorf("read manifest %s: %w", d.Key, d.Err)
+	}
+	return nil
 }
 
 // Damaged reports whether Verify found anything wrong.
@@ -52,17 +71,24 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		if err != nil {
 			return nil, err
 		}
-		ms, rep.DamagedManifests = all, damaged
+		ms = all
+		for _, d := range damaged {
+			if err := rep.addDamage(d); err != nil {
+				return nil, err
+			}
+		}
 	} else {
 		for _, ref := range refs {
 			m, err := r.Manifest(ctx, ref.VolumeID, ref.BackupID)
 			switch {
 			case err == nil:
 				ms = append(ms, m)
-			case errors.Is(err, ErrCorrupt), errors.Is(err, ErrUnsupported):
-				rep.DamagedManifests = append(rep.DamagedManifests, Damage{BackupRef: ref, Key: manifestKey(ref.VolumeID, ref.BackupID), Err: err})
-			default:
+			case errors.Is(err, ErrNotFound):
 				return nil, err
+			default:
+				if err := rep.addDamage(Damage{BackupRef: ref, Key: manifestKey(ref.VolumeID, ref.BackupID), Err: err}); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -97,7 +123,7 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		}
 		return a.hash < b.hash
 	})
-	rep.Backups, rep.Blocks, rep.Bytes = len(ms)+len(rep.DamagedManifests), len(keys), total
+	rep.Backups, rep.Blocks, rep.Bytes = len(ms)+len(rep.DamagedManifests)+len(rep.NewerManifests), len(keys), total
 	var (
 		mu   sync.Mutex
 		done atomic.Int64
