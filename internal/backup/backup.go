@@ -104,10 +104,12 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	if err != nil {
 		return nil, err
 	}
-	// A block unchanged since the parent is reused only if its hash is at
-	// a verified location; otherwise it is read and stored again.
+	// A block unchanged since the parent is reused at the parent's
+	// location only if a validated pack index lists its hash there;
+	// otherwise it is read, and deduplicated or stored again.
 	for n, p := range plan {
-		if e, ok := parentEntries[int64(n)*bs]; ok && p == planReuse && !idx.has(e.Hash) {
+		off := int64(n) * bs
+		if e, ok := parentEntries[off]; ok && p == planReuse && (e.RawLength != min(bs, size-off) || !idx.lists(e.Hash, e.Loc)) {
 			plan[n] = planRead
 		}
 	}
@@ -192,6 +194,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 						continue
 					}
 					idx.addPack(u.id, u.index, nil)
+					r.markVerified(u.id, u.index)
 					if err := lock.addPack(ctx, u.id); err != nil {
 						fail(err)
 						continue
@@ -261,6 +264,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 			}()
 			guarded(func() {
 				buf := make([]byte, bs)
+				var chk dedupChecker
 				for n := range work {
 					if ctx.Err() != nil {
 						continue
@@ -279,13 +283,19 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 						continue
 					}
 					h := hashBlock(b)
+					if loc, ok := idx.get(h); ok {
+						if loc.RawLength == length && chk.usable(ctx, r, h, loc) {
+							entriesMu.Lock()
+							entries = append(entries, Entry{Offset: off, Hash: h, Loc: loc})
+							entriesMu.Unlock()
+							nDedup.Add(1)
+							continue
+						}
+						idx.drop(h, loc) // store our own copy instead
+					}
 					entriesMu.Lock()
 					entries = append(entries, Entry{Offset: off, Hash: h})
 					entriesMu.Unlock()
-					if idx.has(h) {
-						nDedup.Add(1)
-						continue
-					}
 					pendingMu.Lock()
 					dup := pending[h]
 					pending[h] = true
@@ -316,7 +326,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		case planReuse:
 			if e, ok := parentEntries[int64(n)*bs]; ok {
 				entriesMu.Lock()
-				entries = append(entries, Entry{Offset: e.Offset, Hash: e.Hash})
+				entries = append(entries, e)
 				entriesMu.Unlock()
 				reused++
 			} else {
@@ -345,6 +355,9 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
 	for i := range entries {
+		if entries[i].Pack != "" {
+			continue // deduplicated or reused at a checked location
+		}
 		loc, ok := idx.get(entries[i].Hash)
 		if !ok {
 			return nil, fmt.Errorf("internal error: block %s at %d has no stored location", entries[i].Hash, entries[i].Offset)

@@ -655,3 +655,50 @@ func TestStoreFailureIsNotDamage(t *testing.T) {
 		t.Fatal("GC ran without being able to read a manifest")
 	}
 }
+
+// TestForgedPackIsNotDeduplicatedInto: a pack whose index truly hashes to
+// its ID but whose blob is not what the index claims (a hash taken from
+// another backup's manifest), referred to by a valid manifest, must not
+// receive another backup's block: the location is read back before the
+// first dedup, found wrong, quarantined, and the backup stores its own
+// copy. A claim with the wrong raw length is never used either.
+func TestForgedPackIsNotDeduplicatedInto(t *testing.T) {
+	r, storeDir, m, src := backedUp(t, 8*mib)
+	fresh, err := Open(context.Background(), r.store) // another process: nothing verified yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Blocks[1].Hash
+	for _, rawLen := range []int64{4 * mib, 100} {
+		garbage := bytes.Repeat([]byte{7}, 100)
+		stored, comp := garbage, compNone
+		if rawLen != 100 {
+			stored, comp = encodeBlock(randBytes(t, rawLen), make([]byte, 0, blobCap(rawLen)))
+		}
+		// A field the parser ignores lets the forger pick an ID that sorts
+		// before the true pack's, so that it is the index's first choice.
+		var idx []byte
+		for i := 0; ; i++ {
+			idx = []byte(fmt.Sprintf(`[{"h":%q,"o":0,"l":%d,"r":%d,"c":%q,"x":%d}]`, h, len(stored), rawLen, comp, i))
+			if hashBlock(idx) < m.Blocks[1].Pack {
+				break
+			}
+		}
+		pack := append(append([]byte{}, stored...), idx...)
+		n := len(idx)
+		pack = append(append(pack, byte(n), byte(n>>8), byte(n>>16), byte(n>>24)), packMagic...)
+		id := hashBlock(idx)
+		writeObject(t, storeDir, packKey(id), pack)
+		evil := Manifest{FormatVersion: 1, ID: BackupIDForName(fmt.Sprint("evil", rawLen)), VolumeID: "v-evil", SizeBytes: rawLen, BlockSize: r.BlockSize(),
+			Blocks: []Entry{{Offset: 0, Hash: h, Loc: Loc{Pack: id, Offset: 0, Length: int64(len(stored)), RawLength: rawLen, Comp: comp}}}}
+		writeObject(t, storeDir, manifestKey(evil.VolumeID, evil.ID), &evil)
+		m2, err := fresh.Backup(context.Background(), Source{Path: src}, meta(fmt.Sprint("victim", rawLen), "v-2"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m2.Blocks[1].Pack == id || rawLen != 100 && m2.Stats.BlocksNew != 1 {
+			t.Fatalf("raw length %d: the backup deduplicated into the forged pack: %+v", rawLen, m2.Stats)
+		}
+		sameContent(t, src, restoreTo(t, fresh, m2, t.TempDir()))
+	}
+}

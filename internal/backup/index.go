@@ -22,9 +22,28 @@ import (
 type blockIndex struct {
 	mu sync.RWMutex
 	m  map[string]Loc
+	at map[badLoc]string // every validated location and the hash there
 }
 
-func newBlockIndex() *blockIndex { return &blockIndex{m: map[string]Loc{}} }
+func newBlockIndex() *blockIndex { return &blockIndex{m: map[string]Loc{}, at: map[badLoc]string{}} }
+
+// lists reports whether a validated pack index has hash h at loc.
+func (x *blockIndex) lists(h string, loc Loc) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.at[badLoc{loc.Pack, loc.Offset}] == h
+}
+
+// drop forgets loc as hash h's location (it failed its check), so that
+// the backup's own copy takes its place.
+func (x *blockIndex) drop(h string, loc Loc) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.m[h] == loc {
+		delete(x.m, h)
+	}
+	delete(x.at, badLoc{loc.Pack, loc.Offset})
+}
 
 func (x *blockIndex) has(h string) bool {
 	x.mu.RLock()
@@ -48,6 +67,7 @@ func (x *blockIndex) addPack(id string, index []packIndexEntry, bad map[badLoc]b
 		if bad[badLoc{id, e.Offset}] {
 			continue
 		}
+		x.at[badLoc{id, e.Offset}] = e.Hash
 		if _, ok := x.m[e.Hash]; !ok {
 			x.m[e.Hash] = Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}
 		}
@@ -235,4 +255,67 @@ func parseQuarantineKey(key string) (badLoc, bool) {
 		return badLoc{}, false
 	}
 	return badLoc{pack, off}, true
+}
+
+// blobAt is a blob location with the hash found there.
+type blobAt struct {
+	pack string
+	off  int64
+	hash string
+}
+
+// maxVerified bounds the verified set (about 100 MiB); past it the set
+// starts again, which only costs reading some blobs back once more.
+const maxVerified = 1 << 20
+
+// markVerified records blobs this process wrote or read back and checked.
+func (r *Repo) markVerified(pack string, index []packIndexEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.verified == nil || len(r.verified)+len(index) > maxVerified {
+		r.verified = map[blobAt]bool{}
+	}
+	for _, e := range index {
+		r.verified[blobAt{pack, e.Offset, e.Hash}] = true
+	}
+}
+
+func (r *Repo) isVerified(h string, loc Loc) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.verified[blobAt{loc.Pack, loc.Offset, h}]
+}
+
+// dedupChecker reads a location back before a backup first dedups into
+// it, unless this process wrote or checked it already: a pack index is
+// bound to its pack's ID, but the blobs it lists are not, so a hostile or
+// damaged pack could name a hash it does not hold. Its buffers are one
+// worker's, allocated on first use.
+type dedupChecker struct {
+	stored, raw []byte
+}
+
+// usable reports whether the blob at loc holds block h. A blob that does
+// not is quarantined; a store failure only makes the backup upload its own
+// copy.
+func (c *dedupChecker) usable(ctx context.Context, r *Repo, h string, loc Loc) bool {
+	if r.isVerified(h, loc) {
+		return true
+	}
+	if c.raw == nil {
+		c.stored, c.raw = make([]byte, 0, blobCap(r.cfg.BlockSize)), make([]byte, 0, r.cfg.BlockSize)
+	}
+	stored, err := r.readRangeInto(ctx, packKey(loc.Pack), loc.Offset, loc.Length, c.stored)
+	if err == nil {
+		if _, err = decodeBlock(stored, loc.Comp, loc.RawLength, h, c.raw); err != nil {
+			r.quarantine(ctx, Entry{Hash: h, Loc: loc}, err)
+			return false
+		}
+	}
+	if err != nil {
+		klog.V(2).InfoS("Not deduplicating into a blob that could not be read back", "store", r.store, "pack", loc.Pack, "offset", loc.Offset, "err", err)
+		return false
+	}
+	r.markVerified(loc.Pack, []packIndexEntry{{Hash: h, Offset: loc.Offset}})
+	return true
 }

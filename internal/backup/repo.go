@@ -35,6 +35,9 @@ type Repo struct {
 	packs map[string][]packIndexEntry
 	// bad holds blob locations found damaged in this process.
 	bad map[badLoc]bool
+	// verified holds blob locations this process wrote or read back and
+	// checked: a backup dedups into them without reading them again.
+	verified map[blobAt]bool
 	// Concurrency bounds parallel object requests.
 	Concurrency int
 }
