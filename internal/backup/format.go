@@ -146,6 +146,9 @@ type lockInfo struct {
 	// backup runs, stateInterrupted once it stopped without committing.
 	State string   `json:"state,omitempty"`
 	Packs []string `json:"packs,omitempty"`
+	// Owner, in locks/gc.json, names the GC lock (gc-…) of the GC that
+	// wrote it for clients older than those locks.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Lock kinds and states.

@@ -36,7 +36,6 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 	if err := l.write(ctx); err != nil {
 		return nil, err
 	}
-	l.startHeartbeat()
 	defer func() {
 		if err := l.release(ctx); err != nil {
 			klog.ErrorS(err, "Removing the GC lock", "store", r.store, "lock", l.key)
@@ -46,6 +45,18 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 	if err != nil {
 		return nil, err
 	}
+	// Clients older than gc-… locks look only at locks/gc.json: write it
+	// too (before looking at any lock), unless another GC's is live.
+	if info, err := r.store.Stat(ctx, lockKey(gcLockID)); err == nil && live(lockAge(info, now)) {
+		return nil, fmt.Errorf("%w: another garbage collection holds %s", ErrBusy, info.Key)
+	} else if err != nil && !errors.Is(err, objstore.ErrNotFound) {
+		return nil, err
+	}
+	l.legacy = lockKey(gcLockID)
+	if err := l.write(ctx); err != nil {
+		return nil, err
+	}
+	l.startHeartbeat()
 	rep := &GCReport{}
 	protected, err := r.gcLocks(ctx, l.key, now, minAge, rep)
 	if err != nil {
@@ -116,8 +127,8 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 	}
 	protected := map[string]bool{}
 	for _, o := range objs {
-		if o.Key == own {
-			continue
+		if o.Key == own || o.Key == lockKey(gcLockID) {
+			continue // ours (gc.json was checked before it was written)
 		}
 		age := lockAge(o, now)
 		if lockKind(o.Key) == lockGC {

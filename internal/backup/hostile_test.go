@@ -574,6 +574,13 @@ func TestLongGCKeepsBlockingBackups(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Clients that predate gc-… locks look at locks/gc.json and its
+	// heartbeat field: it is there, fresh, for as long as GC runs.
+	time.Sleep(700 * time.Millisecond) // past the lock's lifetime
+	var legacy lockInfo
+	if err := r.readJSON(ctx, lockKey("gc"), maxLockBytes, -1, &legacy); err != nil || legacy.Kind != lockGC || time.Since(legacy.Heartbeat) > 300*time.Millisecond {
+		t.Fatalf("locks/gc.json during a long GC: %+v, %v", legacy, err)
+	}
 	src := filepath.Join(dir, "new")
 	writeAt(t, src, 0, randBytes(t, 4*mib))
 	if _, err := sr.Backup(ctx, Source{Path: src}, meta("during-gc", "v-2"), nil); err != nil {
@@ -581,6 +588,9 @@ func TestLongGCKeepsBlockingBackups(t *testing.T) {
 	}
 	if err := <-gcDone; err != nil {
 		t.Fatal(err)
+	}
+	if _, err := r.store.Stat(ctx, lockKey("gc")); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("locks/gc.json after GC: %v", err)
 	}
 	slow.mu.Lock()
 	defer slow.mu.Unlock()

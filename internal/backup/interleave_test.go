@@ -1012,8 +1012,11 @@ func TestRaceResumeWaitsForGC(t *testing.T) {
 	g := <-gcDone
 	err := <-bDone
 	t.Logf("GC: %+v, %v; retry: err=%v", g.rep, g.err, err)
-	if g.err != nil || g.rep.Deleted == 0 {
-		t.Fatalf("test premise: GC should have deleted the interrupted backup's pack: %+v, %v", g.rep, g.err)
+	// GC may delete the interrupted backup's pack, or keep it (a lock
+	// written after GC read the store's clock is younger than any minimum
+	// age); either way the retry must not commit into a missing pack.
+	if g.err != nil && !errors.Is(g.err, ErrBusy) {
+		t.Fatalf("GC: %v", g.err)
 	}
 	var committed []string
 	if err == nil {

@@ -46,12 +46,15 @@ var ErrBusy = errors.New("backup store busy")
 // its own monotonic clock, so no two clocks are ever compared. Others
 // judge it by the object's modification time against the store's clock.
 type lease struct {
-	r     *Repo
-	key   string
-	mu    sync.Mutex
-	info  lockInfo
-	okAt  time.Time // start of the last successful write
-	saved time.Time // last write attempt (for packSaveEvery)
+	r   *Repo
+	key string
+	// legacy, for a GC, is locks/gc.json, written and refreshed along
+	// with the lock for clients that only know that name.
+	legacy string
+	mu     sync.Mutex
+	info   lockInfo
+	okAt   time.Time // start of the last successful write
+	saved  time.Time // last write attempt (for packSaveEvery)
 	// lapsed is set for good once two successful writes were half a
 	// lifetime or more apart: others may have judged the lock stale in
 	// between and acted (deleted it, collected packs), so a later
@@ -75,6 +78,12 @@ func (l *lease) write(ctx context.Context) error {
 	l.mu.Unlock()
 	if err := l.r.putJSON(ctx, l.key, &info); err != nil {
 		return fmt.Errorf("write lock %s: %w", l.key, err)
+	}
+	if l.legacy != "" {
+		old := lockInfo{Kind: lockGC, ID: gcLockID, Heartbeat: info.Heartbeat, Owner: info.ID}
+		if err := l.r.putJSON(ctx, l.legacy, &old); err != nil {
+			return fmt.Errorf("write lock %s: %w", l.legacy, err)
+		}
 	}
 	l.mu.Lock()
 	if !l.okAt.IsZero() && start.Sub(l.okAt) >= lockLive/2 {
@@ -136,10 +145,19 @@ func (l *lease) stopHeartbeat() {
 	}
 }
 
-// release stops the heartbeat and deletes the lock.
+// release stops the heartbeat and deletes the lock (and the legacy one
+// if it is still this holder's).
 func (l *lease) release(ctx context.Context) error {
 	l.stopHeartbeat()
-	return l.r.store.Delete(context.WithoutCancel(ctx), l.key)
+	ctx = context.WithoutCancel(ctx)
+	if l.legacy != "" {
+		if old, err := l.r.readLock(ctx, objstore.Info{Key: l.legacy, Size: -1}); err == nil && old.Owner == l.info.ID {
+			if err := l.r.store.Delete(ctx, l.legacy); err != nil {
+				return err
+			}
+		}
+	}
+	return l.r.store.Delete(ctx, l.key)
 }
 
 // abandon stops the heartbeat. A backup lock that lists packs is kept in
@@ -232,6 +250,12 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 		case <-time.After(gcWaitStep):
 		}
 	}
+	// The lease begins with the last write above: gaps while the lock
+	// was interrupted and waiting do not count against it (the resumed
+	// packs are re-checked below, the index is loaded after).
+	l.mu.Lock()
+	l.lapsed = false
+	l.mu.Unlock()
 	l.startHeartbeat()
 	// A GC that ran while this backup waited (or before it started) may
 	// have removed the lock read above and the packs it listed: keep

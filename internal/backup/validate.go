@@ -229,6 +229,8 @@ func (l *lockInfo) validate(key string) error {
 		return corruptf("lock %s claims to be %q", key, l.ID)
 	case l.State != "" && l.State != stateRunning && l.State != stateInterrupted:
 		return corruptf("lock %s: state %q", key, l.State)
+	case len(l.Owner) > 64:
+		return corruptf("lock %s: owner too long", key)
 	}
 	for _, p := range l.Packs {
 		if !ValidHash(p) {
