@@ -187,7 +187,9 @@ func (s *fsStore) openFile(op, key string) (*os.File, os.FileInfo, error) {
 		return nil, nil, err
 	}
 	defer root.Close()
-	f, err := root.Open(key)
+	// O_NONBLOCK: opening a FIFO planted at a key must not block (it is
+	// refused below as not a regular file); regular files ignore it.
+	f, err := root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, s.notFound(op, key, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -213,5 +214,28 @@ func TestFSModTime(t *testing.T) {
 	}
 	if time.Since(info.ModTime) > time.Minute {
 		t.Errorf("ModTime %v", info.ModTime)
+	}
+}
+
+// TestFSFIFOIsNotAnObject: a FIFO planted at a key is not an object, and
+// reading it does not block (opening a FIFO for reading normally waits for
+// a writer, forever).
+func TestFSFIFOIsNotAnObject(t *testing.T) {
+	s, dir := openFS(t)
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() { _, err := s.Get(context.Background(), "fifo"); done <- err }()
+	go func() { _, err := s.GetRange(context.Background(), "fifo", 0, 10); done <- err }()
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("reading a FIFO: %v, want ErrNotFound", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("reading a FIFO blocked")
+		}
 	}
 }
