@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -158,12 +159,12 @@ type backupCLI struct {
 
 // parseRef accepts VOLUME/BACKUP or bs://TARGET/VOLUME/BACKUP.
 func parseRef(s string) (backup.BackupRef, error) {
-	if strings.HasPrefix(s, "bs://") {
-		parts := strings.Split(strings.TrimPrefix(s, "bs://"), "/")
-		if len(parts) != 3 {
+	if engine.IsBackupHandle(s) {
+		h, err := engine.ParseBackupHandle(s)
+		if err != nil {
 			return backup.BackupRef{}, &cliError{exitUsage, fmt.Errorf("%q: a handle is bs://TARGET/VOLUME/BACKUP", s)}
 		}
-		s = parts[1] + "/" + parts[2]
+		return backup.BackupRef{VolumeID: h.VolumeID, BackupID: h.BackupID}, nil
 	}
 	vol, id, ok := strings.Cut(s, "/")
 	if !ok || !backup.ValidVolumeID(vol) || !backup.ValidBackupID(id) {
