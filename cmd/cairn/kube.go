@@ -121,6 +121,9 @@ func runNode(args []string) error {
 	if *nodeID == "" {
 		return errors.New("--node-id (or $NODE_NAME) is required")
 	}
+	if err := checkNodeIDFlag(*nodeID); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	cfg, err := kf.restConfig("node")

@@ -47,8 +47,8 @@ func runStandalone(args []string) error {
 	if *nodeID == "" {
 		return errors.New("--node-id is required")
 	}
-	if err := csi.CheckNodeID(*nodeID, "--node-id"); err != nil {
-		return errors.New(status.Convert(err).Message())
+	if err := checkNodeIDFlag(*nodeID); err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -155,4 +155,12 @@ func (t targetFlags) open(ctx context.Context) (map[string]objstore.Store, error
 		klog.InfoS("Backup target configured", "name", name, "store", st.String())
 	}
 	return out, nil
+}
+
+// checkNodeIDFlag checks --node-id with CSI's rule for node IDs.
+func checkNodeIDFlag(id string) error {
+	if err := csi.CheckNodeID(id, "--node-id"); err != nil {
+		return errors.New(status.Convert(err).Message())
+	}
+	return nil
 }
