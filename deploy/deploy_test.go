@@ -1072,6 +1072,7 @@ var wantPermissions = map[string]map[string]bool{
 	),
 	"ClusterRole/cairn-node": grants(
 		crdGroup+"/volumes,snapshots: "+readWrite,
+		crdGroup+"/volumes,snapshots: create", // re-created from the data root
 		crdGroup+"/volumes/status,snapshots/status: get,update,patch",
 		crdGroup+"/storagenodes: get,list,watch,create,update,patch",
 		crdGroup+"/storagenodes/status: get,update,patch",

@@ -110,11 +110,15 @@ namespace, owned by the Deployment (found through pod -> ReplicaSet).
   verbs: ["get"]
 {{- end }}
 
-{{/* cairn node agent: carries out Volumes and Snapshots, reports its node. */}}
+{{/*
+cairn node agent: carries out Volumes and Snapshots, reports its node. It
+creates Volumes and Snapshots too: it re-creates those deleted without a
+CSI delete for what its data root holds (docs/FORMAT.md).
+*/}}
 {{- define "cairn.rules.node" -}}
 - apiGroups: ["cairn.csi.dev"]
   resources: ["volumes", "snapshots"]
-  verbs: ["get", "list", "watch", "update", "patch"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: ["cairn.csi.dev"]
   resources: ["volumes/status", "snapshots/status"]
   verbs: ["get", "update", "patch"]
