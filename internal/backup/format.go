@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/zeebo/blake3"
 )
 
 // Format constants (docs/FORMAT.md).
@@ -123,6 +125,15 @@ type Manifest struct {
 	CompletedAt   time.Time `json:"completedAt"`
 	Blocks        []Entry   `json:"blocks"`
 	Stats         Stats     `json:"stats"`
+}
+
+// BlocksDigest is the BLAKE3 of the manifest's block list: a node keeps
+// it with the local base of an incremental backup, so that a parent
+// manifest changed in the store since it was committed is not trusted.
+func (m *Manifest) BlocksDigest() string {
+	b, _ := json.Marshal(m.Blocks)
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // StoredBytes is the sum of the stored lengths of the manifest's blocks.

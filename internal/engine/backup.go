@@ -77,6 +77,9 @@ type backupJob struct {
 	FsType        string    `json:"fsType,omitempty"`
 	State         string    `json:"state"`
 	CreatedAt     time.Time `json:"createdAt"`
+	// BlocksDigest is the committed manifest's (backup.BlocksDigest),
+	// checked when this backup is the parent of an incremental one.
+	BlocksDigest string `json:"blocksDigest,omitempty"`
 }
 
 func (j *backupJob) handle() BackupHandle {
@@ -339,7 +342,7 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 	}
 	cur, err := e.loadJob(j.BackupID)
 	if err == nil {
-		cur.State = jobDone
+		cur.State, cur.BlocksDigest = jobDone, m.BlocksDigest()
 		err = writeJSON(filepath.Join(e.jobDir(j.BackupID), jobMeta), cur)
 		j.State = jobDone
 	}
@@ -379,7 +382,13 @@ func (e *Engine) latestBase(ctx context.Context, j *backupJob, repo *backup.Repo
 	}
 	m, err := repo.Manifest(ctx, best.VolumeID, best.BackupID)
 	if err != nil {
-		return nil // deleted from the target: make a full backup
+		return nil // deleted from the target (or damaged): make a full backup
+	}
+	if best.BlocksDigest != "" && m.BlocksDigest() != best.BlocksDigest {
+		// Unchanged blocks would be taken from the parent's entries
+		// without being read: never from entries someone rewrote.
+		klog.InfoS("Warning: the parent backup's manifest changed in the target since it was committed; making a full backup", "parent", best.handle().String())
+		return nil
 	}
 	return m
 }

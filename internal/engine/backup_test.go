@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -184,4 +186,23 @@ func TestRepeatedRestoreFromBackup(t *testing.T) {
 	}
 	ok(t, e.DeleteVolume(ctx, first.ID))
 	ok(t, e.DeleteVolume(ctx, v.ID))
+}
+
+// An incremental backup takes unchanged blocks from its parent's manifest
+// without reading them, and that manifest is re-read from the target: one
+// rewritten there since it was committed (here: its entries dropped, still
+// a valid manifest) must not make the next backup lose the data.
+func TestIncrementalDistrustsRewrittenParent(t *testing.T) {
+	e, v := newBackupEngine(t)
+	ctx := context.Background()
+	want := readFile(t, e.volumeData(v.ID))
+	first := waitBackup(t, e, "parent", v.ID)
+	repo := must(e.repo(ctx, "t1"))(t)
+	m := must(repo.Manifest(ctx, v.ID, first.Handle.BackupID))(t)
+	m.Blocks = nil
+	b := must(json.Marshal(m))(t)
+	ok(t, repo.Store().Put(ctx, "backups/"+v.ID+"/"+first.Handle.BackupID+".json", bytes.NewReader(b), int64(len(b))))
+	second := waitBackup(t, e, "child", v.ID) // nothing changed on the volume
+	r := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: second.Handle.String()}))(t)
+	assertContent(t, e.volumeData(r.ID), want)
 }
