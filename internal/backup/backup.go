@@ -195,6 +195,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 					}
 					idx.addPack(u.id, u.index, nil)
 					r.markVerified(u.id, u.index)
+					r.cachePackIndex(u.id, u.index)
 					if err := lock.addPack(ctx, u.id); err != nil {
 						fail(err)
 						continue

@@ -138,13 +138,18 @@ func (r *Repo) packIndex(ctx context.Context, id string) ([]packIndexEntry, erro
 	if err != nil {
 		return nil, err
 	}
+	r.cachePackIndex(id, idx)
+	return idx, nil
+}
+
+// cachePackIndex keeps a validated (or just written) pack index.
+func (r *Repo) cachePackIndex(id string, idx []packIndexEntry) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.packs == nil {
 		r.packs = map[string][]packIndexEntry{}
 	}
 	r.packs[id] = idx
-	r.mu.Unlock()
-	return idx, nil
 }
 
 // readPackIndex reads a pack's trailing index with two range reads and
