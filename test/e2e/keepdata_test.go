@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -106,11 +107,7 @@ func (e *env) crdFiles() (map[string]string, error) {
 	return crds, nil
 }
 
-func crdObject(name string) *metav1.PartialObjectMetadata {
-	crd := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
-	return crd
-}
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // onDisk lists the IDs under a data root folder (volumes, snapshots).
 func (e *env) onDisk(dir string) []string {
@@ -138,15 +135,19 @@ func (e *env) reinstallCRDs() error {
 	if len(vols) == 0 || len(snaps) == 0 {
 		return fmt.Errorf("want volumes and snapshots on the data root, have %v and %v", vols, snaps)
 	}
+	dyn, err := dynamic.NewForConfig(e.c.RESTConfig())
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	for n := range crds {
-		if err := e.cc.Delete(e.ctx, crdObject(n)); err != nil {
+		if err := dyn.Resource(crdResource).Delete(e.ctx, n, metav1.DeleteOptions{}); err != nil {
 			return fmt.Errorf("delete CRD %s: %w", n, err)
 		}
 	}
 	if err := e.eventually(2*time.Minute, func() error {
 		for n := range crds {
-			if err := e.cc.Get(e.ctx, client.ObjectKey{Name: n}, crdObject(n)); !apierrors.IsNotFound(err) {
+			if _, err := dyn.Resource(crdResource).Get(e.ctx, n, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				return fmt.Errorf("CRD %s still there (%v)", n, err)
 			}
 		}
