@@ -41,7 +41,7 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 			klog.ErrorS(err, "Removing the GC lock", "store", r.store, "lock", l.key)
 		}
 	}()
-	now, err := r.storeNow(ctx, l.key)
+	now, err := l.storeNow(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +133,17 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 		age := lockAge(o, now)
 		if lockKind(o.Key) == lockGC {
 			if live(age) {
-				return nil, fmt.Errorf("%w: another garbage collection is running (%s)", ErrBusy, o.Key)
+				info, err := r.readLock(ctx, o)
+				switch {
+				case errors.Is(err, objstore.ErrNotFound):
+					continue
+				case err != nil && !errors.Is(err, ErrCorrupt):
+					return nil, err
+				case err == nil && !staleByClock(info, o):
+					return nil, fmt.Errorf("%w: another garbage collection is running (%s)", ErrBusy, o.Key)
+				}
+				// Malformed, or claiming a heartbeat in the future: no GC
+				// writes that (the backups ignore it too); removed below.
 			}
 		} else {
 			info, err := r.readLock(ctx, o)
@@ -142,6 +152,9 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 				continue // released meanwhile
 			case err != nil && !errors.Is(err, ErrCorrupt):
 				return nil, err
+			case err == nil && staleByClock(info, o):
+				// Claims a heartbeat in the future: stale (its writer
+				// would have refused to hold it), removed below.
 			case live(age) && (err != nil || info.State != stateInterrupted):
 				return nil, fmt.Errorf("%w: backup %s is running (lock written %s ago)", ErrBusy, o.Key, age.Round(time.Second))
 			case err == nil && age < minAge && age > -maxSkew:

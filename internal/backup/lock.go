@@ -55,6 +55,7 @@ type lease struct {
 	info   lockInfo
 	okAt   time.Time // start of the last successful write
 	saved  time.Time // last write attempt (for packSaveEvery)
+	beat   time.Time // the heartbeat field of the last write (this clock)
 	// lapsed is set for good once two successful writes were half a
 	// lifetime or more apart: others may have judged the lock stale in
 	// between and acted (deleted it, collected packs), so a later
@@ -74,7 +75,7 @@ func (l *lease) write(ctx context.Context) error {
 	info.Packs = append([]string(nil), l.info.Packs...)
 	start := time.Now()
 	info.Heartbeat = start.UTC()
-	l.saved = start
+	l.saved, l.beat = start, info.Heartbeat
 	l.mu.Unlock()
 	if err := l.r.putJSON(ctx, l.key, &info); err != nil {
 		return fmt.Errorf("write lock %s: %w", l.key, err)
@@ -229,7 +230,7 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 		if err := l.write(ctx); err != nil {
 			return nil, err
 		}
-		gc, err := r.liveGC(ctx, l.key)
+		gc, err := l.liveGC(ctx)
 		if errors.Is(err, objstore.ErrNotFound) {
 			continue // a GC removed our lock as stale between write and look: write it again
 		}
@@ -286,7 +287,7 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 // checkCommit is a backup's last look before it writes its manifest: its
 // own lock has not lapsed, and no GC is running.
 func (l *lease) checkCommit(ctx context.Context) error {
-	gc, err := l.r.liveGC(ctx, l.key)
+	gc, err := l.liveGC(ctx)
 	if err != nil {
 		return err
 	}
@@ -296,14 +297,33 @@ func (l *lease) checkCommit(ctx context.Context) error {
 	return l.check() // last, so that a slow look above counts against the lease
 }
 
-// storeNow is the store's clock: the modification time of the lock the
-// caller has just written.
-func (r *Repo) storeNow(ctx context.Context, ownKey string) (time.Time, error) {
-	info, err := r.store.Stat(ctx, ownKey)
+// storeNow is the store's clock: the modification time of the lock l has
+// just written. It fails if this machine's clock runs ahead of the
+// store's by more than half the skew readers allow (the heartbeat field
+// of a lock is this clock): readers would call the lock stale.
+func (l *lease) storeNow(ctx context.Context) (time.Time, error) {
+	info, err := l.r.store.Stat(ctx, l.key)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("stat own lock %s: %w", ownKey, err)
+		return time.Time{}, fmt.Errorf("stat own lock %s: %w", l.key, err)
+	}
+	l.mu.Lock()
+	ahead := l.beat.Sub(info.ModTime)
+	l.mu.Unlock()
+	// (Half the readers' allowance, plus a second for stores that keep
+	// modification times in whole seconds.)
+	if ahead > min(maxSkew, maxSkew/2+time.Second) {
+		return time.Time{}, fmt.Errorf("this machine's clock is %s ahead of the backup store's (lock %s): fix its time (NTP) first", ahead.Round(time.Second), l.key)
 	}
 	return info.ModTime, nil
+}
+
+// staleByClock reports whether a lock's heartbeat field (its writer's
+// clock) lies further ahead of its modification time (the store's clock
+// at the same write) than the allowed skew: such a lock is stale however
+// fresh its object is, so a planted "heartbeat in the future" blocks
+// nobody. Writers refuse to hold a lock that would look like that.
+func staleByClock(info *lockInfo, o objstore.Info) bool {
+	return info.Heartbeat.Sub(o.ModTime) > maxSkew
 }
 
 // lockAge is how long ago, by the store's clock, a lock was written.
@@ -329,8 +349,9 @@ func (r *Repo) lockObjects(ctx context.Context) ([]objstore.Info, error) {
 
 // liveGC returns the key of a live GC lock, or "", judged against the
 // store's clock read from the caller's own lock ownKey.
-func (r *Repo) liveGC(ctx context.Context, ownKey string) (string, error) {
-	now, err := r.storeNow(ctx, ownKey)
+func (l *lease) liveGC(ctx context.Context) (string, error) {
+	r := l.r
+	now, err := l.storeNow(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -339,9 +360,22 @@ func (r *Repo) liveGC(ctx context.Context, ownKey string) (string, error) {
 		return "", err
 	}
 	for _, o := range objs {
-		if lockKind(o.Key) == lockGC && o.Key != ownKey && live(lockAge(o, now)) {
-			return o.Key, nil
+		if lockKind(o.Key) != lockGC || o.Key == l.key || !live(lockAge(o, now)) {
+			continue
 		}
+		info, err := r.readLock(ctx, o)
+		switch {
+		case errors.Is(err, objstore.ErrNotFound):
+			continue // released meanwhile
+		case err != nil && !errors.Is(err, ErrCorrupt):
+			return "", err
+		case err != nil || staleByClock(info, o):
+			// A GC's own lock is always well-formed and consistent:
+			// this one is damage or planted.
+			klog.InfoS("Warning: ignoring a GC lock that is malformed or claims a heartbeat in the future", "store", r.store, "object", o.Key, "err", err)
+			continue
+		}
+		return o.Key, nil
 	}
 	return "", nil
 }
