@@ -57,6 +57,12 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 		return nil, err
 	}
 	l.startHeartbeat()
+	// The store's clock again, right before the look: the writes above
+	// may have been retried for a while, and a lock written meanwhile
+	// must not look as if it came from the future.
+	if now, err = l.storeNow(ctx); err != nil {
+		return nil, err
+	}
 	rep := &GCReport{}
 	protected, err := r.gcLocks(ctx, l.key, now, minAge, rep)
 	if err != nil {
@@ -133,17 +139,17 @@ func (r *Repo) gcLocks(ctx context.Context, own string, now time.Time, minAge ti
 		age := lockAge(o, now)
 		if lockKind(o.Key) == lockGC {
 			if live(age) {
-				info, err := r.readLock(ctx, o)
+				_, err := r.readLock(ctx, o)
 				switch {
 				case errors.Is(err, objstore.ErrNotFound):
 					continue
 				case err != nil && !errors.Is(err, ErrCorrupt):
 					return nil, err
-				case err == nil && !staleByClock(info, o):
+				case err == nil:
 					return nil, fmt.Errorf("%w: another garbage collection is running (%s)", ErrBusy, o.Key)
 				}
-				// Malformed, or claiming a heartbeat in the future: no GC
-				// writes that (the backups ignore it too); removed below.
+				// Malformed: no GC writes that (the backups ignore it
+				// too); removed below.
 			}
 		} else {
 			info, err := r.readLock(ctx, o)

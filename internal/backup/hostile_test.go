@@ -476,16 +476,15 @@ func TestLockLivenessUsesTheStoresClock(t *testing.T) {
 	}
 	os.Remove(filepath.Join(storeDir, lockKey("gc")))
 
-	// Nor one just written (fresh by the store's clock) whose heartbeat
-	// field claims the future: no GC writes that.
-	writeObject(t, storeDir, lockKey("gc-0123456789abcdef"), &lockInfo{Kind: lockGC, ID: "gc-0123456789abcdef", Heartbeat: future.Heartbeat})
+	// A malformed GC lock, however fresh, blocks nobody: no GC writes it.
+	writeObject(t, storeDir, lockKey("gc-0123456789abcdef"), []byte(`{"kind":"gc","id":"someone-else"}`))
 	bctx2, cancel2 := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel2()
 	if _, err := r.Backup(bctx2, Source{Path: src}, meta("y", "v-2"), nil); err != nil {
-		t.Fatalf("backup with a fresh GC lock claiming a future heartbeat: %v", err)
+		t.Fatalf("backup with a malformed GC lock: %v", err)
 	}
 	if _, err := r.GC(ctx, time.Hour); err != nil {
-		t.Fatalf("GC with a planted GC lock claiming a future heartbeat: %v", err)
+		t.Fatalf("GC with a malformed GC lock: %v", err)
 	}
 	os.Remove(filepath.Join(storeDir, lockKey("gc-0123456789abcdef")))
 

@@ -75,7 +75,7 @@ func (l *lease) write(ctx context.Context) error {
 	info.Packs = append([]string(nil), l.info.Packs...)
 	start := time.Now()
 	info.Heartbeat = start.UTC()
-	l.saved, l.beat = start, info.Heartbeat
+	l.saved = start
 	l.mu.Unlock()
 	if err := l.r.putJSON(ctx, l.key, &info); err != nil {
 		return fmt.Errorf("write lock %s: %w", l.key, err)
@@ -87,6 +87,7 @@ func (l *lease) write(ctx context.Context) error {
 		}
 	}
 	l.mu.Lock()
+	l.beat = info.Heartbeat
 	if !l.okAt.IsZero() && start.Sub(l.okAt) >= lockLive/2 {
 		l.lapsed = true
 	}
@@ -235,6 +236,7 @@ func (r *Repo) acquireBackupLock(ctx context.Context, id string) (*lease, error)
 			continue // a GC removed our lock as stale between write and look: write it again
 		}
 		if err != nil {
+			l.abandon() // a lock left "running" would block GC for its lifetime
 			return nil, err
 		}
 		if gc == "" {
@@ -363,16 +365,18 @@ func (l *lease) liveGC(ctx context.Context) (string, error) {
 		if lockKind(o.Key) != lockGC || o.Key == l.key || !live(lockAge(o, now)) {
 			continue
 		}
-		info, err := r.readLock(ctx, o)
+		_, err := r.readLock(ctx, o)
 		switch {
 		case errors.Is(err, objstore.ErrNotFound):
 			continue // released meanwhile
 		case err != nil && !errors.Is(err, ErrCorrupt):
 			return "", err
-		case err != nil || staleByClock(info, o):
-			// A GC's own lock is always well-formed and consistent:
-			// this one is damage or planted.
-			klog.InfoS("Warning: ignoring a GC lock that is malformed or claims a heartbeat in the future", "store", r.store, "object", o.Key, "err", err)
+		case err != nil:
+			// A GC's own lock is always well-formed: this one is damage
+			// or planted. (A GC lock is judged by its modification time
+			// only: its heartbeat field may be an older client's clock,
+			// or newer than the listed version.)
+			klog.InfoS("Warning: ignoring a malformed GC lock", "store", r.store, "object", o.Key, "err", err)
 			continue
 		}
 		return o.Key, nil
