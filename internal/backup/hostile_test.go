@@ -567,14 +567,7 @@ func TestLongGCKeepsBlockingBackups(t *testing.T) {
 	}
 	slow := &slowStore{Store: r.store, deleteDelay: 400 * time.Millisecond}
 	sr := &Repo{store: slow, cfg: r.cfg, Concurrency: 4}
-	gcDone := make(chan error, 1)
-	go func() {
-		rep, err := sr.GC(ctx, 0)
-		if err == nil && rep.Deleted != 4 {
-			err = fmt.Errorf("GC deleted %d packs, want 4", rep.Deleted)
-		}
-		gcDone <- err
-	}()
+	gcDone := gcInBackground(ctx, sr, 4)
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		var n int
 		r.store.List(ctx, "locks/gc", func(objstore.Info) error { n++; return nil })
@@ -723,4 +716,18 @@ func TestForgedPackIsNotDeduplicatedInto(t *testing.T) {
 		}
 		sameContent(t, src, restoreTo(t, fresh, m2, t.TempDir()))
 	}
+}
+
+// gcInBackground runs GC with minimum age 0 and reports its error, or an
+// error if it did not delete exactly want packs.
+func gcInBackground(ctx context.Context, r *Repo, want int) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		rep, err := r.GC(ctx, 0)
+		if err == nil && rep.Deleted != want {
+			err = fmt.Errorf("GC deleted %d packs, want %d", rep.Deleted, want)
+		}
+		done <- err
+	}()
+	return done
 }

@@ -445,14 +445,7 @@ func TestRaceBackupDuringGC(t *testing.T) {
 					commitAt.Store(time.Now().UnixNano())
 				}
 			})
-			gcDone := make(chan error, 1)
-			go func() {
-				rep, err := gr.GC(ctx, 0)
-				if err == nil && rep.Deleted != 1 {
-					err = fmt.Errorf("GC deleted %d packs, want 1", rep.Deleted)
-				}
-				gcDone <- err
-			}()
+			gcDone := gcInBackground(ctx, gr, 1)
 			<-inside
 			content := randContent(t, 6)
 			m0 := newMeta(volID(1))
