@@ -10,8 +10,8 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // workload is one data-path row.

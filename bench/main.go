@@ -19,9 +19,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
-	"github.com/cairn-csi/cairn/internal/harness"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const gib = int64(1) << 30

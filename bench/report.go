@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
 )
 
 // Targets from the benchmark issue.

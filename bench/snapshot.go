@@ -9,8 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // Volume states the latency is measured in.

@@ -13,9 +13,9 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/cairn-csi/cairn/internal/harness"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
-	"github.com/cairn-csi/cairn/internal/walkthrough"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/walkthrough"
 )
 
 func main() {

@@ -35,12 +35,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/fsops"
-	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/objstore"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const (

@@ -12,9 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cairn-csi/cairn/bench/internal/benchutil"
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // Targets (ratios against baselines of the same run).

@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/objstore"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // TestBackupCLI runs the built binary against a filesystem target and

@@ -16,7 +16,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/objstore"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const mib = int64(1) << 20

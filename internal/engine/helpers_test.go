@@ -19,7 +19,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/loop"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const (

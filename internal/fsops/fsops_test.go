@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const mib = int64(1) << 20

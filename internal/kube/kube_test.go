@@ -26,10 +26,10 @@ import (
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
-	"github.com/cairn-csi/cairn/internal/harness"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/objstore"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const (

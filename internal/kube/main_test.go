@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/cairn-csi/cairn/internal/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/machinelock"
 )
 
 // TestMain keeps these tests, which mount file systems or attach loop

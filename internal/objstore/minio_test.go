@@ -8,10 +8,10 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
-// The S3 tests run against real MinIO servers on 127.0.0.1 (internal/harness),
+// The S3 tests run against real MinIO servers on 127.0.0.1 (internal/testsupport/harness),
 // built from source by hack/minio.sh into <module root>/.tools/bin/minio.
 
 const (

@@ -1,7 +1,7 @@
 package objstore
 
 import (
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 
 	"bytes"
 	"context"

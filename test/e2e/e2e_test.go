@@ -25,10 +25,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/kube"
-	"github.com/cairn-csi/cairn/internal/machinelock"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
 )
 

@@ -20,8 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/cairn-csi/cairn/internal/harness"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
 	"github.com/cairn-csi/cairn/test/e2e/node"
 )

@@ -25,9 +25,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
-	"github.com/cairn-csi/cairn/internal/harness"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 const (

@@ -16,8 +16,8 @@ import (
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/faults"
-	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/objstore"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // backupParams asks for a backup snapshot to target t1.

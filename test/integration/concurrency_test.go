@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // TestConcurrentCalls fires many CreateVolume, CreateSnapshot and

@@ -11,7 +11,7 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/cairn-csi/cairn/internal/faults"
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // crashAt restarts the driver armed with one fault point, runs op (which

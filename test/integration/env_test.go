@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cairn-csi/cairn/internal/harness"
-	"github.com/cairn-csi/cairn/internal/machinelock"
-	"github.com/cairn-csi/cairn/internal/scratchfs"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
 
 var binary string

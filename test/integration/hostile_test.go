@@ -15,7 +15,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/engine"
-	"github.com/cairn-csi/cairn/internal/harness"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 // TestHostileBackupStore plants damaged and hostile manifests in a

@@ -33,8 +33,8 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/harness"
 	"github.com/cairn-csi/cairn/internal/objstore"
+	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
 const (

@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
+	"github.com/cairn-csi/cairn/internal/testsupport/proc"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
-	"github.com/cairn-csi/cairn/test/e2e/internal/repo"
+	"github.com/cairn-csi/cairn/internal/testsupport/proc"
+	"github.com/cairn-csi/cairn/internal/testsupport/repo"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"

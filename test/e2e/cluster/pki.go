@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cairn-csi/cairn/test/e2e/internal/testpki"
+	"github.com/cairn-csi/cairn/internal/testsupport/testpki"
 )
 
 // pki holds the files of the cluster's credentials, all under one folder.

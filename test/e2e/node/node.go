@@ -40,8 +40,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cairn-csi/cairn/internal/machinelock"
-	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
+	"github.com/cairn-csi/cairn/internal/testsupport/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/proc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cairn-csi/cairn/internal/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/machinelock"
+	"github.com/cairn-csi/cairn/internal/testsupport/proc"
+	"github.com/cairn-csi/cairn/internal/testsupport/repo"
 	"github.com/cairn-csi/cairn/test/e2e/cluster"
-	"github.com/cairn-csi/cairn/test/e2e/internal/proc"
-	"github.com/cairn-csi/cairn/test/e2e/internal/repo"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

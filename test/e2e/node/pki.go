@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cairn-csi/cairn/test/e2e/internal/testpki"
+	"github.com/cairn-csi/cairn/internal/testsupport/testpki"
 )
 
 // pki is the node's own credentials, under <WorkDir>/pki: a CA that
