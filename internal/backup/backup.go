@@ -6,17 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"runtime"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
 
-	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
 )
 
@@ -73,16 +68,10 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	size, err := sourceSize(f, meta)
 	if err != nil {
 		return nil, err
 	}
-	size := st.Size()
-	bs := r.cfg.BlockSize
-	if size > MaxVolumeBytes {
-		return nil, fmt.Errorf("backup %s: the volume is %d bytes; a backup store holds volumes of up to %d", meta.BackupID, size, int64(MaxVolumeBytes))
-	}
-
 	plan, parentEntries, err := r.plan(f, size, src)
 	if err != nil {
 		return nil, err
@@ -104,275 +93,69 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	if err != nil {
 		return nil, err
 	}
-	// A block unchanged since the parent is reused at the parent's
-	// location only if a validated pack index lists its hash there;
-	// otherwise it is read, and deduplicated or stored again.
+	r.checkReuse(plan, parentEntries, idx, size)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	run := newBackupRun(ctx, cancel, r, f, src.Path, size, plan, parentEntries, idx, lock)
+	if progress != nil {
+		stop := run.startProgress(progress)
+		defer close(stop)
+	}
+	if err := run.run(); err != nil {
+		return nil, err
+	}
+	entries, err := run.located()
+	if err != nil {
+		return nil, err
+	}
+	stats := run.stats.snapshot(start)
+	m := newManifest(meta, src, size, r.cfg.BlockSize, start, entries, stats)
+	if err := r.commit(ctx, lock, m); err != nil {
+		return nil, err
+	}
+	committed = true
+	if err := lock.release(ctx); err != nil {
+		klog.ErrorS(err, "Removing backup lock", "backup", meta.BackupID)
+	}
+	if progress != nil {
+		progress(Progress{BytesDone: size, BytesTotal: size})
+	}
+	klog.InfoS("Backup committed", "backup", meta.BackupID, "volume", meta.VolumeID, "store", r.store, "size", size,
+		"read", stats.BytesRead, "uploaded", stats.BytesUploaded, "new", stats.BlocksNew, "reused", stats.BlocksReused,
+		"deduped", stats.BlocksDeduped, "packs", stats.PacksUploaded, "duration", time.Since(start))
+	return m, nil
+}
+
+// sourceSize is the size of the file to back up, if a store holds it.
+func sourceSize(f *os.File, meta Meta) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	size := st.Size()
+	if size > MaxVolumeBytes {
+		return 0, fmt.Errorf("backup %s: the volume is %d bytes; a backup store holds volumes of up to %d", meta.BackupID, size, int64(MaxVolumeBytes))
+	}
+	return size, nil
+}
+
+// checkReuse turns back into reads the blocks planned for reuse that
+// cannot be: a block unchanged since the parent is reused at the
+// parent's location only if a validated pack index lists its hash
+// there; otherwise it is read, and deduplicated or stored again.
+func (r *Repo) checkReuse(plan []blockPlan, parentEntries map[int64]Entry, idx *blockIndex, size int64) {
+	bs := r.cfg.BlockSize
 	for n, p := range plan {
 		off := int64(n) * bs
-		if e, ok := parentEntries[off]; ok && p == planReuse && (e.RawLength != min(bs, size-off) || !idx.lists(e.Hash, e.Loc)) {
+		if e, ok := parentEntries[off]; ok && p == planReuse && (e.RawLength != blockLen(bs, size, off) || !idx.lists(e.Hash, e.Loc)) {
 			plan[n] = planRead
 		}
 	}
+}
 
-	var (
-		stats         Stats
-		done          atomic.Int64
-		bytesRead     atomic.Int64
-		nNew          atomic.Int64
-		nDedup        atomic.Int64
-		nSkip         atomic.Int64
-		bytesUploaded atomic.Int64
-		packsUploaded atomic.Int64
-		entriesMu     sync.Mutex
-		entries       []Entry // Loc filled in at the end
-		pendingMu     sync.Mutex
-		pending       = map[string]bool{} // hashes queued for upload by this backup
-	)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		errOnce  sync.Once
-		firstErr error
-	)
-	fail := func(err error) {
-		errOnce.Do(func() { firstErr = err; cancel() })
-	}
-	// guarded runs a stage's body, failing the backup if it panics.
-	guarded := func(body func()) {
-		if err := safeCall(func() error { body(); return nil }); err != nil {
-			fail(err)
-		}
-	}
-
-	if progress != nil {
-		stopProgress := make(chan struct{})
-		defer close(stopProgress)
-		go guarded(func() {
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopProgress:
-					return
-				case <-t.C:
-					progress(Progress{BytesDone: done.Load(), BytesTotal: size})
-				}
-			}
-		})
-	}
-
-	workers := runtime.GOMAXPROCS(0)
-	const blobQueue, uploaders = 8, 2
-	// Buffers circulate instead of being allocated per block and pack.
-	blobBufs := newBufferPool(workers+blobQueue+1, blobCap(bs))
-	packBufs := make(chan *bytes.Buffer, uploaders+1)
-	for i := 0; i < cap(packBufs); i++ {
-		packBufs <- bytes.NewBuffer(make([]byte, 0, packTarget+2*blobCap(bs)+1<<20))
-	}
-	blobs := make(chan blob, blobQueue)
-	uploads := make(chan upload, 1)
-	var uploaderWG sync.WaitGroup
-	for i := 0; i < uploaders; i++ {
-		uploaderWG.Add(1)
-		go func() {
-			defer uploaderWG.Done()
-			defer func() {
-				for u := range uploads { // after a panic: drain
-					packBufs <- u.buf
-				}
-			}()
-			guarded(func() {
-				for u := range uploads {
-					if ctx.Err() != nil {
-						packBufs <- u.buf
-						continue
-					}
-					err := r.store.Put(ctx, packKey(u.id), bytes.NewReader(u.data), int64(len(u.data)))
-					packBufs <- u.buf
-					if err != nil {
-						fail(fmt.Errorf("upload pack %s: %w", u.id, err))
-						continue
-					}
-					idx.addPack(u.id, u.index, nil)
-					r.markVerified(u.id, u.index)
-					r.cachePackIndex(u.id, u.index)
-					if err := lock.addPack(ctx, u.id); err != nil {
-						fail(err)
-						continue
-					}
-					faults.Point("backup:after-pack")
-					bytesUploaded.Add(int64(len(u.data)))
-					packsUploaded.Add(1)
-				}
-			})
-		}()
-	}
-	packerDone := make(chan struct{})
-	go func() {
-		defer close(packerDone)
-		defer close(uploads)
-		defer func() {
-			for b := range blobs { // after a panic: drain
-				blobBufs.put(b.data)
-			}
-		}()
-		guarded(func() {
-			var pb *packBuilder
-			flush := func() {
-				if pb == nil || len(pb.index) == 0 {
-					return
-				}
-				id, data, index := pb.finish()
-				select {
-				case uploads <- upload{id: id, data: data, index: index, buf: pb.buf}:
-				case <-ctx.Done():
-					packBufs <- pb.buf
-				}
-				pb = nil
-			}
-			for b := range blobs {
-				if pb == nil {
-					select {
-					case buf := <-packBufs:
-						pb = newPackBuilder(buf)
-					case <-ctx.Done():
-						blobBufs.put(b.data)
-						continue
-					}
-				}
-				pb.add(b.hash, b.data, b.rawLen, b.comp)
-				blobBufs.put(b.data)
-				if pb.full() {
-					flush()
-				}
-			}
-			if ctx.Err() == nil {
-				flush()
-			}
-		})
-	}()
-
-	work := make(chan int64, 16)
-	var wg sync.WaitGroup
-	zero := make([]byte, bs)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				for range work { // after a panic: drain
-				}
-			}()
-			guarded(func() {
-				buf := make([]byte, bs)
-				var chk dedupChecker
-				for n := range work {
-					if ctx.Err() != nil {
-						continue
-					}
-					off := n * bs
-					length := min(bs, size-off)
-					b := buf[:length]
-					if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-						fail(fmt.Errorf("read %s at %d: %w", src.Path, off, err))
-						continue
-					}
-					bytesRead.Add(length)
-					done.Add(length)
-					if bytes.Equal(b, zero[:length]) {
-						nSkip.Add(1)
-						continue
-					}
-					h := hashBlock(b)
-					if loc, ok := idx.get(h); ok {
-						if loc.RawLength == length && chk.usable(ctx, r, h, loc) {
-							entriesMu.Lock()
-							entries = append(entries, Entry{Offset: off, Hash: h, Loc: loc})
-							entriesMu.Unlock()
-							nDedup.Add(1)
-							continue
-						}
-						idx.drop(h, loc) // store our own copy instead
-					}
-					entriesMu.Lock()
-					entries = append(entries, Entry{Offset: off, Hash: h})
-					entriesMu.Unlock()
-					pendingMu.Lock()
-					dup := pending[h]
-					pending[h] = true
-					pendingMu.Unlock()
-					if dup {
-						nDedup.Add(1)
-						continue
-					}
-					data, comp := encodeBlock(b, blobBufs.get())
-					nNew.Add(1)
-					select {
-					case blobs <- blob{hash: h, data: data, rawLen: length, comp: comp}:
-					case <-ctx.Done():
-						blobBufs.put(data)
-					}
-				}
-			})
-		}()
-	}
-	reused := 0
-	for n, p := range plan {
-		switch p {
-		case planRead:
-			select {
-			case work <- int64(n):
-			case <-ctx.Done():
-			}
-		case planReuse:
-			if e, ok := parentEntries[int64(n)*bs]; ok {
-				entriesMu.Lock()
-				entries = append(entries, e)
-				entriesMu.Unlock()
-				reused++
-			} else {
-				nSkip.Add(1) // a hole or zero block in the parent too
-			}
-			done.Add(min(bs, size-int64(n)*bs))
-		default:
-			nSkip.Add(1)
-			done.Add(min(bs, size-int64(n)*bs))
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(work)
-	wg.Wait()
-	close(blobs)
-	<-packerDone
-	uploaderWG.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
-	for i := range entries {
-		if entries[i].Pack != "" {
-			continue // deduplicated or reused at a checked location
-		}
-		loc, ok := idx.get(entries[i].Hash)
-		if !ok {
-			return nil, fmt.Errorf("internal error: block %s at %d has no stored location", entries[i].Hash, entries[i].Offset)
-		}
-		entries[i].Loc = loc
-	}
-	stats.BytesRead = bytesRead.Load()
-	stats.BlocksNew = int(nNew.Load())
-	stats.BlocksDeduped = int(nDedup.Load())
-	stats.BlocksSkipped = int(nSkip.Load())
-	stats.BlocksReused = reused
-	stats.BytesUploaded = bytesUploaded.Load()
-	stats.PacksUploaded = int(packsUploaded.Load())
-	stats.DurationSecond = time.Since(start).Seconds()
+// newManifest describes the backup made.
+func newManifest(meta Meta, src Source, size, bs int64, start time.Time, entries []Entry, stats Stats) *Manifest {
 	m := &Manifest{
 		FormatVersion: FormatVersion,
 		ID:            meta.BackupID,
@@ -391,44 +174,27 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	if src.Parent != nil {
 		m.Parent = src.Parent.ID
 	}
+	return m
+}
+
+// commit writes the backup's manifest, after the last look of its lock
+// (docs/FORMAT.md, invariant 7). The caller releases the lock once this
+// succeeded, and keeps it otherwise.
+func (r *Repo) commit(ctx context.Context, lock *lease, m *Manifest) error {
 	b, err := json.Marshal(m)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(b) > maxManifestBytes {
-		return nil, fmt.Errorf("backup %s: its manifest would be %d bytes, over the %d a reader accepts", meta.BackupID, len(b), maxManifestBytes)
+		return fmt.Errorf("backup %s: its manifest would be %d bytes, over the %d a reader accepts", m.ID, len(b), maxManifestBytes)
 	}
 	if err := lock.checkCommit(ctx); err != nil {
-		return nil, fmt.Errorf("commit backup %s: %w", meta.BackupID, err)
+		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}
-	if err := r.store.Put(ctx, manifestKey(meta.VolumeID, meta.BackupID), bytes.NewReader(b), int64(len(b))); err != nil {
-		return nil, fmt.Errorf("commit manifest of backup %s: %w", meta.BackupID, err)
+	if err := r.store.Put(ctx, manifestKey(m.VolumeID, m.ID), bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("commit manifest of backup %s: %w", m.ID, err)
 	}
-	committed = true
-	if err := lock.release(ctx); err != nil {
-		klog.ErrorS(err, "Removing backup lock", "backup", meta.BackupID)
-	}
-	if progress != nil {
-		progress(Progress{BytesDone: size, BytesTotal: size})
-	}
-	klog.InfoS("Backup committed", "backup", meta.BackupID, "volume", meta.VolumeID, "store", r.store, "size", size,
-		"read", stats.BytesRead, "uploaded", stats.BytesUploaded, "new", stats.BlocksNew, "reused", stats.BlocksReused,
-		"deduped", stats.BlocksDeduped, "packs", stats.PacksUploaded, "duration", time.Since(start))
-	return m, nil
-}
-
-type blob struct {
-	hash   string
-	data   []byte
-	rawLen int64
-	comp   string
-}
-
-type upload struct {
-	id    string
-	data  []byte
-	index []packIndexEntry
-	buf   *bytes.Buffer // returned to the pool once uploaded
+	return nil
 }
 
 // plan decides, block by block, whether to skip, read or reuse.

@@ -59,6 +59,10 @@ type StoreConfig struct {
 	CreatedAt     time.Time `json:"createdAt"`
 }
 
+// blockLen is the length of the block at offset off of a volume of size
+// bytes: the block size, or less for the last block.
+func blockLen(blockSize, size, off int64) int64 { return min(blockSize, size-off) }
+
 // Loc says where a blob is stored.
 type Loc struct {
 	Pack      string
