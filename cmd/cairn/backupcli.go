@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -159,8 +159,8 @@ type backupCLI struct {
 
 // parseRef accepts VOLUME/BACKUP or bs://TARGET/VOLUME/BACKUP.
 func parseRef(s string) (backup.BackupRef, error) {
-	if engine.IsBackupHandle(s) {
-		h, err := engine.ParseBackupHandle(s)
+	if model.IsBackupHandle(s) {
+		h, err := model.ParseBackupHandle(s)
 		if err != nil {
 			return backup.BackupRef{}, &cliError{exitUsage, fmt.Errorf("%q: a handle is bs://TARGET/VOLUME/BACKUP", s)}
 		}

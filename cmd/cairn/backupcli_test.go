@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
@@ -40,7 +41,7 @@ func TestBackupCLI(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := repo.Backup(context.Background(), backup.Source{Path: src}, backup.Meta{BackupID: backup.BackupIDForName("snap"), VolumeID: "v-1", SnapshotName: "snap"}, nil)
+	m, err := repo.Backup(context.Background(), backup.Source{Path: src}, backup.Meta{BackupID: model.BackupIDForName("snap"), VolumeID: "v-1", SnapshotName: "snap"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestBackupCLI(t *testing.T) {
 	if got, _ := os.ReadFile(restored); string(got) != string(data) {
 		t.Error("restored file differs")
 	}
-	expect(4, "not found", "show", "v-1/"+backup.BackupIDForName("other"), "--target", target)
+	expect(4, "not found", "show", "v-1/"+model.BackupIDForName("other"), "--target", target)
 	expect(2, "VOLUME/BACKUP", "show", "nonsense", "--target", target)
 	expect(2, "unknown command", "frobnicate", "--target", target)
 

@@ -22,6 +22,8 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/cairn-csi/cairn/internal/agent"
+	"github.com/cairn-csi/cairn/internal/control/remote"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/kube"
@@ -90,13 +92,13 @@ func runController(args []string) error {
 			os.Exit(1)
 		}
 	}()
-	remote := &kube.Remote{Client: cl.GetClient(), HeartbeatTimeout: *heartbeat}
+	backend := &remote.Remote{Client: cl.GetClient(), HeartbeatTimeout: *heartbeat}
 	reg := metricsRegistry()
 	if kf.httpEndpoint != "" {
-		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, func() error { return remote.Health(ctx) })
+		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, func() error { return backend.Health(ctx) })
 	}
 	klog.InfoS("Cairn controller starting", "version", csi.Version, "endpoint", kf.endpoint)
-	svc := csi.NewController(remote, csi.Options{})
+	svc := csi.New(nil, backend, csi.Options{})
 	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, true, false) })
 }
 
@@ -138,7 +140,7 @@ func runNode(args []string) error {
 	ctrl.SetLogger(klog.NewKlogr())
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 kube.Scheme,
-		Cache:                  kube.AgentCacheOptions(*nodeID, *namespace),
+		Cache:                  agent.CacheOptions(*nodeID, *namespace),
 		Metrics:                metricsserver.Options{BindAddress: "0"}, // served with ours below
 		HealthProbeBindAddress: "0",
 		LeaderElection:         false,
@@ -146,8 +148,8 @@ func runNode(args []string) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes manager: %w", err)
 	}
-	agent := &kube.Agent{Engine: eng, Node: *nodeID, Namespace: *namespace, Version: csi.Version, Heartbeat: *heartbeat}
-	if err := agent.SetupWithManager(mgr); err != nil {
+	nodeAgent := &agent.Agent{Engine: eng, Node: *nodeID, Namespace: *namespace, Version: csi.Version, Heartbeat: *heartbeat}
+	if err := nodeAgent.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	go func() {
@@ -175,7 +177,7 @@ func runNode(args []string) error {
 		}()
 	}
 	klog.InfoS("Cairn node starting", "version", csi.Version, "node", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode(), "endpoint", kf.endpoint)
-	svc := csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
+	svc := csi.New(eng, nil, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
 	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, false, true) })
 }
 

@@ -19,8 +19,10 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/cairn-csi/cairn/internal/control/local"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -71,7 +73,7 @@ func runStandalone(args []string) error {
 		go serveHTTP(*httpEndpoint, reg, eng.Health)
 	}
 	klog.InfoS("Cairn standalone starting", "version", csi.Version, "nodeID", *nodeID, "dataRoot", eng.Root(), "cloneMode", eng.CloneMode())
-	svc := csi.New(eng, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
+	svc := csi.New(eng, local.Backend{Engine: eng, Node: *nodeID}, csi.Options{NodeID: *nodeID, MaxVolumesPerNode: *maxVolumes})
 	return serveCSI(ctx, *endpoint, func(srv *grpc.Server) { svc.Register(srv, true, true) })
 }
 
@@ -133,7 +135,7 @@ func (t *targetFlags) String() string { return strings.Join(*t, ",") }
 
 func (t *targetFlags) Set(v string) error {
 	name, url, ok := strings.Cut(v, "=")
-	if !ok || !engine.ValidTargetName(name) || url == "" {
+	if !ok || !model.ValidTargetName(name) || url == "" {
 		return fmt.Errorf("%q: want NAME=URL with NAME of lower-case letters, digits and '-'", v)
 	}
 	*t = append(*t, v)

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // The command line's parsers are thin wrappers of the engine's rules,
@@ -21,7 +21,7 @@ func TestBackupTargetFlag(t *testing.T) {
 		var tf targetFlags
 		err := tf.Set(v)
 		name, url, _ := strings.Cut(v, "=")
-		if want := engine.ValidTargetName(name) && url != ""; (err == nil) != want {
+		if want := model.ValidTargetName(name) && url != ""; (err == nil) != want {
 			t.Errorf("--backup-target %q: %v, want accepted %v", v, err, want)
 		}
 		if err == nil && strings.ContainsAny(name, "/.") {

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 type controllerServer struct {
@@ -18,60 +18,18 @@ type controllerServer struct {
 }
 
 func (c *controllerServer) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRequest) (*csipb.CreateVolumeResponse, error) {
-	if err := required(req.GetName(), "name"); err != nil {
-		return nil, err
-	}
-	caps, err := checkCapabilities(req.GetVolumeCapabilities(), "volume_capabilities")
+	creq, where, err := createVolumeRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	paramFs, err := checkVolumeParameters(req.GetParameters())
-	if err != nil {
-		return nil, err
-	}
-	if err := checkCapacity(req.GetCapacityRange()); err != nil {
-		return nil, err
-	}
-	where, err := placement(req.GetAccessibilityRequirements(), "accessibility_requirements")
-	if err != nil {
-		return nil, err
-	}
-	fsType := caps.FsType
-	if fsType == "" {
-		fsType = paramFs
-	}
-	ereq := engine.CreateVolumeRequest{
-		Name:          req.GetName(),
-		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
-		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
-		Block:         caps.Block,
-		FsType:        fsType,
-		Parameters:    req.GetParameters(),
-	}
-	if src := req.GetVolumeContentSource(); src != nil {
-		switch {
-		case src.GetSnapshot() != nil:
-			ereq.SourceSnapshotID = src.GetSnapshot().GetSnapshotId()
-			if err := required(ereq.SourceSnapshotID, "volume_content_source.snapshot.snapshot_id"); err != nil {
-				return nil, err
-			}
-		case src.GetVolume() != nil:
-			ereq.SourceVolumeID = src.GetVolume().GetVolumeId()
-			if err := required(ereq.SourceVolumeID, "volume_content_source.volume.volume_id"); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, invalid("volume_content_source: snapshot or volume is required")
-		}
-	}
-	vol, err := c.s.backend.CreateVolume(ctx, ereq, where)
+	vol, err := c.s.backend.CreateVolume(ctx, creq, where)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csipb.CreateVolumeResponse{Volume: csiVolume(vol)}, nil
 }
 
-func csiVolume(v *VolumeInfo) *csipb.Volume {
+func csiVolume(v *model.Volume) *csipb.Volume {
 	out := &csipb.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.SizeBytes,
@@ -83,9 +41,9 @@ func csiVolume(v *VolumeInfo) *csipb.Volume {
 	}
 	if v.Source != nil {
 		switch src := v.Source.CSI(); src.Kind {
-		case "snapshot":
+		case model.SourceSnapshot:
 			out.ContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Snapshot{Snapshot: &csipb.VolumeContentSource_SnapshotSource{SnapshotId: src.ID}}}
-		case "volume":
+		case model.SourceVolume:
 			out.ContentSource = &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Volume{Volume: &csipb.VolumeContentSource_VolumeSource{VolumeId: src.ID}}}
 		}
 	}
@@ -103,11 +61,8 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csipb.DeleteVo
 }
 
 func (c *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csipb.ValidateVolumeCapabilitiesRequest) (*csipb.ValidateVolumeCapabilitiesResponse, error) {
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+	if err := validateVolumeCapabilitiesRequest(req); err != nil {
 		return nil, err
-	}
-	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, invalid("volume_capabilities is required")
 	}
 	vol, err := c.s.backend.GetVolume(ctx, req.GetVolumeId())
 	if err != nil {
@@ -160,7 +115,7 @@ func (c *controllerServer) ListVolumes(ctx context.Context, req *csipb.ListVolum
 	for i, v := range vols {
 		ids[i] = v.ID
 	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), engine.ValidVolumeID)
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), model.ValidVolumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -224,10 +179,7 @@ func (c *controllerServer) ControllerGetCapabilities(context.Context, *csipb.Con
 }
 
 func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRequest) (*csipb.CreateSnapshotResponse, error) {
-	if err := required(req.GetName(), "name"); err != nil {
-		return nil, err
-	}
-	if err := required(req.GetSourceVolumeId(), "source_volume_id"); err != nil {
+	if err := createSnapshotRequest(req); err != nil {
 		return nil, err
 	}
 	targets, err := c.s.backend.BackupTargets(ctx)
@@ -261,7 +213,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 	return &csipb.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
 }
 
-func csiSnapshot(snap *SnapshotInfo) *csipb.Snapshot {
+func csiSnapshot(snap *model.Snapshot) *csipb.Snapshot {
 	return &csipb.Snapshot{
 		SnapshotId:     snap.ID,
 		SourceVolumeId: snap.SourceVolumeID,
@@ -271,7 +223,7 @@ func csiSnapshot(snap *SnapshotInfo) *csipb.Snapshot {
 	}
 }
 
-func csiBackup(b *engine.BackupInfo) *csipb.Snapshot {
+func csiBackup(b *model.BackupInfo) *csipb.Snapshot {
 	return &csipb.Snapshot{
 		SnapshotId:     b.Handle.String(),
 		SourceVolumeId: b.Handle.VolumeID,
@@ -286,7 +238,7 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csipb.Delete
 		return nil, err
 	}
 	del := c.s.backend.DeleteSnapshot
-	if engine.IsBackupHandle(req.GetSnapshotId()) {
+	if model.IsBackupHandle(req.GetSnapshotId()) {
 		del = c.s.backend.DeleteBackup
 	}
 	if err := del(ctx, req.GetSnapshotId()); err != nil {
@@ -335,10 +287,7 @@ func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSna
 	for i, s := range snaps {
 		ids[i] = s.GetSnapshotId()
 	}
-	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), func(t string) bool {
-		_, perr := engine.ParseBackupHandle(t)
-		return engine.ValidSnapshotID(t) || perr == nil
-	})
+	start, end, next, err := page(ids, req.GetStartingToken(), req.GetMaxEntries(), model.ValidSnapshotHandle)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +300,7 @@ func (c *controllerServer) ListSnapshots(ctx context.Context, req *csipb.ListSna
 
 // getSnapshot finds a local snapshot or a backup by ID.
 func (c *controllerServer) getSnapshot(ctx context.Context, id string) (*csipb.Snapshot, error) {
-	if engine.IsBackupHandle(id) {
+	if model.IsBackupHandle(id) {
 		b, err := c.s.backend.GetBackup(ctx, id)
 		if err != nil {
 			return nil, err
@@ -377,19 +326,8 @@ func (c *controllerServer) GetSnapshot(ctx context.Context, req *csipb.GetSnapsh
 }
 
 func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csipb.ControllerExpandVolumeRequest) (*csipb.ControllerExpandVolumeResponse, error) {
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+	if err := controllerExpandRequest(req); err != nil {
 		return nil, err
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, invalid("capacity_range is required")
-	}
-	if err := checkCapacity(req.GetCapacityRange()); err != nil {
-		return nil, err
-	}
-	if vc := req.GetVolumeCapability(); vc != nil {
-		if err := checkCapability(vc, "volume_capability"); err != nil {
-			return nil, err
-		}
 	}
 	res, err := c.s.backend.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Fuzz targets for the CSI request fields that become paths, node names,
@@ -82,14 +82,14 @@ func FuzzTopology(f *testing.F) {
 // FuzzPageToken: any starting_token and max_entries give a valid page of
 // the list or Aborted (a token not issued) / InvalidArgument (negative max).
 func FuzzPageToken(f *testing.F) {
-	ids := []string{engine.VolumeIDForName("a"), engine.VolumeIDForName("b"), engine.VolumeIDForName("c")}
+	ids := []string{model.VolumeIDForName("a"), model.VolumeIDForName("b"), model.VolumeIDForName("c")}
 	slices.Sort(ids)
 	f.Add(ids[1], int32(1))
 	f.Add("", int32(0))
 	f.Add("v-ffffffffffffffffffffffffffffffff", int32(-1))
 	f.Add("../../x", int32(2147483647))
 	f.Fuzz(func(t *testing.T, token string, maxEntries int32) {
-		start, end, next, err := page(ids, token, maxEntries, engine.ValidVolumeID)
+		start, end, next, err := page(ids, token, maxEntries, model.ValidVolumeID)
 		if err != nil {
 			if c := status.Code(err); c != codes.Aborted && c != codes.InvalidArgument {
 				t.Fatalf("page(%q, %d): %v", token, maxEntries, err)
@@ -104,7 +104,7 @@ func FuzzPageToken(f *testing.F) {
 
 // fakeBackend answers every call NotFound, recording what reached it.
 type fakeBackend struct {
-	Backend
+	ControllerBackend
 	t *testing.T
 }
 
@@ -115,7 +115,7 @@ func (b fakeBackend) Capacity(_ context.Context, node string) (int64, error) {
 	}
 	return 0, nil
 }
-func (b fakeBackend) CreateVolume(_ context.Context, req engine.CreateVolumeRequest, where Placement) (*VolumeInfo, error) {
+func (b fakeBackend) CreateVolume(_ context.Context, req model.CreateVolumeRequest, where model.Placement) (*model.Volume, error) {
 	if req.Name == "" || req.RequiredBytes < 0 || req.LimitBytes < 0 {
 		b.t.Fatalf("CreateVolume passed on %+v", req)
 	}
@@ -124,33 +124,33 @@ func (b fakeBackend) CreateVolume(_ context.Context, req engine.CreateVolumeRequ
 			b.t.Fatalf("CreateVolume passed on node %q", n)
 		}
 	}
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
-func (b fakeBackend) CreateSnapshot(context.Context, string, string, map[string]string, Placement) (*SnapshotInfo, error) {
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+func (b fakeBackend) CreateSnapshot(context.Context, string, string, map[string]string, model.Placement) (*model.Snapshot, error) {
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
-func (b fakeBackend) CreateBackup(_ context.Context, name, volumeID, target string) (*engine.BackupInfo, error) {
+func (b fakeBackend) CreateBackup(_ context.Context, name, volumeID, target string) (*model.BackupInfo, error) {
 	if target != "t1" {
 		b.t.Fatalf("CreateBackup passed on target %q", target)
 	}
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
 func (b fakeBackend) DeleteVolume(context.Context, string) error   { return nil }
 func (b fakeBackend) DeleteSnapshot(context.Context, string) error { return nil }
 func (b fakeBackend) DeleteBackup(_ context.Context, h string) error {
-	if !engine.IsBackupHandle(h) {
+	if !model.IsBackupHandle(h) {
 		b.t.Fatalf("DeleteBackup passed on %q", h)
 	}
 	return nil
 }
-func (b fakeBackend) GetSnapshot(context.Context, string) (*SnapshotInfo, error) {
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+func (b fakeBackend) GetSnapshot(context.Context, string) (*model.Snapshot, error) {
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
-func (b fakeBackend) GetBackup(context.Context, string) (*engine.BackupInfo, error) {
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+func (b fakeBackend) GetBackup(context.Context, string) (*model.BackupInfo, error) {
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
-func (b fakeBackend) ExpandVolume(context.Context, string, int64, int64) (*engine.ExpandResult, error) {
-	return nil, engine.Errorf(engine.ErrNotFound, "fake")
+func (b fakeBackend) ExpandVolume(context.Context, string, int64, int64) (*model.ExpandResult, error) {
+	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
 
 // FuzzControllerRequests sends controller requests built from arbitrary
@@ -162,7 +162,7 @@ func FuzzControllerRequests(f *testing.F) {
 	f.Add("x", "s-0123456789abcdef0123456789abcdef", "snap", "../t", "../n", int64(9223372036854775807), int64(1))
 	f.Add("x", "v-0123456789abcdef0123456789abcdef", "weird", "", "n/a", int64(0), int64(9223372036854775807))
 	f.Fuzz(func(t *testing.T, name, id, typ, target, node string, required, limit int64) {
-		c := &controllerServer{s: NewController(fakeBackend{t: t}, Options{NodeID: "node-a"})}
+		c := &controllerServer{s: New(nil, fakeBackend{t: t}, Options{NodeID: "node-a"})}
 		ctx := context.Background()
 		capRange := &csipb.CapacityRange{RequiredBytes: required, LimitBytes: limit}
 		topo := &csipb.TopologyRequirement{Requisite: []*csipb.Topology{{Segments: map[string]string{TopologyKey: node}}}}

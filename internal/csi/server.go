@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Driver identity.
@@ -36,31 +36,27 @@ type Options struct {
 	MaxVolumesPerNode int64
 }
 
-// Services serves the CSI services: the Node service over this node's
-// engine, the Controller service over a Backend.
+// Services serves the CSI services: the Node service over a NodeBackend,
+// the Controller service over a ControllerBackend.
 type Services struct {
 	opts    Options
-	engine  *engine.Engine // nil for a controller without local storage
-	backend Backend        // nil for a node-only server
+	node    NodeBackend       // nil for a controller without local storage
+	backend ControllerBackend // nil for a node-only server
 }
 
-// New returns CSI services over one node's engine (standalone mode, and
-// the node service of Kubernetes mode); its controller drives the engine
-// directly.
-func New(eng *engine.Engine, opts Options) *Services {
-	return &Services{engine: eng, backend: Local{Engine: eng, Node: opts.NodeID}, opts: opts}
-}
-
-// NewController returns CSI services whose controller drives b and that
-// have no node service (Kubernetes mode's controller).
-func NewController(b Backend, opts Options) *Services {
-	return &Services{backend: b, opts: opts}
+// New returns CSI services over node (nil: no node service) and
+// controller (nil: no controller service).
+func New(node NodeBackend, controller ControllerBackend, opts Options) *Services {
+	return &Services{node: node, backend: controller, opts: opts}
 }
 
 // Register adds the selected services to a gRPC server.
 func (s *Services) Register(srv *grpc.Server, controller, node bool) {
-	if node && s.engine == nil {
-		panic("csi: node service needs an engine")
+	if node && s.node == nil {
+		panic("csi: node service needs a node backend")
+	}
+	if controller && s.backend == nil {
+		panic("csi: controller service needs a controller backend")
 	}
 	csipb.RegisterIdentityServer(srv, &identityServer{s: s, controller: controller})
 	if controller {
@@ -121,9 +117,9 @@ type identityServer struct {
 
 func (i *identityServer) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
 	resp := &csipb.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}
-	if i.s.engine != nil {
+	if i.s.node != nil {
 		// How snapshots and clones are made on this data root.
-		resp.Manifest = map[string]string{DriverName + "/clone-mode": string(i.s.engine.CloneMode())}
+		resp.Manifest = map[string]string{DriverName + "/clone-mode": string(i.s.node.CloneMode())}
 	}
 	return resp, nil
 }
@@ -152,20 +148,20 @@ func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPlugin
 
 func (i *identityServer) Probe(ctx context.Context, _ *csipb.ProbeRequest) (*csipb.ProbeResponse, error) {
 	var err error
-	if i.s.engine != nil {
-		err = i.s.engine.Health()
+	if i.s.node != nil {
+		err = i.s.node.Health()
 	} else {
 		err = i.s.backend.Health(ctx)
 	}
 	if err != nil {
 		klog.ErrorS(err, "Probe failed")
-		return nil, toStatus(fmt.Errorf("%w: %v", engine.ErrUnavailable, err))
+		return nil, toStatus(model.Errorf(model.ErrUnavailable, "unavailable: %w", err))
 	}
-	if i.s.engine == nil {
+	if i.s.node == nil {
 		return &csipb.ProbeResponse{}, nil
 	}
-	klog.V(5).InfoS("Probe ok", "cloneMode", i.s.engine.CloneMode())
-	if i.s.engine.CloneMode() == engine.CloneCopy {
+	klog.V(5).InfoS("Probe ok", "cloneMode", i.s.node.CloneMode())
+	if i.s.node.CloneMode() == model.CloneCopy {
 		klog.V(2).InfoS("Data root cannot reflink: snapshots and clones are sparse copies, O(data) instead of O(1)")
 	}
 	return &csipb.ProbeResponse{}, nil

@@ -8,13 +8,13 @@ import (
 	"strings"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
-// All request validation lives in this file: the servers call these
-// functions before they touch the backend.
-
-// supportedFsTypes are the file systems Cairn formats.
-var supportedFsTypes = []string{"ext4", "xfs"}
+// The rules for request fields live in this file; requests.go applies
+// them to each request. The servers call requests.go's functions before
+// they touch a backend, and nothing else validates a request.
 
 // singleNodeModes are the access modes a node-local volume can honour.
 var singleNodeModes = []csipb.VolumeCapability_AccessMode_Mode{
@@ -48,8 +48,8 @@ func checkCapability(c *csipb.VolumeCapability, field string) error {
 	case c.GetBlock() != nil:
 	case c.GetMount() != nil:
 		fs := c.GetMount().GetFsType()
-		if fs != "" && !slices.Contains(supportedFsTypes, fs) {
-			return invalid("%s.mount.fs_type %q is not supported (use %s)", field, fs, strings.Join(supportedFsTypes, " or "))
+		if fs != "" && !model.SupportedFsType(fs) {
+			return invalid("%s.mount.fs_type %q is not supported (use %s)", field, fs, strings.Join(model.SupportedFsTypes, " or "))
 		}
 	default:
 		return invalid("%s.access_type: mount or block is required", field)
@@ -107,8 +107,8 @@ func checkVolumeParameters(params map[string]string) (string, error) {
 	for k, v := range params {
 		switch {
 		case k == paramFsType || k == paramK8sFsType:
-			if v != "" && !slices.Contains(supportedFsTypes, v) {
-				return "", invalid("parameters.%s %q is not supported (use %s)", k, v, strings.Join(supportedFsTypes, " or "))
+			if v != "" && !model.SupportedFsType(v) {
+				return "", invalid("parameters.%s %q is not supported (use %s)", k, v, strings.Join(model.SupportedFsTypes, " or "))
 			}
 			fs = v
 		case strings.HasPrefix(k, kubernetesPrefix):
@@ -220,12 +220,10 @@ func checkCapacity(r *csipb.CapacityRange) error {
 	return nil
 }
 
-// checkTopology returns an error unless the requirement (if any) allows
-// the node with the given segments.
 // placement turns a topology requirement into node names. Every segment
 // must name a node under TopologyKey, the only key this driver reports.
-func placement(req *csipb.TopologyRequirement, field string) (Placement, error) {
-	var p Placement
+func placement(req *csipb.TopologyRequirement, field string) (model.Placement, error) {
+	var p model.Placement
 	nodes := func(list []*csipb.Topology, sub string) ([]string, error) {
 		var out []string
 		for i, t := range list {

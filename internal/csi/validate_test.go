@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 func mountCap(mode csipb.VolumeCapability_AccessMode_Mode, fs string) *csipb.VolumeCapability {
@@ -111,10 +111,10 @@ func TestPage(t *testing.T) {
 
 func TestToStatus(t *testing.T) {
 	for kind, code := range map[error]codes.Code{
-		engine.ErrNotFound: codes.NotFound, engine.ErrAlreadyExists: codes.AlreadyExists,
-		engine.ErrInvalidArgument: codes.InvalidArgument, engine.ErrOutOfRange: codes.OutOfRange,
-		engine.ErrFailedPrecondition: codes.FailedPrecondition, engine.ErrResourceExhausted: codes.ResourceExhausted,
-		engine.ErrUnavailable: codes.Unavailable, engine.ErrAborted: codes.Aborted,
+		model.ErrNotFound: codes.NotFound, model.ErrAlreadyExists: codes.AlreadyExists,
+		model.ErrInvalidArgument: codes.InvalidArgument, model.ErrOutOfRange: codes.OutOfRange,
+		model.ErrFailedPrecondition: codes.FailedPrecondition, model.ErrResourceExhausted: codes.ResourceExhausted,
+		model.ErrUnavailable: codes.Unavailable, model.ErrAborted: codes.Aborted,
 	} {
 		err := toStatus(fmt.Errorf("context: %w", kind))
 		if status.Code(err) != code || !strings.Contains(err.Error(), "context") {

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -32,37 +32,10 @@ import (
 const (
 	backupsDir    = "backups"
 	jobMeta       = "job.json"
-	handlePrefix  = "bs://"
 	jobUploading  = "uploading"
 	jobDone       = "done"
 	maxRetryDelay = time.Minute
 )
-
-var targetNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
-// ValidTargetName reports whether name can name a backup target.
-func ValidTargetName(name string) bool { return targetNameRe.MatchString(name) }
-
-// BackupHandle is a parsed bs:// snapshot ID.
-type BackupHandle struct {
-	Target, VolumeID, BackupID string
-}
-
-func (h BackupHandle) String() string {
-	return handlePrefix + h.Target + "/" + h.VolumeID + "/" + h.BackupID
-}
-
-// IsBackupHandle reports whether a snapshot ID names a backup.
-func IsBackupHandle(id string) bool { return strings.HasPrefix(id, handlePrefix) }
-
-// ParseBackupHandle parses bs://<target>/<volume-id>/<backup-id>.
-func ParseBackupHandle(id string) (BackupHandle, error) {
-	parts := strings.Split(strings.TrimPrefix(id, handlePrefix), "/")
-	if !IsBackupHandle(id) || len(parts) != 3 || !ValidTargetName(parts[0]) || !backup.ValidVolumeID(parts[1]) || !backup.ValidBackupID(parts[2]) {
-		return BackupHandle{}, errorf(ErrNotFound, "snapshot %q not found: not a well-formed bs://TARGET/VOLUME/BACKUP handle", id)
-	}
-	return BackupHandle{Target: parts[0], VolumeID: parts[1], BackupID: parts[2]}, nil
-}
 
 // backupJob is backups/<id>/job.json.
 type backupJob struct {
@@ -82,8 +55,8 @@ type backupJob struct {
 	BlocksDigest string `json:"blocksDigest,omitempty"`
 }
 
-func (j *backupJob) handle() BackupHandle {
-	return BackupHandle{Target: j.Target, VolumeID: j.VolumeID, BackupID: j.BackupID}
+func (j *backupJob) handle() model.BackupHandle {
+	return model.BackupHandle{Target: j.Target, VolumeID: j.VolumeID, BackupID: j.BackupID}
 }
 
 // jobRun is the in-memory side of a running upload.
@@ -92,17 +65,6 @@ type jobRun struct {
 	done      chan struct{}
 	bytesDone atomic.Int64
 	lastErr   atomic.Value // string
-}
-
-// BackupInfo describes a backup snapshot.
-type BackupInfo struct {
-	Handle       BackupHandle
-	SnapshotName string
-	SizeBytes    int64
-	CreatedAt    time.Time
-	Ready        bool
-	BytesDone    int64  // upload progress while not ready
-	LastError    string // last upload error while retrying
 }
 
 // backups holds the engine's backup state.
@@ -125,19 +87,19 @@ func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) 
 	r := b.repos[target]
 	b.mu.Unlock()
 	if !ok {
-		return nil, errorf(ErrInvalidArgument, "backup target %q is not configured on this node (configured: %s)", target, strings.Join(e.BackupTargets(), ", "))
+		return nil, model.Errorf(model.ErrInvalidArgument, "backup target %q is not configured on this node (configured: %s)", target, strings.Join(e.BackupTargets(), ", "))
 	}
 	if r != nil {
 		return r, nil
 	}
 	r, err := backup.Open(ctx, st)
 	if err != nil {
-		return nil, errorf(ErrUnavailable, "backup target %q: %v", target, err)
+		return nil, model.Errorf(model.ErrUnavailable, "backup target %q: %v", target, err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.targets[target] != st {
-		return nil, errorf(ErrUnavailable, "backup target %q was reconfigured; retry", target)
+		return nil, model.Errorf(model.ErrUnavailable, "backup target %q was reconfigured; retry", target)
 	}
 	b.repos[target] = r
 	return r, nil
@@ -156,8 +118,8 @@ func (e *Engine) BackupTargets() []string {
 // (Kubernetes mode configures targets from BackupTarget objects). Uploads
 // waiting for the target resume.
 func (e *Engine) SetBackupTarget(name string, st objstore.Store) error {
-	if !ValidTargetName(name) {
-		return errorf(ErrInvalidArgument, "backup target name %q: use lower-case letters, digits and '-'", name)
+	if !model.ValidTargetName(name) {
+		return model.Errorf(model.ErrInvalidArgument, "backup target name %q: use lower-case letters, digits and '-'", name)
 	}
 	b := &e.bk
 	b.mu.Lock()
@@ -186,7 +148,7 @@ func (e *Engine) loadJob(id string) (*backupJob, error) {
 	var j backupJob
 	err := readJSON(filepath.Join(e.jobDir(id), jobMeta), &j)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, errorf(ErrNotFound, "backup %s not found on this node", id)
+		return nil, model.Errorf(model.ErrNotFound, "backup %s not found on this node", id)
 	}
 	return &j, err
 }
@@ -194,16 +156,16 @@ func (e *Engine) loadJob(id string) (*backupJob, error) {
 // CreateBackup starts (or reports on) a backup of a volume to a target
 // under the given snapshot name. The returned info is Ready once the
 // backup is committed in the target; until then the caller polls.
-func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string) (*BackupInfo, error) {
+func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string) (*model.BackupInfo, error) {
 	if name == "" {
-		return nil, errorf(ErrInvalidArgument, "name is required")
+		return nil, model.Errorf(model.ErrInvalidArgument, "name is required")
 	}
-	if !ValidTargetName(target) {
-		return nil, errorf(ErrInvalidArgument, "parameters.backupTarget %q is not a valid target name", target)
+	if !model.ValidTargetName(target) {
+		return nil, model.Errorf(model.ErrInvalidArgument, "parameters.backupTarget %q is not a valid target name", target)
 	}
-	id := backup.BackupIDForName(name)
+	id := model.BackupIDForName(name)
 	keys := []string{id}
-	if ValidVolumeID(volumeID) {
+	if model.ValidVolumeID(volumeID) {
 		keys = append(keys, volumeID)
 	}
 	unlock, err := e.locks.lock(ctx, keys...)
@@ -213,7 +175,7 @@ func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string
 	defer unlock()
 	if j, err := e.loadJob(id); err == nil {
 		if j.VolumeID != volumeID || j.Target != target {
-			return nil, errorf(ErrAlreadyExists, "snapshot name %q is already used for a backup of volume %s to %s", name, j.VolumeID, j.Target)
+			return nil, model.Errorf(model.ErrAlreadyExists, "snapshot name %q is already used for a backup of volume %s to %s", name, j.VolumeID, j.Target)
 		}
 		if j.State != jobDone {
 			e.startJob(j) // no-op if running
@@ -226,16 +188,16 @@ func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string
 	if err != nil {
 		return nil, err
 	}
-	if ValidVolumeID(volumeID) {
+	if model.ValidVolumeID(volumeID) {
 		if m, err := repo.Manifest(ctx, volumeID, id); err == nil {
 			return manifestInfo(target, m), nil // committed earlier; local base gone
 		} else if !errors.Is(err, backup.ErrNotFound) {
-			return nil, manifestError("", BackupHandle{Target: target, VolumeID: volumeID, BackupID: id}, err)
+			return nil, manifestError("", model.BackupHandle{Target: target, VolumeID: volumeID, BackupID: id}, err)
 		}
 	}
 	vol, err := e.loadVolume(volumeID)
 	if err != nil {
-		return nil, errorf(ErrNotFound, "source_volume_id: volume %q not found", volumeID)
+		return nil, model.Errorf(model.ErrNotFound, "source_volume_id: volume %q not found", volumeID)
 	}
 	j := &backupJob{
 		FormatVersion: FormatVersion, BackupID: id, Target: target, VolumeID: vol.ID, VolumeName: vol.Name,
@@ -256,17 +218,17 @@ func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string
 	return e.jobInfo(j), nil
 }
 
-func manifestInfo(target string, m *backup.Manifest) *BackupInfo {
-	return &BackupInfo{
-		Handle:       BackupHandle{Target: target, VolumeID: m.VolumeID, BackupID: m.ID},
+func manifestInfo(target string, m *backup.Manifest) *model.BackupInfo {
+	return &model.BackupInfo{
+		Handle:       model.BackupHandle{Target: target, VolumeID: m.VolumeID, BackupID: m.ID},
 		SnapshotName: m.SnapshotName, SizeBytes: m.SizeBytes, CreatedAt: m.CreatedAt, Ready: true,
 	}
 }
 
 // jobInfo reports a job; LastError is set while a failed upload is being
 // retried.
-func (e *Engine) jobInfo(j *backupJob) *BackupInfo {
-	info := &BackupInfo{Handle: j.handle(), SnapshotName: j.SnapshotName, SizeBytes: j.SizeBytes, CreatedAt: j.CreatedAt, Ready: j.State == jobDone}
+func (e *Engine) jobInfo(j *backupJob) *model.BackupInfo {
+	info := &model.BackupInfo{Handle: j.handle(), SnapshotName: j.SnapshotName, SizeBytes: j.SizeBytes, CreatedAt: j.CreatedAt, Ready: j.State == jobDone}
 	e.bk.mu.Lock()
 	run := e.bk.runs[j.BackupID]
 	e.bk.mu.Unlock()
@@ -425,7 +387,7 @@ func (e *Engine) removeBases(ctx context.Context, what string, match func(*backu
 }
 
 func (e *Engine) listJobs() ([]*backupJob, error) {
-	ids, err := e.listIDs(backupsDir, backup.ValidBackupID)
+	ids, err := e.listIDs(backupsDir, model.ValidBackupID)
 	if err != nil {
 		return nil, err
 	}
@@ -454,8 +416,8 @@ func (e *Engine) resumeBackups() {
 }
 
 // GetBackup describes a backup from this node's jobs or from its target.
-func (e *Engine) GetBackup(ctx context.Context, handle string) (*BackupInfo, error) {
-	h, err := ParseBackupHandle(handle)
+func (e *Engine) GetBackup(ctx context.Context, handle string) (*model.BackupInfo, error) {
+	h, err := model.ParseBackupHandle(handle)
 	if err != nil {
 		return nil, err
 	}
@@ -464,8 +426,8 @@ func (e *Engine) GetBackup(ctx context.Context, handle string) (*BackupInfo, err
 	}
 	repo, err := e.repo(ctx, h.Target)
 	if err != nil {
-		if errors.Is(err, ErrInvalidArgument) {
-			return nil, errorf(ErrNotFound, "snapshot %s not found: %v", handle, err)
+		if errors.Is(err, model.ErrInvalidArgument) {
+			return nil, model.Errorf(model.ErrNotFound, "snapshot %s not found: %v", handle, err)
 		}
 		return nil, err
 	}
@@ -480,22 +442,22 @@ func (e *Engine) GetBackup(ctx context.Context, handle string) (*BackupInfo, err
 // manifest to an error kind: missing is NotFound, damaged (invalid, or of
 // a newer format) is FailedPrecondition naming the object, anything else
 // is the target being unavailable. field prefixes the message.
-func manifestError(field string, h BackupHandle, err error) error {
+func manifestError(field string, h model.BackupHandle, err error) error {
 	switch {
 	case errors.Is(err, backup.ErrNotFound):
-		return errorf(ErrNotFound, "%ssnapshot %s not found in backup target %q", field, h, h.Target)
+		return model.Errorf(model.ErrNotFound, "%ssnapshot %s not found in backup target %q", field, h, h.Target)
 	case errors.Is(err, backup.ErrCorrupt), errors.Is(err, backup.ErrUnsupported):
-		return errorf(ErrFailedPrecondition, "%sbackup %s cannot be used: %v", field, h, err)
+		return model.Errorf(model.ErrFailedPrecondition, "%sbackup %s cannot be used: %v", field, h, err)
 	default:
-		return errorf(ErrUnavailable, "backup target %q: %v", h.Target, err)
+		return model.Errorf(model.ErrUnavailable, "backup target %q: %v", h.Target, err)
 	}
 }
 
 // ListBackups lists in-progress backups of this node and every committed
 // backup in every configured target.
-func (e *Engine) ListBackups(ctx context.Context) ([]*BackupInfo, error) {
-	seen := map[BackupHandle]bool{}
-	var out []*BackupInfo
+func (e *Engine) ListBackups(ctx context.Context) ([]*model.BackupInfo, error) {
+	seen := map[model.BackupHandle]bool{}
+	var out []*model.BackupInfo
 	jobs, err := e.listJobs()
 	if err != nil {
 		return nil, err
@@ -515,7 +477,7 @@ func (e *Engine) ListBackups(ctx context.Context) ([]*BackupInfo, error) {
 		// bad object must not hide every other backup.
 		ms, err := repo.ReadableManifests(ctx, "", "list snapshots")
 		if err != nil {
-			return nil, errorf(ErrUnavailable, "backup target %q: %v", t, err)
+			return nil, model.Errorf(model.ErrUnavailable, "backup target %q: %v", t, err)
 		}
 		for _, m := range ms {
 			info := manifestInfo(t, m)
@@ -532,7 +494,7 @@ func (e *Engine) ListBackups(ctx context.Context) ([]*BackupInfo, error) {
 // deletes the backup's manifest from the target; garbage collection
 // reclaims its data. Deleting a missing backup succeeds.
 func (e *Engine) DeleteBackup(ctx context.Context, handle string) error {
-	h, err := ParseBackupHandle(handle)
+	h, err := model.ParseBackupHandle(handle)
 	if err != nil {
 		return nil // can never have existed
 	}
@@ -555,13 +517,13 @@ func (e *Engine) DeleteBackup(ctx context.Context, handle string) error {
 	}
 	repo, err := e.repo(ctx, h.Target)
 	if err != nil {
-		if errors.Is(err, ErrInvalidArgument) {
-			return errorf(ErrFailedPrecondition, "cannot delete %s: %v", handle, err)
+		if errors.Is(err, model.ErrInvalidArgument) {
+			return model.Errorf(model.ErrFailedPrecondition, "cannot delete %s: %v", handle, err)
 		}
 		return err
 	}
 	if err := repo.Delete(ctx, h.VolumeID, h.BackupID); err != nil {
-		return errorf(ErrUnavailable, "delete %s: %v", handle, err)
+		return model.Errorf(model.ErrUnavailable, "delete %s: %v", handle, err)
 	}
 	klog.InfoS("Backup deleted", "backup", handle)
 	return nil
@@ -572,20 +534,20 @@ func (e *Engine) DeleteBackup(ctx context.Context, handle string) error {
 type restoreRun struct {
 	done chan struct{}
 	err  error
-	vol  *Volume
+	vol  *model.Volume
 	prog atomic.Int64
-	size int64
+	size atomic.Int64 // the backup's size, once its manifest is read
 }
 
 // restoreVolume creates a volume from a backup. The download runs in the
 // background; a call that times out gets Aborted with the progress and a
 // retried call waits for the same download.
-func (e *Engine) restoreVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
-	h, err := ParseBackupHandle(req.SourceSnapshotID)
+func (e *Engine) restoreVolume(ctx context.Context, req model.CreateVolumeRequest) (*model.Volume, error) {
+	h, err := model.ParseBackupHandle(req.SourceSnapshotID)
 	if err != nil {
-		return nil, errorf(ErrNotFound, "volume_content_source: %v", err)
+		return nil, model.Errorf(model.ErrNotFound, "volume_content_source: %v", err)
 	}
-	id := VolumeIDForName(req.Name)
+	id := model.VolumeIDForName(req.Name)
 	b := &e.bk
 	b.mu.Lock()
 	run := b.restore[id]
@@ -611,19 +573,19 @@ func (e *Engine) restoreVolume(ctx context.Context, req CreateVolumeRequest) (*V
 		// Every caller's request is compared with the volume: the one
 		// that started the download, a repeated one, or a different one
 		// for the same name that joined it.
-		return e.matchExisting(&run.vol.VolumeMeta, req, run.vol.FsType)
+		return e.matchExisting(run.vol, req)
 	case <-ctx.Done():
-		return nil, errorf(ErrAborted, "restore of volume %q from %s in progress (%d of %d bytes)", req.Name, h, run.prog.Load(), run.size)
+		return nil, model.Errorf(model.ErrAborted, "restore of volume %q from %s in progress (%d of %d bytes)", req.Name, h, run.prog.Load(), run.size.Load())
 	}
 }
 
-func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h BackupHandle, id string, run *restoreRun) (*Volume, error) {
+func (e *Engine) runRestore(ctx context.Context, req model.CreateVolumeRequest, h model.BackupHandle, id string, run *restoreRun) (*model.Volume, error) {
 	unlock, err := e.locks.lock(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	src := &Source{Kind: "backup", ID: h.String()}
+	src := &model.Source{Kind: model.SourceBackup, ID: h.String()}
 	if existing, err := e.loadVolume(id); err == nil {
 		return e.describe(existing), nil // restoreVolume compares it with the request
 	}
@@ -635,15 +597,15 @@ func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h Back
 	if err != nil {
 		return nil, manifestError("volume_content_source: ", h, err)
 	}
-	run.size = m.SizeBytes
+	run.size.Store(m.SizeBytes)
 	if req.LimitBytes > 0 && req.LimitBytes < m.SizeBytes {
-		return nil, errorf(ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the backup's %d bytes", req.LimitBytes, m.SizeBytes)
+		return nil, model.Errorf(model.ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the backup's %d bytes", req.LimitBytes, m.SizeBytes)
 	}
 	fsType := m.FsType
 	if req.Block {
 		fsType = ""
 	}
-	size, err := PickSize(max(req.RequiredBytes, m.SizeBytes), req.LimitBytes, fsType)
+	size, err := model.PickSize(max(req.RequiredBytes, m.SizeBytes), req.LimitBytes, fsType)
 	if err != nil {
 		return nil, err
 	}
@@ -668,7 +630,7 @@ func (e *Engine) runRestore(ctx context.Context, req CreateVolumeRequest, h Back
 	})
 	if err != nil {
 		if errors.Is(err, backup.ErrCorrupt) {
-			return nil, errorf(ErrFailedPrecondition, "restore %s: %v", h, err)
+			return nil, model.Errorf(model.ErrFailedPrecondition, "restore %s: %v", h, err)
 		}
 		return nil, fmt.Errorf("restore volume %s from %s: %w", id, h, err)
 	}

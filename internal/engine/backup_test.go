@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
 // newBackupEngine is an XFS test engine with a file backup target "t1" and
 // a volume "src" of 8 MiB with some data on it.
-func newBackupEngine(t *testing.T) (*Engine, *Volume) {
+func newBackupEngine(t *testing.T) (*Engine, *model.Volume) {
 	t.Helper()
 	requireRoot(t)
 	e := newTestEngine(t, "xfs")
@@ -26,14 +27,14 @@ func newBackupEngine(t *testing.T) (*Engine, *Volume) {
 		t.Fatal(err)
 	}
 	ok(t, e.SetBackupTarget("t1", st))
-	v := must(e.CreateVolume(context.Background(), CreateVolumeRequest{Name: "src", RequiredBytes: 8 * mib, Block: true}))(t)
+	v := must(e.CreateVolume(context.Background(), model.CreateVolumeRequest{Name: "src", RequiredBytes: 8 * mib, Block: true}))(t)
 	fillVolume(t, e, v.ID, 7)
 	return e, v
 }
 
 // waitBackup repeats CreateBackup, as csi-snapshotter does, until the
 // backup is committed in its target.
-func waitBackup(t *testing.T, e *Engine, name, volumeID string) *BackupInfo {
+func waitBackup(t *testing.T, e *Engine, name, volumeID string) *model.BackupInfo {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -120,7 +121,7 @@ func TestCreateBackupRetryRacingDeleteVolume(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("DeleteVolume did not return")
 	}
-	if _, err := e.GetVolume(context.Background(), v.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := e.GetVolume(context.Background(), v.ID); !errors.Is(err, model.ErrNotFound) {
 		t.Errorf("volume still there after DeleteVolume: %v", err)
 	}
 	if baseExists(e, bid) {
@@ -141,10 +142,10 @@ func TestDeleteVolumeDeadlineKeepsBaseCleanup(t *testing.T) {
 	err := e.DeleteVolume(ctx, v.ID)
 	cancel()
 	release()
-	if !errors.Is(err, ErrAborted) {
+	if !errors.Is(err, model.ErrAborted) {
 		t.Errorf("DeleteVolume while the base's lock is held past its deadline: %v, want ErrAborted", err)
 	}
-	if _, err := e.GetVolume(context.Background(), v.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := e.GetVolume(context.Background(), v.ID); !errors.Is(err, model.ErrNotFound) {
 		t.Errorf("volume still there: %v", err)
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
@@ -163,24 +164,24 @@ func TestRepeatedRestoreFromBackup(t *testing.T) {
 	e, v := newBackupEngine(t)
 	ctx := context.Background()
 	handle := waitBackup(t, e, "bk", v.ID).Handle.String()
-	req := CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: handle, Parameters: map[string]string{"csi.storage.k8s.io/pvc/name": "r"}}
+	req := model.CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: handle, Parameters: map[string]string{"csi.storage.k8s.io/pvc/name": "r"}}
 	first := must(e.CreateVolume(ctx, req))(t)
 	again, err := e.CreateVolume(ctx, req)
 	if err != nil {
 		t.Fatalf("repeated identical restore from %s: %v", handle, err)
 	}
 	if again.ID != first.ID || again.SizeBytes != first.SizeBytes || *again.Source != *first.Source {
-		t.Errorf("repeated restore answered %+v, want %+v", again.VolumeMeta, first.VolumeMeta)
+		t.Errorf("repeated restore answered %+v, want %+v", again, first)
 	}
-	for what, r := range map[string]CreateVolumeRequest{
+	for what, r := range map[string]model.CreateVolumeRequest{
 		"larger":            {Name: req.Name, RequiredBytes: 16 * mib, Block: true, SourceSnapshotID: handle},
 		"filesystem":        {Name: req.Name, RequiredBytes: 8 * mib, SourceSnapshotID: handle},
 		"no source":         {Name: req.Name, RequiredBytes: 8 * mib, Block: true},
 		"another backup":    {Name: req.Name, RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: "bs://t1/" + v.ID + "/b-00000000000000000000000000000000"},
-		"a local snapshot":  {Name: req.Name, RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: SnapshotIDForName("x")},
+		"a local snapshot":  {Name: req.Name, RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: model.SnapshotIDForName("x")},
 		"a volume as clone": {Name: req.Name, RequiredBytes: 8 * mib, Block: true, SourceVolumeID: v.ID},
 	} {
-		if _, err := e.CreateVolume(ctx, r); !errors.Is(err, ErrAlreadyExists) {
+		if _, err := e.CreateVolume(ctx, r); !errors.Is(err, model.ErrAlreadyExists) {
 			t.Errorf("restore named %q again, %s: %v, want ErrAlreadyExists", req.Name, what, err)
 		}
 	}
@@ -203,6 +204,6 @@ func TestIncrementalDistrustsRewrittenParent(t *testing.T) {
 	b := must(json.Marshal(m))(t)
 	ok(t, repo.Store().Put(ctx, "backups/"+v.ID+"/"+first.Handle.BackupID+".json", bytes.NewReader(b), int64(len(b))))
 	second := waitBackup(t, e, "child", v.ID) // nothing changed on the volume
-	r := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: second.Handle.String()}))(t)
+	r := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: second.Handle.String()}))(t)
 	assertContent(t, e.volumeData(r.ID), want)
 }

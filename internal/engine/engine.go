@@ -29,6 +29,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -59,14 +60,6 @@ type Engine struct {
 	bk            backups
 }
 
-// CloneMode names how snapshots and clones are made.
-type CloneMode string
-
-const (
-	CloneReflink CloneMode = "reflink"
-	CloneCopy    CloneMode = "copy"
-)
-
 // Open prepares the data root (creating the layout on first use), detects
 // reflink support and reconciles state left by a crash.
 func Open(ctx context.Context, cfg Config) (*Engine, error) {
@@ -89,7 +82,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		mounter:       &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: ex},
 	}
 	for name := range cfg.BackupTargets {
-		if !ValidTargetName(name) {
+		if !model.ValidTargetName(name) {
 			return nil, fmt.Errorf("backup target name %q: use lower-case letters, digits and '-'", name)
 		}
 	}
@@ -164,11 +157,11 @@ func (e *Engine) OwnsPath(p string) bool {
 }
 
 // CloneMode reports whether snapshots and clones are reflinks or copies.
-func (e *Engine) CloneMode() CloneMode {
+func (e *Engine) CloneMode() model.CloneMode {
 	if e.reflink {
-		return CloneReflink
+		return model.CloneReflink
 	}
-	return CloneCopy
+	return model.CloneCopy
 }
 
 // Health checks that the data root is present and writable.
@@ -216,7 +209,7 @@ func (e *Engine) Capacity() (Capacity, error) {
 		TotalBytes: int64(st.Blocks) * st.Bsize,
 		FreeBytes:  int64(st.Bavail) * st.Bsize,
 	}
-	ids, err := e.listIDs(volumesDir, ValidVolumeID)
+	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
 	if err != nil {
 		return c, err
 	}
@@ -335,7 +328,7 @@ func (e *Engine) copyConsistent(ctx context.Context, vol *VolumeMeta, dst string
 	klog.V(4).InfoS("Copied frozen volume", "volumeID", vol.ID, "frozenFor", frozen)
 	if timedOut.Load() {
 		os.Remove(dst)
-		return errorf(ErrUnavailable, "copy of mounted volume %s took longer than the freeze bound %s; file system thawed, copy discarded", vol.ID, e.freezeTimeout)
+		return model.Errorf(model.ErrUnavailable, "copy of mounted volume %s took longer than the freeze bound %s; file system thawed, copy discarded", vol.ID, e.freezeTimeout)
 	}
 	if err != nil {
 		return err
@@ -357,7 +350,7 @@ func (e *Engine) allocate(size int64, fill func() error) error {
 		return err
 	}
 	if size > c.AvailableBytes {
-		return errorf(ErrResourceExhausted, "not enough space on data root: %d bytes requested, %d available (%d free, %d reserved by existing volumes)", size, c.AvailableBytes, c.FreeBytes, c.ReservedBytes)
+		return model.Errorf(model.ErrResourceExhausted, "not enough space on data root: %d bytes requested, %d available (%d free, %d reserved by existing volumes)", size, c.AvailableBytes, c.FreeBytes, c.ReservedBytes)
 	}
 	return fill()
 }

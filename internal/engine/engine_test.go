@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 func TestOpenLayoutHealthMetrics(t *testing.T) {
@@ -36,7 +38,7 @@ func TestOpenLayoutHealthMetrics(t *testing.T) {
 		// Metrics report the clone mode and the capacity.
 		reg := prometheus.NewRegistry()
 		RegisterMetrics(reg, e)
-		must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "m", RequiredBytes: 64 * mib}))(t)
+		must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "m", RequiredBytes: 64 * mib}))(t)
 		mfs := must(reg.Gather())(t)
 		got := map[string]float64{}
 		for _, mf := range mfs {

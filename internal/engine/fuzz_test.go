@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Fuzz targets for every request field the engine turns into an ID, a
@@ -39,25 +41,25 @@ func FuzzIDs(f *testing.F) {
 	f.Add("\x00", "v-0123456789abcdef0123456789abcdef\n")
 	const root = "/data-root"
 	f.Fuzz(func(t *testing.T, name, id string) {
-		vid, sid := VolumeIDForName(name), SnapshotIDForName(name)
-		if !ValidVolumeID(vid) || !ValidSnapshotID(sid) || ValidSnapshotID(vid) || ValidVolumeID(sid) {
+		vid, sid := model.VolumeIDForName(name), model.SnapshotIDForName(name)
+		if !model.ValidVolumeID(vid) || !model.ValidSnapshotID(sid) || model.ValidSnapshotID(vid) || model.ValidVolumeID(sid) {
 			t.Fatalf("name %q derives volume %q and snapshot %q", name, vid, sid)
 		}
-		if VolumeIDForName(name) != vid {
+		if model.VolumeIDForName(name) != vid {
 			t.Fatal("derivation is not deterministic")
 		}
 		for _, c := range []struct {
 			valid func(string) bool
 			dir   string
-		}{{ValidVolumeID, volumesDir}, {ValidSnapshotID, snapshotsDir}} {
+		}{{model.ValidVolumeID, volumesDir}, {model.ValidSnapshotID, snapshotsDir}} {
 			if c.valid(id) {
 				underDir(t, filepath.Join(root, c.dir), id)
-				if IsBackupHandle(id) {
+				if model.IsBackupHandle(id) {
 					t.Fatalf("%q is both an ID and a backup handle", id)
 				}
 			}
 		}
-		if ValidVolumeID(id) && ValidSnapshotID(id) {
+		if model.ValidVolumeID(id) && model.ValidSnapshotID(id) {
 			t.Fatalf("%q is a volume and a snapshot ID", id)
 		}
 	})
@@ -75,14 +77,14 @@ func FuzzBackupHandle(f *testing.F) {
 	f.Add("s-0123456789abcdef0123456789abcdef")
 	const root = "/data-root"
 	f.Fuzz(func(t *testing.T, s string) {
-		h, err := ParseBackupHandle(s)
+		h, err := model.ParseBackupHandle(s)
 		if err != nil {
-			if !errors.Is(err, ErrNotFound) {
+			if !errors.Is(err, model.ErrNotFound) {
 				t.Fatalf("ParseBackupHandle(%q): %v, want ErrNotFound", s, err)
 			}
 			return
 		}
-		if !IsBackupHandle(s) || !ValidTargetName(h.Target) || h.String() != s {
+		if !model.IsBackupHandle(s) || !model.ValidTargetName(h.Target) || h.String() != s {
 			t.Fatalf("ParseBackupHandle(%q) = %+v, formats as %q", s, h, h.String())
 		}
 		underDir(t, filepath.Join(root, backupsDir), h.BackupID)
@@ -91,7 +93,7 @@ func FuzzBackupHandle(f *testing.F) {
 				t.Fatalf("handle %q has part %q", s, part)
 			}
 		}
-		if again, err := ParseBackupHandle(h.String()); err != nil || again != h {
+		if again, err := model.ParseBackupHandle(h.String()); err != nil || again != h {
 			t.Fatalf("format∘parse of %q: %+v, %v", s, again, err)
 		}
 	})
@@ -104,12 +106,12 @@ func FuzzTargetName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		if !ValidTargetName(name) {
+		if !model.ValidTargetName(name) {
 			return
 		}
 		underDir(t, "/targets", name)
-		h := BackupHandle{Target: name, VolumeID: "v-0123456789abcdef0123456789abcdef", BackupID: "b-0123456789abcdef0123456789abcdef"}
-		if got, err := ParseBackupHandle(h.String()); err != nil || got != h {
+		h := model.BackupHandle{Target: name, VolumeID: "v-0123456789abcdef0123456789abcdef", BackupID: "b-0123456789abcdef0123456789abcdef"}
+		if got, err := model.ParseBackupHandle(h.String()); err != nil || got != h {
 			t.Fatalf("handle with target %q does not round-trip: %+v, %v", name, got, err)
 		}
 	})
@@ -136,7 +138,7 @@ func FuzzRequests(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(e.Close)
-	kinds := []error{ErrNotFound, ErrAlreadyExists, ErrInvalidArgument, ErrOutOfRange, ErrFailedPrecondition, ErrResourceExhausted, ErrUnavailable, ErrAborted}
+	kinds := []error{model.ErrNotFound, model.ErrAlreadyExists, model.ErrInvalidArgument, model.ErrOutOfRange, model.ErrFailedPrecondition, model.ErrResourceExhausted, model.ErrUnavailable, model.ErrAborted}
 	f.Fuzz(func(t *testing.T, name, id string, required, limit int64) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -147,11 +149,11 @@ func FuzzRequests(f *testing.F) {
 			}
 		}
 		// Small sizes only for what is created: the root is a tmp dir.
-		v, err := e.CreateVolume(ctx, CreateVolumeRequest{Name: name, RequiredBytes: min(max(required, 0), 4<<20), LimitBytes: limit, Block: true})
+		v, err := e.CreateVolume(ctx, model.CreateVolumeRequest{Name: name, RequiredBytes: min(max(required, 0), 4<<20), LimitBytes: limit, Block: true})
 		check("CreateVolume", err)
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: name + "-clone", RequiredBytes: required, LimitBytes: limit, Block: true, SourceVolumeID: id})
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: name + "-clone", RequiredBytes: required, LimitBytes: limit, Block: true, SourceVolumeID: id})
 		check("CreateVolume from volume "+id, err)
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: name + "-restore", RequiredBytes: required, LimitBytes: limit, SourceSnapshotID: id})
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: name + "-restore", RequiredBytes: required, LimitBytes: limit, SourceSnapshotID: id})
 		check("CreateVolume from snapshot "+id, err)
 		if v != nil {
 			_, err = e.ExpandVolume(ctx, v.ID, required, limit)
@@ -177,10 +179,10 @@ func FuzzRequests(f *testing.F) {
 		check("DeleteSnapshot", e.DeleteSnapshot(ctx, id))
 		check("DeleteVolume", e.DeleteVolume(ctx, id))
 		for _, n := range []string{name, name + "-of-id"} {
-			check("DeleteSnapshot", e.DeleteSnapshot(ctx, SnapshotIDForName(n)))
+			check("DeleteSnapshot", e.DeleteSnapshot(ctx, model.SnapshotIDForName(n)))
 		}
 		for _, n := range []string{name, name + "-clone", name + "-restore"} {
-			check("DeleteVolume", e.DeleteVolume(ctx, VolumeIDForName(n)))
+			check("DeleteVolume", e.DeleteVolume(ctx, model.VolumeIDForName(n)))
 		}
 		// Everything left is the layout itself.
 		err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sort"
 	"sync"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // keyLocks serialises work per ID: calls on one ID run one at a time,
@@ -81,7 +83,7 @@ func (k *keyLocks) lockOne(ctx context.Context, key string) error {
 		return nil
 	case <-ctx.Done():
 		k.drop(key, l)
-		return errorf(ErrAborted, "waiting for another operation on %s: %v", key, ctx.Err())
+		return model.Errorf(model.ErrAborted, "waiting for another operation on %s: %v", key, ctx.Err())
 	}
 }
 

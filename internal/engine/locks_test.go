@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 func lockOrFail(t *testing.T, k *keyLocks, keys ...string) func() {
@@ -70,7 +72,7 @@ func TestKeyLocksContextCancelAborts(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err := k.lock(ctx, "a")
-	wantErr(t, err, ErrAborted, "lock a held elsewhere, deadline 50ms")
+	wantErr(t, err, model.ErrAborted, "lock a held elsewhere, deadline 50ms")
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("aborted lock returned after %s", d)
 	}
@@ -79,7 +81,7 @@ func TestKeyLocksContextCancelAborts(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	go func() { time.Sleep(20 * time.Millisecond); cancel2() }()
 	_, err = k.lock(ctx2, "a")
-	wantErr(t, err, ErrAborted, "lock a with cancelled context")
+	wantErr(t, err, model.ErrAborted, "lock a with cancelled context")
 
 	// The aborted waiters did not consume the token: a is still held by the
 	// first owner and free once it is released.
@@ -98,7 +100,7 @@ func TestKeyLocksAbortReleasesPartialSet(t *testing.T) {
 	// "a" sorts first and is taken, then waiting for "b" aborts: "a" must be
 	// given back.
 	_, err := k.lock(ctx, "b", "a")
-	wantErr(t, err, ErrAborted, "lock {b, a} while b is held")
+	wantErr(t, err, model.ErrAborted, "lock {b, a} while b is held")
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel2()
 	ra, err := k.lock(ctx2, "a")

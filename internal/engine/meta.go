@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // FormatVersion is the version of the on-disk layout and metadata written
@@ -40,22 +41,6 @@ type rootMeta struct {
 	CreatedAt     time.Time `json:"createdAt"`
 }
 
-// Source names what a volume was created from.
-type Source struct {
-	// Kind is "snapshot", "volume" or "backup" (ID: its bs:// handle).
-	Kind string `json:"kind"`
-	ID   string `json:"id"`
-}
-
-// CSI is the source as a CSI request names it: a backup is a snapshot
-// whose ID is its bs:// handle.
-func (s Source) CSI() Source {
-	if s.Kind == "backup" {
-		s.Kind = "snapshot"
-	}
-	return s
-}
-
 // StageInfo records where and how a volume is staged on this node.
 type StageInfo struct {
 	Path       string   `json:"path"`
@@ -84,7 +69,7 @@ type VolumeMeta struct {
 	PendingSizeBytes int64             `json:"pendingSizeBytes,omitempty"`
 	Block            bool              `json:"block"`
 	FsType           string            `json:"fsType,omitempty"`
-	Source           *Source           `json:"source,omitempty"`
+	Source           *model.Source     `json:"source,omitempty"`
 	Parameters       map[string]string `json:"parameters,omitempty"`
 	CreatedAt        time.Time         `json:"createdAt"`
 	Stage            *StageInfo        `json:"stage,omitempty"`
@@ -129,13 +114,13 @@ func writeJSON(path string, v any) error {
 
 // loadVolume reads a committed volume's metadata; ErrNotFound if absent.
 func (e *Engine) loadVolume(id string) (*VolumeMeta, error) {
-	if !ValidVolumeID(id) {
-		return nil, errorf(ErrNotFound, "volume %q not found", id)
+	if !model.ValidVolumeID(id) {
+		return nil, model.Errorf(model.ErrNotFound, "volume %q not found", id)
 	}
 	var m VolumeMeta
 	err := readJSON(filepath.Join(e.volumeDir(id), volumeMeta), &m)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, errorf(ErrNotFound, "volume %q not found", id)
+		return nil, model.Errorf(model.ErrNotFound, "volume %q not found", id)
 	}
 	if err != nil {
 		return nil, err
@@ -151,13 +136,13 @@ func (e *Engine) saveVolume(m *VolumeMeta) error {
 }
 
 func (e *Engine) loadSnapshot(id string) (*SnapshotMeta, error) {
-	if !ValidSnapshotID(id) {
-		return nil, errorf(ErrNotFound, "snapshot %q not found", id)
+	if !model.ValidSnapshotID(id) {
+		return nil, model.Errorf(model.ErrNotFound, "snapshot %q not found", id)
 	}
 	var m SnapshotMeta
 	err := readJSON(filepath.Join(e.snapshotDir(id), snapshotMeta), &m)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, errorf(ErrNotFound, "snapshot %q not found", id)
+		return nil, model.Errorf(model.ErrNotFound, "snapshot %q not found", id)
 	}
 	if err != nil {
 		return nil, err

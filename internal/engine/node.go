@@ -18,44 +18,14 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
-
-// StageRequest asks to make a volume usable on this node at StagingPath: a
-// loop device, and for filesystem access a formatted, mounted file system.
-type StageRequest struct {
-	VolumeID    string
-	StagingPath string
-	Block       bool
-	FsType      string
-	MountFlags  []string
-	ReadOnly    bool
-}
-
-// PublishRequest asks to expose a staged volume at TargetPath.
-type PublishRequest struct {
-	VolumeID     string
-	StagingPath  string
-	TargetPath   string
-	Block        bool
-	ReadOnly     bool
-	MountFlags   []string
-	SingleWriter bool // SINGLE_NODE_SINGLE_WRITER: one target at most
-}
-
-// Stats is what NodeGetVolumeStats reports.
-type Stats struct {
-	Block                                 bool
-	TotalBytes, AvailableBytes, UsedBytes int64
-	TotalInodes, FreeInodes, UsedInodes   int64
-	Abnormal                              bool
-	Condition                             string
-}
 
 // StageVolume attaches the volume to a loop device and, for filesystem
 // access, formats it on first use and mounts it at the staging path. A file
 // system smaller than its (expanded) device is grown. Repeating a completed
 // stage is a no-op.
-func (e *Engine) StageVolume(ctx context.Context, req StageRequest) (err error) {
+func (e *Engine) StageVolume(ctx context.Context, req model.StageRequest) (err error) {
 	unlock, err := e.locks.lock(ctx, req.VolumeID)
 	if err != nil {
 		return err
@@ -67,24 +37,21 @@ func (e *Engine) StageVolume(ctx context.Context, req StageRequest) (err error) 
 	}
 	if st := m.Stage; st != nil {
 		if st.Path != req.StagingPath {
-			return errorf(ErrFailedPrecondition, "volume %s is already staged at %s", m.ID, st.Path)
+			return model.Errorf(model.ErrFailedPrecondition, "volume %s is already staged at %s", m.ID, st.Path)
 		}
 		if st.Block != req.Block {
-			return errorf(ErrAlreadyExists, "volume %s is already staged with a different access type", m.ID)
+			return model.Errorf(model.ErrAlreadyExists, "volume %s is already staged with a different access type", m.ID)
 		}
 		if st.State == stateStaged && (st.Block || e.isMounted(st.Path)) {
 			if !slices.Equal(st.MountFlags, req.MountFlags) || st.ReadOnly != req.ReadOnly {
-				return errorf(ErrAlreadyExists, "volume %s is already staged at %s with different mount flags or read-only mode", m.ID, st.Path)
+				return model.Errorf(model.ErrAlreadyExists, "volume %s is already staged at %s with different mount flags or read-only mode", m.ID, st.Path)
 			}
 			return nil
 		}
 	}
 	fsType := req.FsType
 	if fsType == "" {
-		fsType = m.FsType
-	}
-	if fsType == "" {
-		fsType = "ext4"
+		fsType = model.EffectiveFsType(false, m.FsType)
 	}
 	m.Stage = &StageInfo{Path: req.StagingPath, Block: req.Block, FsType: fsType, MountFlags: req.MountFlags, ReadOnly: req.ReadOnly, State: stateStaging}
 	if err := e.saveVolume(m); err != nil {
@@ -115,7 +82,7 @@ func (e *Engine) StageVolume(ctx context.Context, req StageRequest) (err error) 
 	return nil
 }
 
-func (e *Engine) formatAndMount(m *VolumeMeta, dev string, req StageRequest, fsType string) error {
+func (e *Engine) formatAndMount(m *VolumeMeta, dev string, req model.StageRequest, fsType string) error {
 	if err := os.MkdirAll(req.StagingPath, 0o750); err != nil {
 		return err
 	}
@@ -134,7 +101,7 @@ func (e *Engine) formatAndMount(m *VolumeMeta, dev string, req StageRequest, fsT
 		}
 	}
 	opts := append([]string(nil), req.MountFlags...)
-	if fsType == "xfs" && !slices.Contains(opts, "nouuid") {
+	if fsType == model.FsXFS && !slices.Contains(opts, "nouuid") {
 		// Snapshots and clones carry their source's XFS UUID; without
 		// nouuid the kernel refuses to mount them beside the source.
 		opts = append(opts, "nouuid")
@@ -148,7 +115,7 @@ func (e *Engine) formatAndMount(m *VolumeMeta, dev string, req StageRequest, fsT
 		}
 	}
 	faults.Point("stage:after-mount")
-	if fsType == "xfs" && !req.ReadOnly {
+	if fsType == model.FsXFS && !req.ReadOnly {
 		if _, err := mount.NewResizeFs(e.exec).Resize(dev, req.StagingPath); err != nil {
 			return fmt.Errorf("grow xfs on %s: %w", req.StagingPath, err)
 		}
@@ -245,7 +212,7 @@ func (e *Engine) UnstageVolume(ctx context.Context, id, stagingPath string) erro
 		return nil
 	}
 	if len(m.Published) > 0 {
-		return errorf(ErrFailedPrecondition, "volume %s is still published at %s", id, m.Published[0].Target)
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is still published at %s", id, m.Published[0].Target)
 	}
 	if !m.Stage.Block {
 		if err := e.unmountIfMounted(stagingPath); err != nil {
@@ -266,7 +233,7 @@ func (e *Engine) UnstageVolume(ctx context.Context, id, stagingPath string) erro
 
 // PublishVolume bind-mounts the staged file system (or the loop device, for
 // block access) at the target path.
-func (e *Engine) PublishVolume(ctx context.Context, req PublishRequest) error {
+func (e *Engine) PublishVolume(ctx context.Context, req model.PublishRequest) error {
 	unlock, err := e.locks.lock(ctx, req.VolumeID)
 	if err != nil {
 		return err
@@ -278,18 +245,18 @@ func (e *Engine) PublishVolume(ctx context.Context, req PublishRequest) error {
 	}
 	st := m.Stage
 	if st == nil || st.State != stateStaged {
-		return errorf(ErrFailedPrecondition, "volume %s is not staged", m.ID)
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is not staged", m.ID)
 	}
 	if st.Path != req.StagingPath {
-		return errorf(ErrFailedPrecondition, "volume %s is staged at %s, not %s", m.ID, st.Path, req.StagingPath)
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is staged at %s, not %s", m.ID, st.Path, req.StagingPath)
 	}
 	if st.Block != req.Block {
-		return errorf(ErrFailedPrecondition, "volume %s is staged for %s access", m.ID, accessName(st.Block))
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is staged for %s access", m.ID, accessName(st.Block))
 	}
 	for i, p := range m.Published {
 		if p.Target == req.TargetPath {
 			if p.ReadOnly != req.ReadOnly || p.SingleWriter != req.SingleWriter {
-				return errorf(ErrAlreadyExists, "volume %s is already published at %s with different options", m.ID, p.Target)
+				return model.Errorf(model.ErrAlreadyExists, "volume %s is already published at %s with different options", m.ID, p.Target)
 			}
 			if e.isMounted(p.Target) {
 				return nil
@@ -298,7 +265,7 @@ func (e *Engine) PublishVolume(ctx context.Context, req PublishRequest) error {
 			break
 		}
 		if p.SingleWriter || req.SingleWriter {
-			return errorf(ErrFailedPrecondition, "volume %s is published at %s with single-writer access; it cannot be published at a second target", m.ID, p.Target)
+			return model.Errorf(model.ErrFailedPrecondition, "volume %s is published at %s with single-writer access; it cannot be published at a second target", m.ID, p.Target)
 		}
 	}
 	// Record first: reconciliation drops records whose mount never happened.
@@ -397,21 +364,21 @@ func (e *Engine) NodeExpandVolume(ctx context.Context, id, volumePath string, re
 		return 0, err
 	}
 	if required > m.SizeBytes {
-		return 0, errorf(ErrOutOfRange, "capacity_range: volume %s has %d bytes; expand it with ControllerExpandVolume before asking the node for %d", id, m.SizeBytes, required)
+		return 0, model.Errorf(model.ErrOutOfRange, "capacity_range: volume %s has %d bytes; expand it with ControllerExpandVolume before asking the node for %d", id, m.SizeBytes, required)
 	}
 	st := m.Stage
 	if st == nil || st.State != stateStaged {
-		return 0, errorf(ErrFailedPrecondition, "volume %s is not staged on this node", id)
+		return 0, model.Errorf(model.ErrFailedPrecondition, "volume %s is not staged on this node", id)
 	}
 	if !e.servesPath(m, volumePath) {
-		return 0, errorf(ErrNotFound, "volume %s is not available at %s", id, volumePath)
+		return 0, model.Errorf(model.ErrNotFound, "volume %s is not available at %s", id, volumePath)
 	}
 	devs, err := loop.FindByBackingFile(e.volumeData(id))
 	if err != nil {
 		return 0, err
 	}
 	if len(devs) == 0 {
-		return 0, errorf(ErrFailedPrecondition, "volume %s has no loop device", id)
+		return 0, model.Errorf(model.ErrFailedPrecondition, "volume %s has no loop device", id)
 	}
 	dev := devs[0].Path
 	if err := loop.SetCapacity(dev); err != nil {
@@ -420,7 +387,7 @@ func (e *Engine) NodeExpandVolume(ctx context.Context, id, volumePath string, re
 	if !st.Block && !st.ReadOnly {
 		if _, err := mount.NewResizeFs(e.exec).Resize(dev, st.Path); err != nil {
 			msg := err.Error()
-			if st.FsType != "xfs" && strings.Contains(msg, "Permission denied") {
+			if st.FsType != model.FsXFS && strings.Contains(msg, "Permission denied") {
 				msg += " (the kernel refused online ext4 growth; it needs CAP_SYS_RESOURCE. Unstage the volume and stage it again to grow offline)"
 			}
 			return 0, fmt.Errorf("grow %s file system of volume %s at %s: %s", st.FsType, id, st.Path, msg)
@@ -450,18 +417,18 @@ func (e *Engine) servesPath(m *VolumeMeta, path string) bool {
 }
 
 // VolumeStats reports usage of a volume at a staging or target path.
-func (e *Engine) VolumeStats(ctx context.Context, id, path string) (*Stats, error) {
+func (e *Engine) VolumeStats(ctx context.Context, id, path string) (*model.VolumeStats, error) {
 	m, err := e.loadVolume(id)
 	if err != nil {
 		return nil, err
 	}
 	if !e.servesPath(m, path) {
-		return nil, errorf(ErrNotFound, "volume %s is not staged or published at %s", id, path)
+		return nil, model.Errorf(model.ErrNotFound, "volume %s is not staged or published at %s", id, path)
 	}
 	if _, err := os.Stat(path); err != nil {
-		return nil, errorf(ErrNotFound, "volume path %s: %v", path, err)
+		return nil, model.Errorf(model.ErrNotFound, "volume path %s: %v", path, err)
 	}
-	s := &Stats{Block: m.Stage != nil && m.Stage.Block, Condition: "volume is healthy"}
+	s := &model.VolumeStats{Block: m.Stage != nil && m.Stage.Block}
 	if s.Block {
 		size, err := loop.Size(path)
 		if err != nil {
@@ -471,9 +438,7 @@ func (e *Engine) VolumeStats(ctx context.Context, id, path string) (*Stats, erro
 		return s, nil
 	}
 	if !e.isMounted(path) {
-		s.Abnormal = true
-		s.Condition = fmt.Sprintf("%s is not mounted", path)
-		return s, nil
+		return s, nil // no usage to report (volume health is not reported yet)
 	}
 	var sf unix.Statfs_t
 	if err := unix.Statfs(path, &sf); err != nil {

@@ -14,24 +14,25 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // fsVolumeSize is a small size every file system type accepts.
 func fsVolumeSize(fsType string) int64 {
 	if fsType == "xfs" {
-		return MinXFSSize
+		return model.MinXFSSize
 	}
 	return 64 * mib
 }
 
 // stageFS creates and stages a filesystem volume and returns it with its
 // staging path.
-func stageFS(t *testing.T, e *Engine, name, fsType string) (*Volume, string) {
+func stageFS(t *testing.T, e *Engine, name, fsType string) (*model.Volume, string) {
 	t.Helper()
 	ctx := context.Background()
-	v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: name, RequiredBytes: fsVolumeSize(fsType), FsType: fsType}))(t)
+	v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: name, RequiredBytes: fsVolumeSize(fsType), FsType: fsType}))(t)
 	staging := kubePath(e, "staging", name)
-	ok(t, e.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, FsType: fsType}))
+	ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging, FsType: fsType}))
 	return v, staging
 }
 
@@ -73,25 +74,25 @@ func TestStagePublishFilesystem(t *testing.T) {
 			if m, _ := mountAt(staging); m.source != devs[0].Path {
 				t.Fatalf("staging path mounted from %s, want %s", m.source, devs[0].Path)
 			}
-			if got := must(e.GetVolume(ctx, id))(t); got.Stage == nil || got.Stage.State != stateStaged || got.Stage.Path != staging || got.Stage.FsType != fsType {
+			if got := must(e.loadVolume(id))(t); got.Stage == nil || got.Stage.State != stateStaged || got.Stage.Path != staging || got.Stage.FsType != fsType {
 				t.Fatalf("stage record %+v", got.Stage)
 			}
 
 			// Repeating the stage is a no-op; conflicting stages are refused.
-			ok(t, e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType}))
+			ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType}))
 			if n := len(loopsOf(t, e, id)); n != 1 {
 				t.Fatalf("repeated stage left %d loop devices", n)
 			}
-			err := e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: kubePath(e, "elsewhere"), FsType: fsType})
-			wantErr(t, err, ErrFailedPrecondition, "stage at a second path")
-			err = e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: staging, Block: true})
-			wantErr(t, err, ErrAlreadyExists, "stage again for block access")
-			err = e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType, MountFlags: []string{"noatime"}})
-			wantErr(t, err, ErrAlreadyExists, "stage again with other mount flags")
+			err := e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: kubePath(e, "elsewhere"), FsType: fsType})
+			wantErr(t, err, model.ErrFailedPrecondition, "stage at a second path")
+			err = e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: staging, Block: true})
+			wantErr(t, err, model.ErrAlreadyExists, "stage again for block access")
+			err = e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType, MountFlags: []string{"noatime"}})
+			wantErr(t, err, model.ErrAlreadyExists, "stage again with other mount flags")
 
 			// Publish: the target shows the staged file system.
 			target := kubePath(e, "pods", "p1", "mount")
-			pub := PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target}
+			pub := model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target}
 			ok(t, e.PublishVolume(ctx, pub))
 			assertMounted(t, target, fsType)
 			ok(t, e.PublishVolume(ctx, pub)) // idempotent
@@ -101,30 +102,30 @@ func TestStagePublishFilesystem(t *testing.T) {
 				t.Fatal("file written through the target differs in the staging path")
 			}
 
-			err = e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target, ReadOnly: true})
-			wantErr(t, err, ErrAlreadyExists, "publish at the same target read-only")
-			err = e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: kubePath(e, "wrong"), TargetPath: kubePath(e, "pods", "p9")})
-			wantErr(t, err, ErrFailedPrecondition, "publish from the wrong staging path")
-			err = e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: kubePath(e, "pods", "p9"), Block: true})
-			wantErr(t, err, ErrFailedPrecondition, "publish a filesystem stage for block access")
-			err = e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: kubePath(e, "pods", "p9"), SingleWriter: true})
-			wantErr(t, err, ErrFailedPrecondition, "single-writer publish beside another publish")
+			err = e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target, ReadOnly: true})
+			wantErr(t, err, model.ErrAlreadyExists, "publish at the same target read-only")
+			err = e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: kubePath(e, "wrong"), TargetPath: kubePath(e, "pods", "p9")})
+			wantErr(t, err, model.ErrFailedPrecondition, "publish from the wrong staging path")
+			err = e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: kubePath(e, "pods", "p9"), Block: true})
+			wantErr(t, err, model.ErrFailedPrecondition, "publish a filesystem stage for block access")
+			err = e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: kubePath(e, "pods", "p9"), SingleWriter: true})
+			wantErr(t, err, model.ErrFailedPrecondition, "single-writer publish beside another publish")
 
 			// A second, read-only target.
 			roTarget := kubePath(e, "pods", "p2", "mount")
-			ok(t, e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: roTarget, ReadOnly: true}))
+			ok(t, e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: roTarget, ReadOnly: true}))
 			if got := readFile(t, filepath.Join(roTarget, "hello")); !bytes.Equal(got, content) {
 				t.Fatal("read-only target shows other content")
 			}
 			if err := os.WriteFile(filepath.Join(roTarget, "nope"), []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
 				t.Fatalf("write to the read-only target: %v, want EROFS", err)
 			}
-			if got := must(e.GetVolume(ctx, id))(t); len(got.Published) != 2 {
+			if got := must(e.loadVolume(id))(t); len(got.Published) != 2 {
 				t.Fatalf("%d publish records, want 2", len(got.Published))
 			}
 
-			wantErr(t, e.DeleteVolume(ctx, id), ErrFailedPrecondition, "delete a published volume")
-			wantErr(t, e.UnstageVolume(ctx, id, staging), ErrFailedPrecondition, "unstage a published volume")
+			wantErr(t, e.DeleteVolume(ctx, id), model.ErrFailedPrecondition, "delete a published volume")
+			wantErr(t, e.UnstageVolume(ctx, id, staging), model.ErrFailedPrecondition, "unstage a published volume")
 			assertMounted(t, staging, fsType)
 
 			for _, tg := range []string{target, roTarget} {
@@ -135,25 +136,25 @@ func TestStagePublishFilesystem(t *testing.T) {
 				}
 				ok(t, e.UnpublishVolume(ctx, id, tg)) // idempotent
 			}
-			if got := must(e.GetVolume(ctx, id))(t); len(got.Published) != 0 {
+			if got := must(e.loadVolume(id))(t); len(got.Published) != 0 {
 				t.Fatalf("%d publish records after unpublish", len(got.Published))
 			}
-			wantErr(t, e.DeleteVolume(ctx, id), ErrFailedPrecondition, "delete a staged volume")
+			wantErr(t, e.DeleteVolume(ctx, id), model.ErrFailedPrecondition, "delete a staged volume")
 
 			ok(t, e.UnstageVolume(ctx, id, staging))
 			assertNotMounted(t, staging)
 			if n := len(loopsOf(t, e, id)); n != 0 {
 				t.Fatalf("unstaged volume still has %d loop devices", n)
 			}
-			if got := must(e.GetVolume(ctx, id))(t); got.Stage != nil {
+			if got := must(e.loadVolume(id))(t); got.Stage != nil {
 				t.Fatalf("stage record %+v after unstage", got.Stage)
 			}
 			ok(t, e.UnstageVolume(ctx, id, staging)) // idempotent
 			err = e.PublishVolume(ctx, pub)
-			wantErr(t, err, ErrFailedPrecondition, "publish an unstaged volume")
+			wantErr(t, err, model.ErrFailedPrecondition, "publish an unstaged volume")
 
 			// Staging again mounts the same file system: the data is kept.
-			ok(t, e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType}))
+			ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: staging, FsType: fsType}))
 			if got := readFile(t, filepath.Join(staging, "hello")); !bytes.Equal(got, content) {
 				t.Fatal("file lost across unstage and stage: the volume was reformatted?")
 			}
@@ -168,9 +169,9 @@ func TestSingleWriterPublish(t *testing.T) {
 		ctx := context.Background()
 		v, staging := stageFS(t, e, "sw", "ext4")
 		t1, t2 := kubePath(e, "pods", "a"), kubePath(e, "pods", "b")
-		ok(t, e.PublishVolume(ctx, PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: t1, SingleWriter: true}))
-		err := e.PublishVolume(ctx, PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: t2})
-		wantErr(t, err, ErrFailedPrecondition, "second target of a single-writer volume")
+		ok(t, e.PublishVolume(ctx, model.PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: t1, SingleWriter: true}))
+		err := e.PublishVolume(ctx, model.PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: t2})
+		wantErr(t, err, model.ErrFailedPrecondition, "second target of a single-writer volume")
 		assertNotMounted(t, t2)
 		ok(t, e.UnpublishVolume(ctx, v.ID, t1))
 		ok(t, e.UnstageVolume(ctx, v.ID, staging))
@@ -181,23 +182,23 @@ func TestStagePublishBlock(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
 		const size = 64 * mib
-		v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "blk", RequiredBytes: size, Block: true}))(t)
+		v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "blk", RequiredBytes: size, Block: true}))(t)
 		pre := pattern(50, 8192)
 		writeAt(t, e.volumeData(v.ID), 3*mib, pre) // before staging
 
 		staging := kubePath(e, "staging", "blk")
-		ok(t, e.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, Block: true}))
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging, Block: true}))
 		devs := loopsOf(t, e, v.ID)
 		if len(devs) != 1 {
 			t.Fatalf("staged block volume has %d loop devices", len(devs))
 		}
-		ok(t, e.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, Block: true}))
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging, Block: true}))
 		if n := len(loopsOf(t, e, v.ID)); n != 1 {
 			t.Fatalf("repeated stage: %d loop devices", n)
 		}
 
 		target := kubePath(e, "pods", "p1", "dev", "blk")
-		pub := PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, Block: true}
+		pub := model.PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, Block: true}
 		ok(t, e.PublishVolume(ctx, pub))
 		ok(t, e.PublishVolume(ctx, pub))
 		m, mounted := mountAt(target)
@@ -224,7 +225,7 @@ func TestStagePublishBlock(t *testing.T) {
 			t.Fatal("block target reads back other data")
 		}
 		stats := must(e.VolumeStats(ctx, v.ID, target))(t)
-		if !stats.Block || stats.TotalBytes != size || stats.Abnormal {
+		if !stats.Block || stats.TotalBytes != size {
 			t.Fatalf("block volume stats %+v", stats)
 		}
 
@@ -274,7 +275,7 @@ func TestNodeExpandOnline(t *testing.T) {
 			ok(t, os.WriteFile(filepath.Join(staging, "f"), content, 0o644))
 
 			_, err := e.NodeExpandVolume(ctx, v.ID, staging, 2*size)
-			wantErr(t, err, ErrOutOfRange, "node expand beyond the volume's size")
+			wantErr(t, err, model.ErrOutOfRange, "node expand beyond the volume's size")
 
 			res := must(e.ExpandVolume(ctx, v.ID, 2*size, 0))(t)
 			if res.SizeBytes != 2*size || !res.NodeExpansionRequired {
@@ -289,7 +290,7 @@ func TestNodeExpandOnline(t *testing.T) {
 				t.Fatalf("loop device has %d bytes after expand, want %d", got, 2*size)
 			}
 			_, err = e.NodeExpandVolume(ctx, v.ID, kubePath(e, "not-here"), 0)
-			wantErr(t, err, ErrNotFound, "node expand at a path the volume is not at")
+			wantErr(t, err, model.ErrNotFound, "node expand at a path the volume is not at")
 
 			got := must(e.NodeExpandVolume(ctx, v.ID, staging, 2*size))(t)
 			if got != 2*size {
@@ -313,7 +314,7 @@ func TestNodeExpandOnline(t *testing.T) {
 
 			ok(t, e.UnstageVolume(ctx, v.ID, staging))
 			_, err = e.NodeExpandVolume(ctx, v.ID, staging, 0)
-			wantErr(t, err, ErrFailedPrecondition, "node expand of an unstaged volume")
+			wantErr(t, err, model.ErrFailedPrecondition, "node expand of an unstaged volume")
 			ok(t, e.DeleteVolume(ctx, v.ID))
 		})
 	})
@@ -335,7 +336,7 @@ func TestExpandOffline(t *testing.T) {
 			if res.SizeBytes != 2*size || res.NodeExpansionRequired {
 				t.Fatalf("expand of an unstaged volume: %+v", res)
 			}
-			ok(t, e.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, FsType: fsType}))
+			ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging, FsType: fsType}))
 			total1, _ := statfs(t, staging)
 			if total1 < total0+size*9/10 {
 				t.Fatalf("file system has %d bytes after offline growth, had %d; want about %d more", total1, total0, size)
@@ -354,10 +355,10 @@ func TestVolumeStats(t *testing.T) {
 		ctx := context.Background()
 		v, staging := stageFS(t, e, "stats", "ext4")
 		target := kubePath(e, "pods", "stats")
-		ok(t, e.PublishVolume(ctx, PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target}))
+		ok(t, e.PublishVolume(ctx, model.PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target}))
 
 		s0 := must(e.VolumeStats(ctx, v.ID, target))(t)
-		if s0.Block || s0.Abnormal || s0.TotalBytes <= 0 || s0.TotalBytes > v.SizeBytes ||
+		if s0.Block || s0.TotalBytes <= 0 || s0.TotalBytes > v.SizeBytes ||
 			s0.AvailableBytes <= 0 || s0.UsedBytes < 0 || s0.AvailableBytes+s0.UsedBytes > s0.TotalBytes ||
 			s0.TotalInodes <= 0 || s0.FreeInodes <= 0 || s0.UsedInodes != s0.TotalInodes-s0.FreeInodes {
 			t.Fatalf("stats of a fresh volume: %+v", s0)
@@ -374,21 +375,21 @@ func TestVolumeStats(t *testing.T) {
 		}
 
 		_, err = e.VolumeStats(ctx, v.ID, kubePath(e, "pods", "other"))
-		wantErr(t, err, ErrNotFound, "stats at a path the volume is not at")
-		_, err = e.VolumeStats(ctx, VolumeIDForName("missing"), staging)
-		wantErr(t, err, ErrNotFound, "stats of a missing volume")
+		wantErr(t, err, model.ErrNotFound, "stats at a path the volume is not at")
+		_, err = e.VolumeStats(ctx, model.VolumeIDForName("missing"), staging)
+		wantErr(t, err, model.ErrNotFound, "stats of a missing volume")
 
-		// A lost mount is reported as abnormal, not as the host's file
+		// A lost mount reports no usage, not the host's file
 		// system.
 		ok(t, unix.Unmount(target, unix.MNT_DETACH)) // lazily: a passing reader must not fail the test
 		s2 := must(e.VolumeStats(ctx, v.ID, target))(t)
-		if !s2.Abnormal {
+		if s2.TotalBytes != 0 || s2.AvailableBytes != 0 || s2.TotalInodes != 0 {
 			t.Fatalf("stats of an unmounted target: %+v", s2)
 		}
 		ok(t, e.UnpublishVolume(ctx, v.ID, target))
 		ok(t, e.UnstageVolume(ctx, v.ID, staging))
 		_, err = e.VolumeStats(ctx, v.ID, staging)
-		wantErr(t, err, ErrNotFound, "stats of an unstaged volume")
+		wantErr(t, err, model.ErrNotFound, "stats of an unstaged volume")
 		ok(t, e.DeleteVolume(ctx, v.ID))
 	})
 }
@@ -408,10 +409,10 @@ func TestSnapshotOfStagedFilesystem(t *testing.T) {
 			// The file system is writable again.
 			writeWithin(t, staging, "after-snapshot", []byte("x"), 10*time.Second)
 
-			clone := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "live-clone-" + fsType, SourceVolumeID: v.ID}))(t)
+			clone := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "live-clone-" + fsType, SourceVolumeID: v.ID}))(t)
 			writeWithin(t, staging, "after-clone", []byte("y"), 10*time.Second)
 
-			restore := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "live-restore-" + fsType, SourceSnapshotID: snap.ID}))(t)
+			restore := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "live-restore-" + fsType, SourceSnapshotID: snap.ID}))(t)
 			for _, c := range []struct {
 				id, name string
 				has      []string
@@ -422,7 +423,7 @@ func TestSnapshotOfStagedFilesystem(t *testing.T) {
 			} {
 				p := kubePath(e, "staging", c.name+"-"+fsType)
 				// Beside the still mounted source: XFS needs nouuid for that.
-				ok(t, e.StageVolume(ctx, StageRequest{VolumeID: c.id, StagingPath: p, FsType: fsType}))
+				ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: c.id, StagingPath: p, FsType: fsType}))
 				if got, err := os.ReadFile(filepath.Join(p, "before")); err != nil || !bytes.Equal(got, before) {
 					t.Errorf("%s: file written before the snapshot: err %v, %d bytes, equal %v", c.name, err, len(got), bytes.Equal(got, before))
 				}
@@ -469,9 +470,9 @@ func TestSnapshotOfStagedVolumeWithLostMount(t *testing.T) {
 		// The data root was not frozen: writing to it does not block.
 		writeWithin(t, e.Root(), "probe", []byte("x"), 5*time.Second)
 
-		r := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "lost-restore", SourceSnapshotID: snap.ID}))(t)
+		r := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "lost-restore", SourceSnapshotID: snap.ID}))(t)
 		p := kubePath(e, "staging", "lost-restore")
-		ok(t, e.StageVolume(ctx, StageRequest{VolumeID: r.ID, StagingPath: p}))
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: r.ID, StagingPath: p}))
 		if got := readFile(t, filepath.Join(p, "f")); !bytes.Equal(got, content) {
 			t.Error("restored snapshot lacks the file")
 		}
@@ -494,8 +495,8 @@ func TestUnpublishUnstageTouchOnlyRecordedPaths(t *testing.T) {
 	ok(t, os.MkdirAll(other, 0o750))
 	ok(t, unix.Mount("tmpfs", other, "tmpfs", 0, "size=1m"))
 	defer unix.Unmount(other, 0)
-	v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "known", RequiredBytes: mib}))(t)
-	for _, id := range []string{"x", VolumeIDForName("unknown"), v.ID} {
+	v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "known", RequiredBytes: mib}))(t)
+	for _, id := range []string{"x", model.VolumeIDForName("unknown"), v.ID} {
 		ok(t, e.UnpublishVolume(ctx, id, file))
 		ok(t, e.UnpublishVolume(ctx, id, other))
 		ok(t, e.UnstageVolume(ctx, id, other))

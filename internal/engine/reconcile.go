@@ -10,6 +10,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // reconcile repairs what a crash may have left: half-built objects in tmp/
@@ -34,7 +35,7 @@ func (e *Engine) reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	ids, err := e.listIDs(volumesDir, ValidVolumeID)
+	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Half-built objects in tmp/ and half-deleted ones in trash/ are removed at
@@ -16,16 +17,16 @@ import (
 func TestReconcileRemovesLeftovers(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		keep := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "keep", RequiredBytes: 4 * mib, Block: true}))(t)
+		keep := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "keep", RequiredBytes: 4 * mib, Block: true}))(t)
 		want := fillVolume(t, e, keep.ID, 5)
 
-		half := filepath.Join(e.root, tmpDir, volumesDir+"-"+VolumeIDForName("half"))
+		half := filepath.Join(e.root, tmpDir, volumesDir+"-"+model.VolumeIDForName("half"))
 		ok(t, os.MkdirAll(half, 0o700))
 		ok(t, os.WriteFile(filepath.Join(half, dataFile), make([]byte, mib), 0o600))
 		dev, err := loop.Attach(filepath.Join(half, dataFile), false, "test")
 		ok(t, err)
 		ok(t, os.WriteFile(filepath.Join(e.root, tmpDir, "stray-file"), []byte("x"), 0o600))
-		gone := filepath.Join(e.root, trashDir, "snapshots-"+SnapshotIDForName("gone")+"-1-1")
+		gone := filepath.Join(e.root, trashDir, "snapshots-"+model.SnapshotIDForName("gone")+"-1-1")
 		ok(t, os.MkdirAll(filepath.Join(gone, "sub"), 0o700))
 		ok(t, os.WriteFile(filepath.Join(gone, dataFile), []byte("old"), 0o600))
 
@@ -36,7 +37,7 @@ func TestReconcileRemovesLeftovers(t *testing.T) {
 		}
 		got := must(e2.GetVolume(ctx, keep.ID))(t)
 		if got.SizeBytes != 4*mib {
-			t.Fatalf("committed volume changed: %+v", got.VolumeMeta)
+			t.Fatalf("committed volume changed: %+v", got)
 		}
 		assertContent(t, e2.volumeData(keep.ID), want)
 		if list := must(e2.ListVolumes(ctx))(t); len(list) != 1 {
@@ -52,16 +53,16 @@ func TestReconcileFinishesExpansion(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
 		// Intent recorded, file not grown yet.
-		a := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "a", RequiredBytes: 8 * mib, Block: true}))(t)
+		a := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "a", RequiredBytes: 8 * mib, Block: true}))(t)
 		want := fillVolume(t, e, a.ID, 9)
 		ma := must(e.loadVolume(a.ID))(t)
 		ma.PendingSizeBytes = 24 * mib
 		ok(t, e.saveVolume(ma))
 
 		// File grown too, loop device (of a staged block volume) not.
-		b := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "b", RequiredBytes: 8 * mib, Block: true}))(t)
+		b := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "b", RequiredBytes: 8 * mib, Block: true}))(t)
 		staging := kubePath(e, "staging", "b")
-		ok(t, e.StageVolume(ctx, StageRequest{VolumeID: b.ID, StagingPath: staging, Block: true}))
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: b.ID, StagingPath: staging, Block: true}))
 		mb := must(e.loadVolume(b.ID))(t)
 		mb.PendingSizeBytes = 16 * mib
 		ok(t, e.saveVolume(mb))
@@ -72,7 +73,7 @@ func TestReconcileFinishesExpansion(t *testing.T) {
 			id   string
 			size int64
 		}{{a.ID, 24 * mib}, {b.ID, 16 * mib}} {
-			m := must(e2.GetVolume(ctx, c.id))(t)
+			m := must(e2.loadVolume(c.id))(t)
 			if m.SizeBytes != c.size || m.PendingSizeBytes != 0 {
 				t.Fatalf("after reconcile: size %d pending %d, want %d and 0", m.SizeBytes, m.PendingSizeBytes, c.size)
 			}
@@ -98,9 +99,9 @@ func TestReconcileRollsBackInterruptedStage(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
 		fsVol, fsStaging := stageFS(t, e, "fs", "ext4")
-		blk := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "blk", RequiredBytes: 4 * mib, Block: true}))(t)
+		blk := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "blk", RequiredBytes: 4 * mib, Block: true}))(t)
 		blkStaging := kubePath(e, "staging", "blk")
-		ok(t, e.StageVolume(ctx, StageRequest{VolumeID: blk.ID, StagingPath: blkStaging, Block: true}))
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: blk.ID, StagingPath: blkStaging, Block: true}))
 		for _, id := range []string{fsVol.ID, blk.ID} {
 			m := must(e.loadVolume(id))(t)
 			m.Stage.State = stateStaging
@@ -113,13 +114,13 @@ func TestReconcileRollsBackInterruptedStage(t *testing.T) {
 			if n := len(loopsOf(t, e2, id)); n != 0 {
 				t.Fatalf("volume %s has %d loop devices after its stage was rolled back", id, n)
 			}
-			if m := must(e2.GetVolume(ctx, id))(t); m.Stage != nil {
+			if m := must(e2.loadVolume(id))(t); m.Stage != nil {
 				t.Fatalf("stage record %+v survived the roll-back", m.Stage)
 			}
 		}
 		// The volume can be staged again and keeps its file system.
 		ok(t, os.Remove(fsStaging))
-		ok(t, e2.StageVolume(ctx, StageRequest{VolumeID: fsVol.ID, StagingPath: fsStaging}))
+		ok(t, e2.StageVolume(ctx, model.StageRequest{VolumeID: fsVol.ID, StagingPath: fsStaging}))
 		assertMounted(t, fsStaging, "ext4")
 		ok(t, e2.UnstageVolume(ctx, fsVol.ID, fsStaging))
 		ok(t, e2.DeleteVolume(ctx, fsVol.ID))
@@ -133,7 +134,7 @@ func TestReconcileRollsBackInterruptedStage(t *testing.T) {
 func TestReconcileDetachesStrayLoopDevices(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		idle := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "idle", RequiredBytes: 4 * mib, Block: true}))(t)
+		idle := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "idle", RequiredBytes: 4 * mib, Block: true}))(t)
 		d, err := loop.Attach(e.volumeData(idle.ID), false, "stray")
 		ok(t, err)
 		snap := must(e.CreateSnapshot(ctx, "snap", idle.ID, nil))(t)
@@ -142,7 +143,7 @@ func TestReconcileDetachesStrayLoopDevices(t *testing.T) {
 
 		live, staging := stageFS(t, e, "live", "ext4")
 		target := kubePath(e, "pods", "live")
-		ok(t, e.PublishVolume(ctx, PublishRequest{VolumeID: live.ID, StagingPath: staging, TargetPath: target}))
+		ok(t, e.PublishVolume(ctx, model.PublishRequest{VolumeID: live.ID, StagingPath: staging, TargetPath: target}))
 		m := must(e.loadVolume(live.ID))(t)
 		m.Published = append(m.Published, PublishInfo{Target: kubePath(e, "pods", "vanished")})
 		ok(t, e.saveVolume(m))
@@ -160,7 +161,7 @@ func TestReconcileDetachesStrayLoopDevices(t *testing.T) {
 		}
 		assertMounted(t, staging, "ext4")
 		assertMounted(t, target, "ext4")
-		got := must(e2.GetVolume(ctx, live.ID))(t)
+		got := must(e2.loadVolume(live.ID))(t)
 		if got.Stage == nil || got.Stage.State != stateStaged || len(got.Published) != 1 || got.Published[0].Target != target {
 			t.Fatalf("staged volume's records after reconcile: stage %+v, published %+v", got.Stage, got.Published)
 		}

@@ -14,27 +14,22 @@ import (
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
-
-// Snapshot is a local snapshot as callers see it.
-type Snapshot struct {
-	SnapshotMeta
-	AllocatedBytes int64
-}
 
 // CreateSnapshot takes a crash-consistent snapshot of a volume (frozen if
 // mounted) or, if a snapshot with the same name exists for the same source,
 // returns it. A name already used for another source is AlreadyExists.
-func (e *Engine) CreateSnapshot(ctx context.Context, name, sourceVolumeID string, params map[string]string) (*Snapshot, error) {
+func (e *Engine) CreateSnapshot(ctx context.Context, name, sourceVolumeID string, params map[string]string) (*model.Snapshot, error) {
 	if name == "" {
-		return nil, errorf(ErrInvalidArgument, "name is required")
+		return nil, model.Errorf(model.ErrInvalidArgument, "name is required")
 	}
 	if sourceVolumeID == "" {
-		return nil, errorf(ErrInvalidArgument, "source_volume_id is required")
+		return nil, model.Errorf(model.ErrInvalidArgument, "source_volume_id is required")
 	}
-	id := SnapshotIDForName(name)
+	id := model.SnapshotIDForName(name)
 	keys := []string{id}
-	if ValidVolumeID(sourceVolumeID) {
+	if model.ValidVolumeID(sourceVolumeID) {
 		keys = append(keys, sourceVolumeID)
 	}
 	unlock, err := e.locks.lock(ctx, keys...)
@@ -45,7 +40,7 @@ func (e *Engine) CreateSnapshot(ctx context.Context, name, sourceVolumeID string
 
 	if existing, err := e.loadSnapshot(id); err == nil {
 		if existing.SourceVolumeID != sourceVolumeID {
-			return nil, errorf(ErrAlreadyExists, "snapshot name %q is already used for volume %s", name, existing.SourceVolumeID)
+			return nil, model.Errorf(model.ErrAlreadyExists, "snapshot name %q is already used for volume %s", name, existing.SourceVolumeID)
 		}
 		return e.describeSnapshot(existing), nil
 	} else if !isNotFound(err) {
@@ -53,7 +48,7 @@ func (e *Engine) CreateSnapshot(ctx context.Context, name, sourceVolumeID string
 	}
 	vol, err := e.loadVolume(sourceVolumeID)
 	if err != nil {
-		return nil, errorf(ErrNotFound, "source_volume_id: volume %q not found", sourceVolumeID)
+		return nil, model.Errorf(model.ErrNotFound, "source_volume_id: volume %q not found", sourceVolumeID)
 	}
 	meta := &SnapshotMeta{
 		FormatVersion:  FormatVersion,
@@ -93,13 +88,16 @@ func (e *Engine) CreateSnapshot(ctx context.Context, name, sourceVolumeID string
 	return e.describeSnapshot(meta), nil
 }
 
-func (e *Engine) describeSnapshot(m *SnapshotMeta) *Snapshot {
+func (e *Engine) describeSnapshot(m *SnapshotMeta) *model.Snapshot {
 	alloc, _ := fsops.AllocatedBytes(filepath.Join(e.snapshotDir(m.ID), dataFile))
-	return &Snapshot{SnapshotMeta: *m, AllocatedBytes: alloc}
+	return &model.Snapshot{
+		ID: m.ID, Name: m.Name, SourceVolumeID: m.SourceVolumeID, SizeBytes: m.SizeBytes, Block: m.Block,
+		FsType: m.FsType, Parameters: m.Parameters, CreatedAt: m.CreatedAt, AllocatedBytes: alloc,
+	}
 }
 
 // GetSnapshot returns a snapshot.
-func (e *Engine) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) {
+func (e *Engine) GetSnapshot(ctx context.Context, id string) (*model.Snapshot, error) {
 	m, err := e.loadSnapshot(id)
 	if err != nil {
 		return nil, err
@@ -108,12 +106,12 @@ func (e *Engine) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) 
 }
 
 // ListSnapshots returns all snapshots sorted by ID.
-func (e *Engine) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
-	ids, err := e.listIDs(snapshotsDir, ValidSnapshotID)
+func (e *Engine) ListSnapshots(ctx context.Context) ([]*model.Snapshot, error) {
+	ids, err := e.listIDs(snapshotsDir, model.ValidSnapshotID)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Snapshot, 0, len(ids))
+	out := make([]*model.Snapshot, 0, len(ids))
 	for _, id := range ids {
 		m, err := e.loadSnapshot(id)
 		if isNotFound(err) {
@@ -130,7 +128,7 @@ func (e *Engine) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
 // DeleteSnapshot deletes a snapshot; deleting a missing one succeeds.
 // Volumes restored from it are independent and stay.
 func (e *Engine) DeleteSnapshot(ctx context.Context, id string) error {
-	if !ValidSnapshotID(id) {
+	if !model.ValidSnapshotID(id) {
 		return nil
 	}
 	unlock, err := e.locks.lock(ctx, id)
@@ -175,4 +173,4 @@ func (e *Engine) flushLoop(id string) error {
 	return nil
 }
 
-func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+func isNotFound(err error) bool { return errors.Is(err, model.ErrNotFound) }

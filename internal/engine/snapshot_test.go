@@ -8,17 +8,18 @@ import (
 	"testing"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 func TestSnapshotAndRestore(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		src := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "src", RequiredBytes: 64 * mib, Block: true}))(t)
+		src := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "src", RequiredBytes: 64 * mib, Block: true}))(t)
 		want := fillVolume(t, e, src.ID, 11)
 
 		snap := must(e.CreateSnapshot(ctx, "snap-1", src.ID, map[string]string{"type": "snap"}))(t)
-		if snap.ID != SnapshotIDForName("snap-1") || snap.SourceVolumeID != src.ID || snap.SizeBytes != 64*mib || !snap.Block || snap.Parameters["type"] != "snap" {
-			t.Fatalf("snapshot %+v", snap.SnapshotMeta)
+		if snap.ID != model.SnapshotIDForName("snap-1") || snap.SourceVolumeID != src.ID || snap.SizeBytes != 64*mib || !snap.Block || snap.Parameters["type"] != "snap" {
+			t.Fatalf("snapshot %+v", snap)
 		}
 		path := must(e.SnapshotDataPath(snap.ID))(t)
 		assertContent(t, path, want)
@@ -26,21 +27,21 @@ func TestSnapshotAndRestore(t *testing.T) {
 		// Idempotent for the same source; the name is taken for others.
 		again := must(e.CreateSnapshot(ctx, "snap-1", src.ID, nil))(t)
 		if again.ID != snap.ID || !again.CreatedAt.Equal(snap.CreatedAt) {
-			t.Fatalf("repeated snapshot returned %+v", again.SnapshotMeta)
+			t.Fatalf("repeated snapshot returned %+v", again)
 		}
-		other := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "other", RequiredBytes: mib, Block: true}))(t)
+		other := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "other", RequiredBytes: mib, Block: true}))(t)
 		_, err := e.CreateSnapshot(ctx, "snap-1", other.ID, nil)
-		wantErr(t, err, ErrAlreadyExists, "snapshot name reused for another volume")
-		_, err = e.CreateSnapshot(ctx, "snap-x", VolumeIDForName("missing"), nil)
-		wantErr(t, err, ErrNotFound, "snapshot of a missing volume")
+		wantErr(t, err, model.ErrAlreadyExists, "snapshot name reused for another volume")
+		_, err = e.CreateSnapshot(ctx, "snap-x", model.VolumeIDForName("missing"), nil)
+		wantErr(t, err, model.ErrNotFound, "snapshot of a missing volume")
 		_, err = e.CreateSnapshot(ctx, "", src.ID, nil)
-		wantErr(t, err, ErrInvalidArgument, "snapshot without a name")
+		wantErr(t, err, model.ErrInvalidArgument, "snapshot without a name")
 		_, err = e.CreateSnapshot(ctx, "snap-y", "", nil)
-		wantErr(t, err, ErrInvalidArgument, "snapshot without a source")
+		wantErr(t, err, model.ErrInvalidArgument, "snapshot without a source")
 
 		got := must(e.GetSnapshot(ctx, snap.ID))(t)
 		if got.SourceVolumeID != src.ID || got.SizeBytes != snap.SizeBytes {
-			t.Fatalf("GetSnapshot = %+v", got.SnapshotMeta)
+			t.Fatalf("GetSnapshot = %+v", got)
 		}
 		if list := must(e.ListSnapshots(ctx))(t); len(list) != 1 || list[0].ID != snap.ID {
 			t.Fatalf("ListSnapshots returned %d snapshots", len(list))
@@ -53,20 +54,20 @@ func TestSnapshotAndRestore(t *testing.T) {
 		assertContent(t, path, want)
 
 		// Restore into a volume of the same size.
-		eq := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-eq", RequiredBytes: 64 * mib, Block: true, SourceSnapshotID: snap.ID}))(t)
-		if eq.SizeBytes != 64*mib || eq.Source == nil || *eq.Source != (Source{Kind: "snapshot", ID: snap.ID}) {
-			t.Fatalf("restored volume %+v", eq.VolumeMeta)
+		eq := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-eq", RequiredBytes: 64 * mib, Block: true, SourceSnapshotID: snap.ID}))(t)
+		if eq.SizeBytes != 64*mib || eq.Source == nil || *eq.Source != (model.Source{Kind: model.SourceSnapshot, ID: snap.ID}) {
+			t.Fatalf("restored volume %+v", eq)
 		}
 		assertContent(t, e.volumeData(eq.ID), want)
 		// Repeating the restore returns the same volume.
-		if again := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-eq", RequiredBytes: 64 * mib, Block: true, SourceSnapshotID: snap.ID}))(t); again.ID != eq.ID {
+		if again := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-eq", RequiredBytes: 64 * mib, Block: true, SourceSnapshotID: snap.ID}))(t); again.ID != eq.ID {
 			t.Fatalf("repeated restore returned another volume")
 		}
 
 		// No size asked, or less than the snapshot without a limit: the
 		// snapshot's size.
 		for _, req := range []int64{0, 32 * mib} {
-			v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: fmt.Sprintf("restore-small-%d", req), RequiredBytes: req, Block: true, SourceSnapshotID: snap.ID}))(t)
+			v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: fmt.Sprintf("restore-small-%d", req), RequiredBytes: req, Block: true, SourceSnapshotID: snap.ID}))(t)
 			if v.SizeBytes != 64*mib {
 				t.Fatalf("restore asking for %d bytes got %d", req, v.SizeBytes)
 			}
@@ -75,7 +76,7 @@ func TestSnapshotAndRestore(t *testing.T) {
 		}
 
 		// Restore into a larger volume: the data, then zeros.
-		big := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-big", RequiredBytes: 160 * mib, Block: true, SourceSnapshotID: snap.ID}))(t)
+		big := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-big", RequiredBytes: 160 * mib, Block: true, SourceSnapshotID: snap.ID}))(t)
 		if big.SizeBytes != 160*mib || fileSize(t, e.volumeData(big.ID)) != 160*mib {
 			t.Fatalf("larger restore has size %d", big.SizeBytes)
 		}
@@ -83,10 +84,10 @@ func TestSnapshotAndRestore(t *testing.T) {
 		assertZeros(t, e.volumeData(big.ID), 64*mib, 96*mib)
 
 		// Restore into a smaller volume is refused.
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-smaller", RequiredBytes: 32 * mib, LimitBytes: 32 * mib, Block: true, SourceSnapshotID: snap.ID})
-		wantErr(t, err, ErrOutOfRange, "restore into a smaller volume")
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-missing", SourceSnapshotID: SnapshotIDForName("missing")})
-		wantErr(t, err, ErrNotFound, "restore from a missing snapshot")
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-smaller", RequiredBytes: 32 * mib, LimitBytes: 32 * mib, Block: true, SourceSnapshotID: snap.ID})
+		wantErr(t, err, model.ErrOutOfRange, "restore into a smaller volume")
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-missing", SourceSnapshotID: model.SnapshotIDForName("missing")})
+		wantErr(t, err, model.ErrNotFound, "restore from a missing snapshot")
 
 		// Restored volumes are independent of the snapshot and each other.
 		writeAt(t, e.volumeData(eq.ID), 0, pattern(97, 4096))
@@ -99,12 +100,12 @@ func TestSnapshotAndRestore(t *testing.T) {
 		assertContent(t, path, want)
 		ok(t, e.DeleteSnapshot(ctx, snap.ID))
 		_, err = e.GetSnapshot(ctx, snap.ID)
-		wantErr(t, err, ErrNotFound, "get deleted snapshot")
+		wantErr(t, err, model.ErrNotFound, "get deleted snapshot")
 		if _, err := os.Stat(e.snapshotDir(snap.ID)); !os.IsNotExist(err) {
 			t.Fatalf("deleted snapshot's directory still there: %v", err)
 		}
 		ok(t, e.DeleteSnapshot(ctx, snap.ID))
-		ok(t, e.DeleteSnapshot(ctx, SnapshotIDForName("never")))
+		ok(t, e.DeleteSnapshot(ctx, model.SnapshotIDForName("never")))
 		assertPrefix(t, e.volumeData(big.ID), want)
 		assertNoLeftovers(t, e)
 		for _, id := range []string{eq.ID, big.ID, other.ID} {
@@ -118,16 +119,16 @@ func TestSnapshotAndRestore(t *testing.T) {
 func TestRestoreKeepsFsType(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		src := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "fs-src", RequiredBytes: MinXFSSize, FsType: "xfs"}))(t)
+		src := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "fs-src", RequiredBytes: model.MinXFSSize, FsType: "xfs"}))(t)
 		snap := must(e.CreateSnapshot(ctx, "fs-snap", src.ID, nil))(t)
 		if snap.FsType != "xfs" || snap.Block {
 			t.Fatalf("snapshot of an xfs volume: fs %q block %v", snap.FsType, snap.Block)
 		}
-		r := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "fs-restore", FsType: "ext4", SourceSnapshotID: snap.ID}))(t)
-		if r.FsType != "xfs" || r.SizeBytes != MinXFSSize {
+		r := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "fs-restore", FsType: "ext4", SourceSnapshotID: snap.ID}))(t)
+		if r.FsType != "xfs" || r.SizeBytes != model.MinXFSSize {
 			t.Fatalf("restore of an xfs snapshot: fs %q size %d", r.FsType, r.SizeBytes)
 		}
-		c := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "fs-clone", SourceVolumeID: src.ID}))(t)
+		c := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "fs-clone", SourceVolumeID: src.ID}))(t)
 		if c.FsType != "xfs" {
 			t.Fatalf("clone of an xfs volume has fs %q", c.FsType)
 		}
@@ -137,15 +138,15 @@ func TestRestoreKeepsFsType(t *testing.T) {
 func TestClone(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		src := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "src", RequiredBytes: 48 * mib, Block: true}))(t)
+		src := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "src", RequiredBytes: 48 * mib, Block: true}))(t)
 		want := fillVolume(t, e, src.ID, 21)
 
-		c := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone", Block: true, SourceVolumeID: src.ID}))(t)
-		if c.SizeBytes != 48*mib || c.Source == nil || *c.Source != (Source{Kind: "volume", ID: src.ID}) {
-			t.Fatalf("clone %+v", c.VolumeMeta)
+		c := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone", Block: true, SourceVolumeID: src.ID}))(t)
+		if c.SizeBytes != 48*mib || c.Source == nil || *c.Source != (model.Source{Kind: model.SourceVolume, ID: src.ID}) {
+			t.Fatalf("clone %+v", c)
 		}
 		assertContent(t, e.volumeData(c.ID), want)
-		if again := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone", Block: true, SourceVolumeID: src.ID}))(t); again.ID != c.ID || !again.CreatedAt.Equal(c.CreatedAt) {
+		if again := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone", Block: true, SourceVolumeID: src.ID}))(t); again.ID != c.ID || !again.CreatedAt.Equal(c.CreatedAt) {
 			t.Fatalf("repeated clone returned another volume")
 		}
 
@@ -162,13 +163,13 @@ func TestClone(t *testing.T) {
 		assertContent(t, e.volumeData(c.ID), cloneWant)
 
 		// A clone can be larger than its source.
-		big := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone-big", RequiredBytes: 96 * mib, Block: true, SourceVolumeID: src.ID}))(t)
+		big := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone-big", RequiredBytes: 96 * mib, Block: true, SourceVolumeID: src.ID}))(t)
 		assertPrefix(t, e.volumeData(big.ID), srcWant)
 		assertZeros(t, e.volumeData(big.ID), 48*mib, 48*mib)
-		_, err := e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone-small", RequiredBytes: 16 * mib, LimitBytes: 16 * mib, Block: true, SourceVolumeID: src.ID})
-		wantErr(t, err, ErrOutOfRange, "clone into a smaller volume")
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone-missing", SourceVolumeID: VolumeIDForName("missing")})
-		wantErr(t, err, ErrNotFound, "clone of a missing volume")
+		_, err := e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone-small", RequiredBytes: 16 * mib, LimitBytes: 16 * mib, Block: true, SourceVolumeID: src.ID})
+		wantErr(t, err, model.ErrOutOfRange, "clone into a smaller volume")
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone-missing", SourceVolumeID: model.VolumeIDForName("missing")})
+		wantErr(t, err, model.ErrNotFound, "clone of a missing volume")
 
 		// The clone outlives its source.
 		ok(t, e.DeleteVolume(ctx, src.ID))
@@ -205,16 +206,16 @@ func dataRanges(t *testing.T, path string) [][2]int64 {
 func TestSparseCloneAndCloneMode(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		wantMode := CloneCopy
+		wantMode := model.CloneCopy
 		if e.reflink {
-			wantMode = CloneReflink
+			wantMode = model.CloneReflink
 		}
 		if got := e.CloneMode(); got != wantMode {
 			t.Fatalf("CloneMode() = %s, want %s", got, wantMode)
 		}
 
 		const size = 512 * mib
-		src := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "sparse", RequiredBytes: size, Block: true}))(t)
+		src := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "sparse", RequiredBytes: size, Block: true}))(t)
 		path := e.volumeData(src.ID)
 		written := int64(0)
 		regions := map[int64][]byte{}
@@ -255,11 +256,11 @@ func TestSparseCloneAndCloneMode(t *testing.T) {
 			assertZeros(t, p, 200*mib, 64*mib) // a hole reads as zeros
 		}
 
-		clone := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "sparse-clone", Block: true, SourceVolumeID: src.ID}))(t)
+		clone := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "sparse-clone", Block: true, SourceVolumeID: src.ID}))(t)
 		check("clone", e.volumeData(clone.ID), clone.AllocatedBytes)
 		snap := must(e.CreateSnapshot(ctx, "sparse-snap", src.ID, nil))(t)
 		check("snapshot", filepath.Join(e.snapshotDir(snap.ID), dataFile), snap.AllocatedBytes)
-		restore := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "sparse-restore", Block: true, SourceSnapshotID: snap.ID}))(t)
+		restore := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "sparse-restore", Block: true, SourceSnapshotID: snap.ID}))(t)
 		check("restore", e.volumeData(restore.ID), restore.AllocatedBytes)
 
 		if e.reflink {
@@ -268,10 +269,10 @@ func TestSparseCloneAndCloneMode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if e2.CloneMode() != CloneCopy {
+			if e2.CloneMode() != model.CloneCopy {
 				t.Fatalf("ForceCopy engine has clone mode %s", e2.CloneMode())
 			}
-			c2 := must(e2.CreateVolume(ctx, CreateVolumeRequest{Name: "sparse-copy", Block: true, SourceVolumeID: src.ID}))(t)
+			c2 := must(e2.CreateVolume(ctx, model.CreateVolumeRequest{Name: "sparse-copy", Block: true, SourceVolumeID: src.ID}))(t)
 			check("forced copy", e2.volumeData(c2.ID), c2.AllocatedBytes)
 		}
 	})

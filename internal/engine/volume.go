@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,109 +13,22 @@ import (
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
 )
-
-// Size rules.
-const (
-	// DefaultVolumeSize is used when a request names no size.
-	DefaultVolumeSize = 1 << 30
-	// MinXFSSize is the smallest file system mkfs.xfs accepts.
-	MinXFSSize = 300 << 20
-	sizeAlign  = 1 << 20
-	minAlign   = 4096
-	// MaxVolumeSize is the largest size a volume can have: the largest
-	// multiple of 1 MiB an int64 holds, so that no size up to it overflows
-	// when it is rounded up.
-	MaxVolumeSize = math.MaxInt64 &^ (sizeAlign - 1)
-)
-
-// CreateVolumeRequest asks for a new volume.
-type CreateVolumeRequest struct {
-	Name          string
-	RequiredBytes int64
-	LimitBytes    int64 // 0: no limit
-	Block         bool
-	FsType        string // for filesystem volumes; "" means ext4
-	Parameters    map[string]string
-	// At most one source.
-	SourceSnapshotID string
-	SourceVolumeID   string
-}
-
-// Volume is a volume as callers see it.
-type Volume struct {
-	VolumeMeta
-	// AllocatedBytes is what the volume's file occupies on disk.
-	AllocatedBytes int64
-	// Abnormal and Condition describe the volume's health.
-	Abnormal  bool
-	Condition string
-}
-
-// PickSize applies Cairn's sizing rules to a request: default 1 GiB, rounded
-// up to 1 MiB (or 4 KiB when the limit is tighter), at least 300 MiB for XFS,
-// within limit, at most MaxVolumeSize (checked before rounding, so that the
-// rounding cannot overflow). It is exported so validation and the engine
-// agree; every size the engine rounds goes through it.
-func PickSize(required, limit int64, fsType string) (int64, error) {
-	if required < 0 || limit < 0 {
-		return 0, errorf(ErrOutOfRange, "capacity_range: negative bytes (required %d, limit %d)", required, limit)
-	}
-	if required > MaxVolumeSize {
-		return 0, errorf(ErrOutOfRange, "capacity_range.required_bytes %d exceeds the largest volume size, %d bytes", required, int64(MaxVolumeSize))
-	}
-	if limit > 0 && required > limit {
-		return 0, errorf(ErrOutOfRange, "capacity_range: required_bytes %d exceeds limit_bytes %d", required, limit)
-	}
-	size := required
-	if size == 0 {
-		size = DefaultVolumeSize
-		if limit > 0 && limit < size {
-			// Any size up to the limit will do: round the limit down (to
-			// 1 MiB, else 4 KiB) so the rounding up below stays within it.
-			size = limit
-			for _, align := range []int64{sizeAlign, minAlign} {
-				if s := limit / align * align; s > 0 {
-					size = s
-					break
-				}
-			}
-		}
-	}
-	if fsType == "xfs" && size < MinXFSSize {
-		size = MinXFSSize
-	}
-	for _, align := range []int64{sizeAlign, minAlign} {
-		s := (size + align - 1) / align * align
-		if limit == 0 || s <= limit {
-			return s, nil
-		}
-	}
-	if fsType == "xfs" && limit < MinXFSSize {
-		return 0, errorf(ErrOutOfRange, "capacity_range: limit_bytes %d is below the %d bytes mkfs.xfs needs", limit, MinXFSSize)
-	}
-	return 0, errorf(ErrOutOfRange, "capacity_range: no size that is a multiple of 4096 fits between %d and %d", required, limit)
-}
 
 // CreateVolume creates a volume or, if one with the same name exists and
 // is compatible with the request, returns it.
-func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
+func (e *Engine) CreateVolume(ctx context.Context, req model.CreateVolumeRequest) (*model.Volume, error) {
 	if req.Name == "" {
-		return nil, errorf(ErrInvalidArgument, "name is required")
+		return nil, model.Errorf(model.ErrInvalidArgument, "name is required")
 	}
 	if req.SourceSnapshotID != "" && req.SourceVolumeID != "" {
-		return nil, errorf(ErrInvalidArgument, "volume_content_source: name a snapshot or a volume, not both")
+		return nil, model.Errorf(model.ErrInvalidArgument, "volume_content_source: name a snapshot or a volume, not both")
 	}
-	fsType := req.FsType
-	if req.Block {
-		fsType = ""
-	} else if fsType == "" {
-		fsType = "ext4"
-	}
-	if IsBackupHandle(req.SourceSnapshotID) {
+	if model.IsBackupHandle(req.SourceSnapshotID) {
 		return e.restoreVolume(ctx, req)
 	}
-	id := VolumeIDForName(req.Name)
+	id := model.VolumeIDForName(req.Name)
 	keys := []string{id}
 	if req.SourceSnapshotID != "" {
 		keys = append(keys, req.SourceSnapshotID)
@@ -131,59 +43,29 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 	defer unlock()
 
 	if existing, err := e.loadVolume(id); err == nil {
-		return e.matchExisting(existing, req, fsType)
+		return e.matchExisting(e.describe(existing), req)
 	} else if !isNotFound(err) {
 		return nil, err
 	}
-
-	var (
-		source     *Source
-		srcPath    string
-		srcSize    int64
-		srcVol     *VolumeMeta
-		srcFsType  = fsType
-		paramsCopy = maps.Clone(req.Parameters)
-	)
-	switch {
-	case req.SourceSnapshotID != "":
-		snap, err := e.loadSnapshot(req.SourceSnapshotID)
-		if err != nil {
-			return nil, errorf(ErrNotFound, "volume_content_source: snapshot %q not found", req.SourceSnapshotID)
-		}
-		source = &Source{Kind: "snapshot", ID: snap.ID}
-		srcPath = filepath.Join(e.snapshotDir(snap.ID), dataFile)
-		srcSize = snap.SizeBytes
-		if snap.FsType != "" {
-			srcFsType = snap.FsType
-		}
-	case req.SourceVolumeID != "":
-		v, err := e.loadVolume(req.SourceVolumeID)
-		if err != nil {
-			return nil, errorf(ErrNotFound, "volume_content_source: volume %q not found", req.SourceVolumeID)
-		}
-		source = &Source{Kind: "volume", ID: v.ID}
-		srcVol = v
-		srcSize = v.SizeBytes
-		if v.FsType != "" {
-			srcFsType = v.FsType
-		}
-	}
-	if source != nil && !req.Block {
-		fsType = srcFsType // the data decides the file system
-	}
-
-	required := req.RequiredBytes
-	if source != nil && required < srcSize {
-		if req.LimitBytes > 0 && req.LimitBytes < srcSize {
-			return nil, errorf(ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the source's %d bytes; restoring into a smaller volume is not supported", req.LimitBytes, srcSize)
-		}
-		required = srcSize
-	}
-	size, err := PickSize(required, req.LimitBytes, fsType)
+	src, err := e.resolveSource(req)
 	if err != nil {
 		return nil, err
 	}
-
+	fsType := model.EffectiveFsType(req.Block, req.FsType)
+	if src.source != nil && !req.Block && src.fsType != "" {
+		fsType = src.fsType // the data decides the file system
+	}
+	required := req.RequiredBytes
+	if src.source != nil && required < src.size {
+		if req.LimitBytes > 0 && req.LimitBytes < src.size {
+			return nil, model.Errorf(model.ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the source's %d bytes; restoring into a smaller volume is not supported", req.LimitBytes, src.size)
+		}
+		required = src.size
+	}
+	size, err := model.PickSize(required, req.LimitBytes, fsType)
+	if err != nil {
+		return nil, err
+	}
 	meta := &VolumeMeta{
 		FormatVersion: FormatVersion,
 		ID:            id,
@@ -191,31 +73,74 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 		SizeBytes:     size,
 		Block:         req.Block,
 		FsType:        fsType,
-		Source:        source,
-		Parameters:    paramsCopy,
+		Source:        src.source,
+		Parameters:    maps.Clone(req.Parameters),
 		CreatedAt:     time.Now().UTC(),
 	}
+	start := time.Now()
+	if err := e.buildVolume(ctx, meta, src); err != nil {
+		return nil, fmt.Errorf("create volume %s (%s): %w", id, req.Name, err)
+	}
+	klog.InfoS("Volume created", "volumeID", id, "name", req.Name, "size", size, "source", src.source, "duration", time.Since(start))
+	return e.describe(meta), nil
+}
+
+// volumeSource is the local object a new volume's data comes from.
+type volumeSource struct {
+	source *model.Source // nil: an empty volume
+	path   string        // a snapshot's data file
+	vol    *VolumeMeta   // a volume to clone (frozen while copied if staged)
+	size   int64         // the source's size
+	fsType string        // the source's file system, "" if block or unknown
+}
+
+// resolveSource finds the snapshot or volume a request names (locked by
+// the caller).
+func (e *Engine) resolveSource(req model.CreateVolumeRequest) (volumeSource, error) {
+	switch {
+	case req.SourceSnapshotID != "":
+		snap, err := e.loadSnapshot(req.SourceSnapshotID)
+		if err != nil {
+			return volumeSource{}, model.Errorf(model.ErrNotFound, "volume_content_source: snapshot %q not found", req.SourceSnapshotID)
+		}
+		return volumeSource{
+			source: &model.Source{Kind: model.SourceSnapshot, ID: snap.ID},
+			path:   filepath.Join(e.snapshotDir(snap.ID), dataFile),
+			size:   snap.SizeBytes, fsType: snap.FsType,
+		}, nil
+	case req.SourceVolumeID != "":
+		v, err := e.loadVolume(req.SourceVolumeID)
+		if err != nil {
+			return volumeSource{}, model.Errorf(model.ErrNotFound, "volume_content_source: volume %q not found", req.SourceVolumeID)
+		}
+		return volumeSource{source: &model.Source{Kind: model.SourceVolume, ID: v.ID}, vol: v, size: v.SizeBytes, fsType: v.FsType}, nil
+	}
+	return volumeSource{}, nil
+}
+
+// buildVolume makes the volume's directory with its data (copied from
+// src, or empty) and metadata, and commits it by renaming it into place.
+func (e *Engine) buildVolume(ctx context.Context, meta *VolumeMeta, src volumeSource) error {
 	// A reflinked copy shares what its source has allocated, so only the
 	// rest of its size must fit.
-	need := size
-	if e.reflink && (srcVol != nil || srcPath != "") {
-		from := srcPath
-		if srcVol != nil {
-			from = e.volumeData(srcVol.ID)
+	need := meta.SizeBytes
+	if e.reflink && (src.vol != nil || src.path != "") {
+		from := src.path
+		if src.vol != nil {
+			from = e.volumeData(src.vol.ID)
 		}
 		if alloc, err := fsops.AllocatedBytes(from); err == nil {
-			need = max(0, size-alloc)
+			need = max(0, meta.SizeBytes-alloc)
 		}
 	}
-	start := time.Now()
-	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {
+	return e.commitNew(ctx, volumesDir, meta.ID, func(dir string) error {
 		data := filepath.Join(dir, dataFile)
 		err := e.allocate(need, func() error {
 			switch {
-			case srcVol != nil:
-				return e.copyConsistent(ctx, srcVol, data)
-			case srcPath != "":
-				return e.copyData(ctx, srcPath, data)
+			case src.vol != nil:
+				return e.copyConsistent(ctx, src.vol, data)
+			case src.path != "":
+				return e.copyData(ctx, src.path, data)
 			default:
 				return createEmpty(data)
 			}
@@ -224,7 +149,7 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 			return err
 		}
 		faults.Point("volume:after-data")
-		if err := os.Truncate(data, size); err != nil {
+		if err := os.Truncate(data, meta.SizeBytes); err != nil {
 			return fmt.Errorf("size volume file: %w", err)
 		}
 		if err := syncFile(data); err != nil {
@@ -232,62 +157,29 @@ func (e *Engine) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Vo
 		}
 		return writeJSON(filepath.Join(dir, volumeMeta), meta)
 	})
-	if err != nil {
-		return nil, fmt.Errorf("create volume %s (%s): %w", id, req.Name, err)
-	}
-	klog.InfoS("Volume created", "volumeID", id, "name", req.Name, "size", size, "source", source, "duration", time.Since(start))
-	return e.describe(meta), nil
 }
 
 // matchExisting answers a repeated CreateVolume: the same volume if the
 // request is compatible, AlreadyExists otherwise.
-func (e *Engine) matchExisting(m *VolumeMeta, req CreateVolumeRequest, fsType string) (*Volume, error) {
-	if err := CheckExisting(m, req, fsType); err != nil {
+func (e *Engine) matchExisting(v *model.Volume, req model.CreateVolumeRequest) (*model.Volume, error) {
+	if err := v.Answers(req); err != nil {
 		return nil, err
 	}
-	return e.describe(m), nil
+	return v, nil
 }
 
-// CheckExisting tells whether an existing volume answers a repeated
-// CreateVolume for req (fsType: the request's, defaulted): nil if it is
-// compatible, ErrAlreadyExists saying how it differs otherwise.
-func CheckExisting(m *VolumeMeta, req CreateVolumeRequest, fsType string) error {
-	var want *Source
-	if req.SourceSnapshotID != "" {
-		want = &Source{Kind: "snapshot", ID: req.SourceSnapshotID}
-	} else if req.SourceVolumeID != "" {
-		want = &Source{Kind: "volume", ID: req.SourceVolumeID}
+// describe is a volume as callers see it (AllocatedBytes 0 when its file
+// cannot be read).
+func (e *Engine) describe(m *VolumeMeta) *model.Volume {
+	alloc, _ := fsops.AllocatedBytes(e.volumeData(m.ID))
+	return &model.Volume{
+		ID: m.ID, Name: m.Name, SizeBytes: m.SizeBytes, Block: m.Block, FsType: m.FsType,
+		Source: m.Source, Parameters: m.Parameters, CreatedAt: m.CreatedAt, AllocatedBytes: alloc,
 	}
-	switch {
-	case m.SizeBytes < req.RequiredBytes:
-		return errorf(ErrAlreadyExists, "volume %q exists with %d bytes, less than the requested %d", req.Name, m.SizeBytes, req.RequiredBytes)
-	case req.LimitBytes > 0 && m.SizeBytes > req.LimitBytes:
-		return errorf(ErrAlreadyExists, "volume %q exists with %d bytes, more than limit_bytes %d", req.Name, m.SizeBytes, req.LimitBytes)
-	case m.Block != req.Block:
-		return errorf(ErrAlreadyExists, "volume %q exists with a different access type", req.Name)
-	case (want == nil) != (m.Source == nil) || (want != nil && *want != m.Source.CSI()):
-		return errorf(ErrAlreadyExists, "volume %q exists with a different content source", req.Name)
-	case want == nil && !req.Block && m.FsType != fsType:
-		return errorf(ErrAlreadyExists, "volume %q exists with file system %s, not %s", req.Name, m.FsType, fsType)
-	}
-	return nil
-}
-
-func (e *Engine) describe(m *VolumeMeta) *Volume {
-	v := &Volume{VolumeMeta: *m}
-	alloc, err := fsops.AllocatedBytes(e.volumeData(m.ID))
-	if err != nil {
-		v.Abnormal = true
-		v.Condition = fmt.Sprintf("volume data file unreadable: %v", err)
-	} else {
-		v.AllocatedBytes = alloc
-		v.Condition = "volume data file present"
-	}
-	return v
 }
 
 // GetVolume returns a volume.
-func (e *Engine) GetVolume(ctx context.Context, id string) (*Volume, error) {
+func (e *Engine) GetVolume(ctx context.Context, id string) (*model.Volume, error) {
 	m, err := e.loadVolume(id)
 	if err != nil {
 		return nil, err
@@ -296,12 +188,12 @@ func (e *Engine) GetVolume(ctx context.Context, id string) (*Volume, error) {
 }
 
 // ListVolumes returns all volumes sorted by ID.
-func (e *Engine) ListVolumes(ctx context.Context) ([]*Volume, error) {
-	ids, err := e.listIDs(volumesDir, ValidVolumeID)
+func (e *Engine) ListVolumes(ctx context.Context) ([]*model.Volume, error) {
+	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Volume, 0, len(ids))
+	out := make([]*model.Volume, 0, len(ids))
 	for _, id := range ids {
 		m, err := e.loadVolume(id)
 		if isNotFound(err) {
@@ -321,7 +213,7 @@ func (e *Engine) ListVolumes(ctx context.Context) ([]*Volume, error) {
 // removed in time the call fails after the volume is gone, and its retry
 // removes the base.
 func (e *Engine) DeleteVolume(ctx context.Context, id string) error {
-	if !ValidVolumeID(id) {
+	if !model.ValidVolumeID(id) {
 		return nil // can never have existed
 	}
 	if err := e.deleteVolume(ctx, id); err != nil {
@@ -347,10 +239,10 @@ func (e *Engine) deleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	if len(m.Published) > 0 {
-		return errorf(ErrFailedPrecondition, "volume %s is still published at %s", id, m.Published[0].Target)
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is still published at %s", id, m.Published[0].Target)
 	}
 	if m.Stage != nil {
-		return errorf(ErrFailedPrecondition, "volume %s is still staged at %s", id, m.Stage.Path)
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is still staged at %s", id, m.Stage.Path)
 	}
 	// A loop device left by an interrupted unstage must not outlive the file.
 	if devs, err := loop.FindByBackingFile(e.volumeData(id)); err == nil {
@@ -367,17 +259,10 @@ func (e *Engine) deleteVolume(ctx context.Context, id string) error {
 	return nil
 }
 
-// ExpandResult tells the caller the new size and whether the node must
-// still grow a file system.
-type ExpandResult struct {
-	SizeBytes             int64
-	NodeExpansionRequired bool
-}
-
 // ExpandVolume grows a volume's file (and its loop device, when attached).
 // Shrinking is refused with ErrOutOfRange; asking for the current size or
 // less than it but not below is a no-op.
-func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit int64) (*ExpandResult, error) {
+func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit int64) (*model.ExpandResult, error) {
 	unlock, err := e.locks.lock(ctx, id)
 	if err != nil {
 		return nil, err
@@ -387,7 +272,7 @@ func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit in
 	if err != nil {
 		return nil, err
 	}
-	size, err := ExpandSize(id, m.SizeBytes, required, limit, m.FsType)
+	size, err := model.ExpandSize(id, m.SizeBytes, required, limit, m.FsType)
 	if err != nil {
 		return nil, err
 	}
@@ -398,22 +283,7 @@ func (e *Engine) ExpandVolume(ctx context.Context, id string, required, limit in
 	}
 	// A detached file system is grown when it is next staged, so only a
 	// staged one needs NodeExpandVolume.
-	return &ExpandResult{SizeBytes: m.SizeBytes, NodeExpansionRequired: !m.Block && m.Stage != nil}, nil
-}
-
-// ExpandSize is the size a volume of cur bytes has after an expansion
-// request (cur itself when it is large enough already), or the error
-// ExpandVolume answers for the request.
-func ExpandSize(id string, cur, required, limit int64, fsType string) (int64, error) {
-	if required < cur {
-		if limit > 0 && limit < cur {
-			return 0, errorf(ErrOutOfRange, "capacity_range: volume %s has %d bytes; shrinking to %d is not supported", id, cur, limit)
-		}
-		if required == 0 {
-			return 0, errorf(ErrInvalidArgument, "capacity_range: required_bytes must be set")
-		}
-	}
-	return PickSize(max(required, cur), limit, fsType)
+	return &model.ExpandResult{SizeBytes: m.SizeBytes, NodeExpansionRequired: !m.Block && m.Stage != nil}, nil
 }
 
 // growVolume records the intent, grows the file and the loop device, then

@@ -10,21 +10,23 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 func TestCreateGetListDeleteVolume(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		req := CreateVolumeRequest{Name: "pvc-a", RequiredBytes: 64 * mib, Parameters: map[string]string{"k": "v"}}
+		req := model.CreateVolumeRequest{Name: "pvc-a", RequiredBytes: 64 * mib, Parameters: map[string]string{"k": "v"}}
 		v := must(e.CreateVolume(ctx, req))(t)
-		if v.ID != VolumeIDForName("pvc-a") || !ValidVolumeID(v.ID) {
-			t.Fatalf("volume ID %q, want %q", v.ID, VolumeIDForName("pvc-a"))
+		if v.ID != model.VolumeIDForName("pvc-a") || !model.ValidVolumeID(v.ID) {
+			t.Fatalf("volume ID %q, want %q", v.ID, model.VolumeIDForName("pvc-a"))
 		}
 		if v.Name != "pvc-a" || v.SizeBytes != 64*mib || v.Block || v.FsType != "ext4" || v.Source != nil || v.Parameters["k"] != "v" {
-			t.Fatalf("unexpected volume %+v", v.VolumeMeta)
+			t.Fatalf("unexpected volume %+v", v)
 		}
-		if v.Abnormal || v.AllocatedBytes > mib {
-			t.Fatalf("new empty volume: abnormal %v (%s), %d bytes allocated", v.Abnormal, v.Condition, v.AllocatedBytes)
+		if v.AllocatedBytes > mib {
+			t.Fatalf("new empty volume: %d bytes allocated", v.AllocatedBytes)
 		}
 		if got := fileSize(t, e.volumeData(v.ID)); got != 64*mib {
 			t.Fatalf("data file has %d bytes, want %d", got, 64*mib)
@@ -35,44 +37,44 @@ func TestCreateGetListDeleteVolume(t *testing.T) {
 		writeAt(t, e.volumeData(v.ID), 4096, marker)
 		again := must(e.CreateVolume(ctx, req))(t)
 		if again.ID != v.ID || !again.CreatedAt.Equal(v.CreatedAt) || again.SizeBytes != v.SizeBytes {
-			t.Fatalf("repeated create returned %+v, want %+v", again.VolumeMeta, v.VolumeMeta)
+			t.Fatalf("repeated create returned %+v, want %+v", again, v)
 		}
 		if got := readAt(t, e.volumeData(v.ID), 4096, len(marker)); string(got) != string(marker) {
 			t.Fatalf("repeated create rewrote the volume's data: %q", got)
 		}
 		// A smaller requirement within no limit is compatible, too.
-		if again := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "pvc-a", RequiredBytes: 32 * mib}))(t); again.ID != v.ID || again.SizeBytes != 64*mib {
-			t.Fatalf("compatible create returned %+v", again.VolumeMeta)
+		if again := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "pvc-a", RequiredBytes: 32 * mib}))(t); again.ID != v.ID || again.SizeBytes != 64*mib {
+			t.Fatalf("compatible create returned %+v", again)
 		}
 
-		for what, bad := range map[string]CreateVolumeRequest{
+		for what, bad := range map[string]model.CreateVolumeRequest{
 			"larger":          {Name: "pvc-a", RequiredBytes: 128 * mib},
 			"limit below":     {Name: "pvc-a", RequiredBytes: 16 * mib, LimitBytes: 32 * mib},
 			"block":           {Name: "pvc-a", RequiredBytes: 64 * mib, Block: true},
 			"other fs":        {Name: "pvc-a", RequiredBytes: 64 * mib, FsType: "xfs"},
-			"other source":    {Name: "pvc-a", RequiredBytes: 64 * mib, SourceVolumeID: VolumeIDForName("other")},
-			"snapshot source": {Name: "pvc-a", RequiredBytes: 64 * mib, SourceSnapshotID: SnapshotIDForName("other")},
+			"other source":    {Name: "pvc-a", RequiredBytes: 64 * mib, SourceVolumeID: model.VolumeIDForName("other")},
+			"snapshot source": {Name: "pvc-a", RequiredBytes: 64 * mib, SourceSnapshotID: model.SnapshotIDForName("other")},
 		} {
 			_, err := e.CreateVolume(ctx, bad)
-			wantErr(t, err, ErrAlreadyExists, "incompatible create ("+what+")")
+			wantErr(t, err, model.ErrAlreadyExists, "incompatible create ("+what+")")
 		}
 
-		_, err := e.CreateVolume(ctx, CreateVolumeRequest{RequiredBytes: mib})
-		wantErr(t, err, ErrInvalidArgument, "create without a name")
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "two-sources", SourceVolumeID: v.ID, SourceSnapshotID: SnapshotIDForName("x")})
-		wantErr(t, err, ErrInvalidArgument, "create with two sources")
+		_, err := e.CreateVolume(ctx, model.CreateVolumeRequest{RequiredBytes: mib})
+		wantErr(t, err, model.ErrInvalidArgument, "create without a name")
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "two-sources", SourceVolumeID: v.ID, SourceSnapshotID: model.SnapshotIDForName("x")})
+		wantErr(t, err, model.ErrInvalidArgument, "create with two sources")
 
-		b := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "pvc-b", RequiredBytes: 8 * mib, Block: true, FsType: "xfs"}))(t)
+		b := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "pvc-b", RequiredBytes: 8 * mib, Block: true, FsType: "xfs"}))(t)
 		if !b.Block || b.FsType != "" {
 			t.Fatalf("block volume: block %v, fs type %q", b.Block, b.FsType)
 		}
 
 		got := must(e.GetVolume(ctx, v.ID))(t)
 		if got.ID != v.ID || got.SizeBytes != v.SizeBytes || got.Name != "pvc-a" || got.AllocatedBytes == 0 {
-			t.Fatalf("GetVolume = %+v (allocated %d)", got.VolumeMeta, got.AllocatedBytes)
+			t.Fatalf("GetVolume = %+v (allocated %d)", got, got.AllocatedBytes)
 		}
-		_, err = e.GetVolume(ctx, VolumeIDForName("missing"))
-		wantErr(t, err, ErrNotFound, "get missing volume")
+		_, err = e.GetVolume(ctx, model.VolumeIDForName("missing"))
+		wantErr(t, err, model.ErrNotFound, "get missing volume")
 
 		list := must(e.ListVolumes(ctx))(t)
 		if len(list) != 2 || list[0].ID > list[1].ID {
@@ -85,13 +87,13 @@ func TestCreateGetListDeleteVolume(t *testing.T) {
 
 		ok(t, e.DeleteVolume(ctx, v.ID))
 		_, err = e.GetVolume(ctx, v.ID)
-		wantErr(t, err, ErrNotFound, "get deleted volume")
+		wantErr(t, err, model.ErrNotFound, "get deleted volume")
 		if _, err := os.Stat(e.volumeDir(v.ID)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("deleted volume's directory still there: %v", err)
 		}
-		ok(t, e.DeleteVolume(ctx, v.ID))                     // second delete
-		ok(t, e.DeleteVolume(ctx, VolumeIDForName("never"))) // never existed
-		ok(t, e.DeleteVolume(ctx, "v-xyz"))                  // malformed
+		ok(t, e.DeleteVolume(ctx, v.ID))                           // second delete
+		ok(t, e.DeleteVolume(ctx, model.VolumeIDForName("never"))) // never existed
+		ok(t, e.DeleteVolume(ctx, "v-xyz"))                        // malformed
 		if list := must(e.ListVolumes(ctx))(t); len(list) != 1 || list[0].ID != b.ID {
 			t.Fatalf("after delete ListVolumes has %d volumes", len(list))
 		}
@@ -100,7 +102,7 @@ func TestCreateGetListDeleteVolume(t *testing.T) {
 		// The name is free again and a new volume is empty.
 		v2 := must(e.CreateVolume(ctx, req))(t)
 		if v2.ID != v.ID || v2.CreatedAt.Equal(v.CreatedAt) {
-			t.Fatalf("re-created volume %+v", v2.VolumeMeta)
+			t.Fatalf("re-created volume %+v", v2)
 		}
 		assertZeros(t, e.volumeData(v2.ID), 0, 64*mib)
 		ok(t, e.DeleteVolume(ctx, v2.ID))
@@ -113,11 +115,11 @@ func TestCreateVolumeConcurrentSameName(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
 		var wg sync.WaitGroup
-		vols := make([]*Volume, 6)
+		vols := make([]*model.Volume, 6)
 		errs := make([]error, len(vols))
 		for i := range vols {
 			wg.Go(func() {
-				vols[i], errs[i] = e.CreateVolume(ctx, CreateVolumeRequest{Name: "race", RequiredBytes: 16 * mib})
+				vols[i], errs[i] = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "race", RequiredBytes: 16 * mib})
 			})
 		}
 		wg.Wait()
@@ -157,45 +159,45 @@ func TestInvalidIDs(t *testing.T) {
 		data := pattern(1, int(mib))
 		ok(t, os.WriteFile(filepath.Join(victim, dataFile), data, 0o600))
 
-		src := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "real", RequiredBytes: mib}))(t)
+		src := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "real", RequiredBytes: mib}))(t)
 		target := kubePath(e, "target")
 		staging := kubePath(e, "staging")
 		bad := []string{
 			traversal, "../../etc", "v-xyz", "", "v-", "../volumes/" + src.ID, src.ID + "/..", "v-" + strings.Repeat("A", 32),
-			"v-" + strings.Repeat("0", 31), "v-" + strings.Repeat("0", 33), SnapshotIDForName("x"),
+			"v-" + strings.Repeat("0", 31), "v-" + strings.Repeat("0", 33), model.SnapshotIDForName("x"),
 			"v-../../victim", "/etc", "v-" + strings.Repeat("0", 32) + "\n",
 		}
 		for _, id := range bad {
 			_, err := e.GetVolume(ctx, id)
-			wantErr(t, err, ErrNotFound, "GetVolume("+id+")")
+			wantErr(t, err, model.ErrNotFound, "GetVolume("+id+")")
 			ok(t, e.DeleteVolume(ctx, id))
 			_, err = e.ExpandVolume(ctx, id, 2*mib, 0)
-			wantErr(t, err, ErrNotFound, "ExpandVolume("+id+")")
-			err = e.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: staging})
-			wantErr(t, err, ErrNotFound, "StageVolume("+id+")")
-			err = e.PublishVolume(ctx, PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target})
-			wantErr(t, err, ErrNotFound, "PublishVolume("+id+")")
+			wantErr(t, err, model.ErrNotFound, "ExpandVolume("+id+")")
+			err = e.StageVolume(ctx, model.StageRequest{VolumeID: id, StagingPath: staging})
+			wantErr(t, err, model.ErrNotFound, "StageVolume("+id+")")
+			err = e.PublishVolume(ctx, model.PublishRequest{VolumeID: id, StagingPath: staging, TargetPath: target})
+			wantErr(t, err, model.ErrNotFound, "PublishVolume("+id+")")
 			ok(t, e.UnpublishVolume(ctx, id, target))
 			ok(t, e.UnstageVolume(ctx, id, staging))
 			_, err = e.NodeExpandVolume(ctx, id, victim, 0)
-			wantErr(t, err, ErrNotFound, "NodeExpandVolume("+id+")")
+			wantErr(t, err, model.ErrNotFound, "NodeExpandVolume("+id+")")
 			_, err = e.VolumeStats(ctx, id, victim)
-			wantErr(t, err, ErrNotFound, "VolumeStats("+id+")")
+			wantErr(t, err, model.ErrNotFound, "VolumeStats("+id+")")
 			if id == "" {
 				continue // an empty source is no source
 			}
 			_, err = e.CreateSnapshot(ctx, "snap-of-bad", id, nil)
-			wantErr(t, err, ErrNotFound, "CreateSnapshot(source "+id+")")
-			_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "clone-of-bad", SourceVolumeID: id})
-			wantErr(t, err, ErrNotFound, "CreateVolume(source volume "+id+")")
-			_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "restore-of-bad", SourceSnapshotID: id})
-			wantErr(t, err, ErrNotFound, "CreateVolume(source snapshot "+id+")")
+			wantErr(t, err, model.ErrNotFound, "CreateSnapshot(source "+id+")")
+			_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "clone-of-bad", SourceVolumeID: id})
+			wantErr(t, err, model.ErrNotFound, "CreateVolume(source volume "+id+")")
+			_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restore-of-bad", SourceSnapshotID: id})
+			wantErr(t, err, model.ErrNotFound, "CreateVolume(source snapshot "+id+")")
 		}
 		for _, id := range append(bad, "s-xyz", "s-"+strings.Repeat("A", 32), src.ID) {
 			_, err := e.GetSnapshot(ctx, id)
-			wantErr(t, err, ErrNotFound, "GetSnapshot("+id+")")
+			wantErr(t, err, model.ErrNotFound, "GetSnapshot("+id+")")
 			_, err = e.SnapshotDataPath(id)
-			wantErr(t, err, ErrNotFound, "SnapshotDataPath("+id+")")
+			wantErr(t, err, model.ErrNotFound, "SnapshotDataPath("+id+")")
 			ok(t, e.DeleteSnapshot(ctx, id))
 		}
 
@@ -227,7 +229,7 @@ func TestInvalidIDs(t *testing.T) {
 func TestExpandVolume(t *testing.T) {
 	forEachRoot(t, func(t *testing.T, e *Engine) {
 		ctx := context.Background()
-		v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "grow", RequiredBytes: 64 * mib}))(t)
+		v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "grow", RequiredBytes: 64 * mib}))(t)
 		want := fillVolume(t, e, v.ID, 7)
 
 		res := must(e.ExpandVolume(ctx, v.ID, 128*mib, 0))(t)
@@ -237,7 +239,7 @@ func TestExpandVolume(t *testing.T) {
 		if got := fileSize(t, e.volumeData(v.ID)); got != 128*mib {
 			t.Fatalf("data file has %d bytes after expand", got)
 		}
-		got := must(e.GetVolume(ctx, v.ID))(t)
+		got := must(e.loadVolume(v.ID))(t)
 		if got.SizeBytes != 128*mib || got.PendingSizeBytes != 0 {
 			t.Fatalf("after expand: size %d, pending %d", got.SizeBytes, got.PendingSizeBytes)
 		}
@@ -256,13 +258,13 @@ func TestExpandVolume(t *testing.T) {
 		}
 		// Shrinking is refused.
 		_, err := e.ExpandVolume(ctx, v.ID, 64*mib, 64*mib)
-		wantErr(t, err, ErrOutOfRange, "shrink to 64MiB")
+		wantErr(t, err, model.ErrOutOfRange, "shrink to 64MiB")
 		_, err = e.ExpandVolume(ctx, v.ID, 256*mib, 200*mib)
-		wantErr(t, err, ErrOutOfRange, "required above limit")
+		wantErr(t, err, model.ErrOutOfRange, "required above limit")
 		_, err = e.ExpandVolume(ctx, v.ID, 0, 0)
-		wantErr(t, err, ErrInvalidArgument, "expand without required bytes")
-		_, err = e.ExpandVolume(ctx, VolumeIDForName("missing"), 2*mib, 0)
-		wantErr(t, err, ErrNotFound, "expand missing volume")
+		wantErr(t, err, model.ErrInvalidArgument, "expand without required bytes")
+		_, err = e.ExpandVolume(ctx, model.VolumeIDForName("missing"), 2*mib, 0)
+		wantErr(t, err, model.ErrNotFound, "expand missing volume")
 
 		// Unaligned requests are rounded up.
 		res = must(e.ExpandVolume(ctx, v.ID, 130*mib+1, 0))(t)
@@ -275,7 +277,7 @@ func TestExpandVolume(t *testing.T) {
 
 		// Block volumes grow too and never need node expansion when
 		// unstaged.
-		b := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "grow-block", RequiredBytes: 4 * mib, Block: true}))(t)
+		b := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "grow-block", RequiredBytes: 4 * mib, Block: true}))(t)
 		res = must(e.ExpandVolume(ctx, b.ID, 8*mib, 0))(t)
 		if res.SizeBytes != 8*mib || res.NodeExpansionRequired || fileSize(t, e.volumeData(b.ID)) != 8*mib {
 			t.Fatalf("expand block volume: %+v", res)
@@ -296,7 +298,7 @@ func TestCapacity(t *testing.T) {
 			t.Fatalf("empty root reserves space: %+v", c0)
 		}
 
-		v := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "empty", RequiredBytes: gib}))(t)
+		v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "empty", RequiredBytes: gib}))(t)
 		c1 := must(e.Capacity())(t)
 		if c1.ReservedBytes != gib {
 			t.Errorf("reserved %d bytes after a new empty 1GiB volume, want %d", c1.ReservedBytes, gib)
@@ -318,28 +320,28 @@ func TestCapacity(t *testing.T) {
 
 		// A volume larger than what is available is refused and leaves
 		// nothing behind.
-		_, err := e.CreateVolume(ctx, CreateVolumeRequest{Name: "too-big", RequiredBytes: c2.AvailableBytes + 64*mib})
-		wantErr(t, err, ErrResourceExhausted, "create volume larger than available")
-		_, err = e.GetVolume(ctx, VolumeIDForName("too-big"))
-		wantErr(t, err, ErrNotFound, "refused volume")
+		_, err := e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "too-big", RequiredBytes: c2.AvailableBytes + 64*mib})
+		wantErr(t, err, model.ErrResourceExhausted, "create volume larger than available")
+		_, err = e.GetVolume(ctx, model.VolumeIDForName("too-big"))
+		wantErr(t, err, model.ErrNotFound, "refused volume")
 		assertNoLeftovers(t, e)
 
 		// Growing past what is available is refused and records no intent.
 		_, err = e.ExpandVolume(ctx, v.ID, gib+c2.AvailableBytes+64*mib, 0)
-		wantErr(t, err, ErrResourceExhausted, "expand beyond available")
-		if got := must(e.GetVolume(ctx, v.ID))(t); got.SizeBytes != gib || got.PendingSizeBytes != 0 || fileSize(t, e.volumeData(v.ID)) != gib {
+		wantErr(t, err, model.ErrResourceExhausted, "expand beyond available")
+		if got := must(e.loadVolume(v.ID))(t); got.SizeBytes != gib || got.PendingSizeBytes != 0 || fileSize(t, e.volumeData(v.ID)) != gib {
 			t.Fatalf("refused expansion changed the volume: size %d, pending %d", got.SizeBytes, got.PendingSizeBytes)
 		}
 
 		// What is available can be taken, and then nothing more.
 		rest := (c2.AvailableBytes - 16*mib) / mib * mib
-		big := must(e.CreateVolume(ctx, CreateVolumeRequest{Name: "rest", RequiredBytes: rest, Block: true}))(t)
+		big := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "rest", RequiredBytes: rest, Block: true}))(t)
 		c3 := must(e.Capacity())(t)
 		if c3.AvailableBytes > 17*mib {
 			t.Errorf("%d bytes available after taking all but 16MiB", c3.AvailableBytes)
 		}
-		_, err = e.CreateVolume(ctx, CreateVolumeRequest{Name: "one-more", RequiredBytes: 64 * mib})
-		wantErr(t, err, ErrResourceExhausted, "create on a fully reserved root")
+		_, err = e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "one-more", RequiredBytes: 64 * mib})
+		wantErr(t, err, model.ErrResourceExhausted, "create on a fully reserved root")
 
 		ok(t, e.DeleteVolume(ctx, big.ID))
 		ok(t, e.DeleteVolume(ctx, v.ID))

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/faults"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
@@ -157,7 +157,7 @@ func backupRoundTrip(t *testing.T, url string, e *env) {
 			if _, err := e.d.Controller().DeleteSnapshot(e.ctx, &csipb.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId()}); err != nil {
 				t.Fatal(err)
 			}
-			h, _ := engine.ParseBackupHandle(snap.GetSnapshotId())
+			h, _ := model.ParseBackupHandle(snap.GetSnapshotId())
 			if _, err := openRepo(t, url).Manifest(e.ctx, h.VolumeID, h.BackupID); err == nil {
 				t.Error("manifest still in the target after DeleteSnapshot")
 			}
@@ -180,8 +180,8 @@ func TestBackupIncrementalAndDR(t *testing.T) {
 	writeDevice(t, m.Target, 50*mib, randomBytes(t, 1<<20))
 	writeDevice(t, m.Target, 300*mib, randomBytes(t, 1<<20))
 	s2 := e.waitBackup("b2", v.GetVolumeId(), 2*time.Minute)
-	h1, _ := engine.ParseBackupHandle(s1.GetSnapshotId())
-	h2, _ := engine.ParseBackupHandle(s2.GetSnapshotId())
+	h1, _ := model.ParseBackupHandle(s1.GetSnapshotId())
+	h2, _ := model.ParseBackupHandle(s2.GetSnapshotId())
 	m2, err := openRepo(t, url).Manifest(e.ctx, h2.VolumeID, h2.BackupID)
 	if err != nil {
 		t.Fatal(err)

@@ -13,8 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
 
@@ -33,7 +32,7 @@ func TestHostileBackupStore(t *testing.T) {
 	data := randomBytes(t, 8<<20)
 	writeDevice(t, m.Target, 0, data)
 	good := e.waitBackup("hostile-good", v.GetVolumeId(), 2*time.Minute)
-	gh, err := engine.ParseBackupHandle(good.GetSnapshotId())
+	gh, err := model.ParseBackupHandle(good.GetSnapshotId())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +45,7 @@ func TestHostileBackupStore(t *testing.T) {
 	// A garbage manifest, a copy of the good one under another key, and
 	// one of a newer format.
 	plant := func(vol, name string, b []byte) string {
-		id := backup.BackupIDForName(name)
+		id := model.BackupIDForName(name)
 		p := filepath.Join(dir, "backups", vol, id+".json")
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
@@ -72,7 +71,7 @@ func TestHostileBackupStore(t *testing.T) {
 
 	for name, handle := range map[string]string{"garbage": garbage, "copy under another key": copied, "newer format": newer} {
 		_, err := e.d.CreateVolume(e.ctx, harness.VolumeSpec{Name: "restore-" + strings.ReplaceAll(name, " ", "-"), Bytes: 64 * mib, Block: true, FromSnapshot: handle})
-		h, _ := engine.ParseBackupHandle(handle)
+		h, _ := model.ParseBackupHandle(handle)
 		if status.Code(errorsUnwrap(err)) != codes.FailedPrecondition || !strings.Contains(err.Error(), h.BackupID) {
 			t.Errorf("restore from the %s manifest: %v; want FailedPrecondition naming it", name, err)
 		}
@@ -95,7 +94,7 @@ func TestHostileBackupStore(t *testing.T) {
 		}
 		return string(out), 0
 	}
-	if out, code := cli("verify"); code != 3 || !strings.Contains(out, "v-garbage/"+backup.BackupIDForName("g")) || !strings.Contains(out, "v-copy/"+backup.BackupIDForName("c")) {
+	if out, code := cli("verify"); code != 3 || !strings.Contains(out, "v-garbage/"+model.BackupIDForName("g")) || !strings.Contains(out, "v-copy/"+model.BackupIDForName("c")) {
 		t.Errorf("cairn backup verify: exit %d, output:\n%s\nwant exit 3 naming every damaged backup", code, out)
 	}
 	if out, code := cli("gc", "--min-age", "0s"); code == 0 || !strings.Contains(out, "v-garbage") {

@@ -1,4 +1,4 @@
-package kube
+package agent
 
 import (
 	"errors"
@@ -16,9 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/cairn-csi/cairn/internal/csi"
-	"github.com/cairn-csi/cairn/internal/engine"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // waitRecovered waits until the object named name exists again as a
@@ -92,11 +91,11 @@ func (f *fixture) agentRunning() {
 func TestObjectDeletedWithoutCSIDelete(t *testing.T) {
 	f := newFixture(t)
 	params := map[string]string{"csi.storage.k8s.io/fstype": "ext4", "custom": "kept"}
-	vol, err := f.create("kept", 512*mib, onlyNode(testNode), func(r *engine.CreateVolumeRequest) { r.Parameters = params })
+	vol, err := f.create("kept", 512*mib, onlyNode(testNode), func(r *model.CreateVolumeRequest) { r.Parameters = params })
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := f.remote.CreateSnapshot(f.ctx, "kept-snap", vol.ID, map[string]string{"type": "snap"}, csi.Placement{})
+	snap, err := f.remote.CreateSnapshot(f.ctx, "kept-snap", vol.ID, map[string]string{"type": "snap"}, model.Placement{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,14 +140,14 @@ func TestObjectDeletedWithoutCSIDelete(t *testing.T) {
 	if err != nil || got.Node != testNode || got.SizeBytes != 512*mib || got.Name != "kept" || got.FsType != "ext4" || !reflect.DeepEqual(got.Parameters, params) {
 		t.Fatalf("GetVolume of the re-created volume: %+v %v", got, err)
 	}
-	if again, err := f.create("kept", 512*mib, onlyNode(testNode), func(r *engine.CreateVolumeRequest) { r.Parameters = params }); err != nil || again.ID != vol.ID {
+	if again, err := f.create("kept", 512*mib, onlyNode(testNode), func(r *model.CreateVolumeRequest) { r.Parameters = params }); err != nil || again.ID != vol.ID {
 		t.Fatalf("repeated CreateVolume: %+v %v", again, err)
 	}
 	snaps, err := f.remote.ListSnapshots(f.ctx)
 	if err != nil || len(snaps) != 1 || snaps[0].ID != snap.ID || snaps[0].SizeBytes != 512*mib || snaps[0].SourceVolumeID != vol.ID {
 		t.Fatalf("ListSnapshots: %v %v", snaps, err)
 	}
-	restored, err := f.create("from-kept", 512*mib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID })
+	restored, err := f.create("from-kept", 512*mib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID })
 	if err != nil || restored.Node != testNode {
 		t.Fatalf("restore from the re-created snapshot: %v %v", restored, err)
 	}
@@ -175,8 +174,8 @@ func TestObjectDeletedWithoutCSIDelete(t *testing.T) {
 // whose data is gone, or whose name is not its spec's ID, never makes data.
 func TestRecoveredOrForeignObjectsMakeNoData(t *testing.T) {
 	f := newFixture(t)
-	ghost := engine.VolumeIDForName("ghost")
-	mismatched := engine.VolumeIDForName("one-name")
+	ghost := model.VolumeIDForName("ghost")
+	mismatched := model.VolumeIDForName("one-name")
 	for _, v := range []*cairnv1.Volume{
 		{ObjectMeta: metav1.ObjectMeta{Name: ghost, Annotations: map[string]string{cairnv1.RecoveredAnnotation: "2026-01-01T00:00:00Z"}}, Spec: cairnv1.VolumeSpec{Name: "ghost"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: mismatched}, Spec: cairnv1.VolumeSpec{Name: "another-name"}},
@@ -215,7 +214,7 @@ func TestCRDsRemovedAndRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := f.remote.CreateSnapshot(f.ctx, "survivor-snap", vol.ID, nil, csi.Placement{})
+	snap, err := f.remote.CreateSnapshot(f.ctx, "survivor-snap", vol.ID, nil, model.Placement{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,8 @@
-package kube
+// Package agent is the node agent of Kubernetes mode: controller-runtime
+// reconcilers that carry out the Volume, Snapshot and BackupTarget objects
+// assigned to this node with the local engine, report their status, and
+// re-create missing objects from the data root (recover.go).
+package agent
 
 import (
 	"context"
@@ -27,6 +31,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/engine"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -64,10 +69,10 @@ type Agent struct {
 	dataMu      sync.RWMutex
 }
 
-// AgentCacheOptions restricts a node agent's informers to what it needs:
+// CacheOptions restricts a node agent's informers to what it needs:
 // the Volumes and Snapshots labelled with its node, its own StorageNode,
 // and Secrets in its namespace only.
-func AgentCacheOptions(node, namespace string) cache.Options {
+func CacheOptions(node, namespace string) cache.Options {
 	mine := labels.SelectorFromSet(labels.Set{cairnv1.NodeLabel: node})
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&cairnv1.Volume{}:      {Label: mine},
@@ -235,12 +240,12 @@ func setOutcome(st statusFields, generation int64, err error, okMsg string) {
 	case err == nil:
 		*st.phase, *st.reason, *st.message = cairnv1.PhaseReady, "", okMsg
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionTrue, "Done", okMsg
-	case errors.Is(err, engine.ErrAborted):
+	case errors.Is(err, model.ErrAborted):
 		*st.phase, *st.reason, *st.message = cairnv1.PhasePending, "InProgress", err.Error()
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InProgress", err.Error()
 	default:
-		*st.phase, *st.reason, *st.message = cairnv1.PhaseFailed, reasonOf(err), err.Error()
-		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, reasonOf(err), err.Error()
+		*st.phase, *st.reason, *st.message = cairnv1.PhaseFailed, model.Reason(err), err.Error()
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, model.Reason(err), err.Error()
 	}
 	meta.SetStatusCondition(st.conditions, cond)
 }
@@ -251,10 +256,10 @@ func (a *Agent) retryAfter(err error) (reconcile.Result, error) {
 	switch {
 	case err == nil:
 		return reconcile.Result{}, nil
-	case errors.Is(err, engine.ErrAborted):
+	case errors.Is(err, model.ErrAborted):
 		return reconcile.Result{RequeueAfter: a.Progress}, nil
 	}
-	if _, final := failure(reasonOf(err), ""); final {
+	if model.Final(err) {
 		return reconcile.Result{}, nil
 	}
 	return reconcile.Result{}, err // the controller's rate-limited back-off
@@ -280,7 +285,7 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	if !v.DeletionTimestamp.IsZero() {
 		return reconcile.Result{}, a.deleteVolume(ctx, log, &v)
 	}
-	if v.Name != engine.VolumeIDForName(v.Spec.Name) {
+	if v.Name != model.VolumeIDForName(v.Spec.Name) {
 		// Not an object the controller wrote: the engine would make or
 		// find a volume under another ID than this object's name.
 		return reconcile.Result{}, a.refuse(ctx, &v, volumeStatus(&v), fmt.Sprintf("object name %q is not the volume ID of spec.name %q", v.Name, v.Spec.Name))
@@ -292,9 +297,9 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	orig := v.DeepCopy()
 	ev, err := a.Engine.GetVolume(ctx, v.Name)
 	created := false
-	if errors.Is(err, engine.ErrNotFound) && recovered(&v) {
-		err = engine.Errorf(engine.ErrNotFound, "volume %s was re-created from node %s's data root, whose data is now gone; nothing is made in its place", v.Name, a.Node)
-	} else if errors.Is(err, engine.ErrNotFound) {
+	if errors.Is(err, model.ErrNotFound) && recovered(&v) {
+		err = model.Errorf(model.ErrNotFound, "volume %s was re-created from node %s's data root, whose data is now gone; nothing is made in its place", v.Name, a.Node)
+	} else if errors.Is(err, model.ErrNotFound) {
 		if err = a.prepareSource(ctx, v.Spec.Source); err == nil {
 			cctx := ctx
 			if s := v.Spec.Source; s != nil && s.Kind == cairnv1.SourceBackup {
@@ -320,7 +325,7 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 		// still grow the file system.
 		unrecorded := !created && orig.Status.SizeBytes > 0 && v.Spec.RequiredBytes > orig.Status.SizeBytes
 		if v.Spec.RequiredBytes > ev.SizeBytes || unrecorded {
-			var res *engine.ExpandResult
+			var res *model.ExpandResult
 			if res, err = a.Engine.ExpandVolume(ctx, v.Name, v.Spec.RequiredBytes, v.Spec.LimitBytes); err == nil {
 				v.Status.SizeBytes, v.Status.NodeExpansionRequired = res.SizeBytes, res.NodeExpansionRequired
 				msg = fmt.Sprintf("expanded to %d bytes on node %s", res.SizeBytes, a.Node)
@@ -334,10 +339,10 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 		a.capacityChanged()
 		log.Info("Volume created", "size", ev.SizeBytes, "source", v.Spec.Source)
 		a.event(&v, v.Spec.Parameters, false, "Created", "Volume created on node %s: %d bytes%s", a.Node, ev.SizeBytes, sourceNote(v.Spec.Source))
-	case err != nil && !errors.Is(err, engine.ErrAborted) && orig.Status.Message != v.Status.Message:
+	case err != nil && !errors.Is(err, model.ErrAborted) && orig.Status.Message != v.Status.Message:
 		log.Error(err, "Volume not ready")
 		a.event(&v, v.Spec.Parameters, true, "Failed", "%v", err)
-	case errors.Is(err, engine.ErrAborted) && orig.Status.Phase != cairnv1.PhasePending:
+	case errors.Is(err, model.ErrAborted) && orig.Status.Phase != cairnv1.PhasePending:
 		a.event(&v, v.Spec.Parameters, false, "InProgress", "%v", err)
 	}
 	if perr := a.client.Status().Patch(ctx, &v, client.MergeFrom(orig)); perr != nil {
@@ -353,8 +358,8 @@ func sourceNote(s *cairnv1.VolumeSource) string {
 	return fmt.Sprintf(" from %s %s", s.Kind, s.ID)
 }
 
-func createRequest(v *cairnv1.Volume) engine.CreateVolumeRequest {
-	r := engine.CreateVolumeRequest{
+func createRequest(v *cairnv1.Volume) model.CreateVolumeRequest {
+	r := model.CreateVolumeRequest{
 		Name: v.Spec.Name, RequiredBytes: v.Spec.RequiredBytes, LimitBytes: v.Spec.LimitBytes,
 		Block: v.Spec.Block, FsType: v.Spec.FsType, Parameters: v.Spec.Parameters,
 	}
@@ -373,7 +378,7 @@ func (a *Agent) prepareSource(ctx context.Context, s *cairnv1.VolumeSource) erro
 	if s == nil || s.Kind != cairnv1.SourceBackup {
 		return nil
 	}
-	h, err := engine.ParseBackupHandle(s.ID)
+	h, err := model.ParseBackupHandle(s.ID)
 	if err != nil {
 		return err
 	}
@@ -403,7 +408,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	msg := ""
 	switch {
 	case s.Spec.Type == cairnv1.SnapshotLocal:
-		var snap *engine.Snapshot
+		var snap *model.Snapshot
 		if recovered(&s) {
 			// Never take a new snapshot in place of one that is gone.
 			snap, err = a.Engine.GetSnapshot(ctx, s.Name)
@@ -415,7 +420,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 			msg = "snapshot taken on node " + a.Node
 		}
 	default:
-		var info *engine.BackupInfo
+		var info *model.BackupInfo
 		if err = a.ensureTarget(ctx, s.Spec.BackupTarget); err == nil {
 			if s.Spec.Name != "" {
 				info, err = a.Engine.CreateBackup(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.BackupTarget)
@@ -431,9 +436,9 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 			case info.Ready:
 				msg = "backup committed to target " + info.Handle.Target
 			case info.LastError != "":
-				err = engine.Errorf(engine.ErrUnavailable, "upload to %s failed, retrying: %s", info.Handle.Target, info.LastError)
+				err = model.Errorf(model.ErrUnavailable, "upload to %s failed, retrying: %s", info.Handle.Target, info.LastError)
 			default:
-				err = engine.Errorf(engine.ErrAborted, "uploading: %d of %d bytes", info.BytesDone, info.SizeBytes)
+				err = model.Errorf(model.ErrAborted, "uploading: %d of %d bytes", info.BytesDone, info.SizeBytes)
 			}
 		}
 	}
@@ -442,7 +447,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	case s.Status.ReadyToUse:
 		log.Info("Snapshot ready")
 		a.event(&s, s.Spec.Parameters, false, "Ready", "%s", msg)
-	case err != nil && !errors.Is(err, engine.ErrAborted) && orig.Status.Message != s.Status.Message:
+	case err != nil && !errors.Is(err, model.ErrAborted) && orig.Status.Message != s.Status.Message:
 		log.Error(err, "Snapshot not ready")
 		a.event(&s, s.Spec.Parameters, true, "Failed", "%v", err)
 	case orig.Status.CreationTime == nil && s.Status.CreationTime != nil:
@@ -451,7 +456,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	if perr := a.client.Status().Patch(ctx, &s, client.MergeFrom(orig)); perr != nil {
 		return reconcile.Result{}, perr
 	}
-	if errors.Is(err, engine.ErrUnavailable) && s.Status.CreationTime != nil {
+	if errors.Is(err, model.ErrUnavailable) && s.Status.CreationTime != nil {
 		// The engine retries the upload itself; look again for progress.
 		return reconcile.Result{RequeueAfter: a.Progress}, nil
 	}
@@ -464,7 +469,7 @@ func (a *Agent) ensureTarget(ctx context.Context, name string) error {
 	var t cairnv1.BackupTarget
 	if err := a.client.Get(ctx, client.ObjectKey{Name: name}, &t); err != nil {
 		if apierrors.IsNotFound(err) {
-			return engine.Errorf(engine.ErrInvalidArgument, "backup target %q: no BackupTarget object of that name", name)
+			return model.Errorf(model.ErrInvalidArgument, "backup target %q: no BackupTarget object of that name", name)
 		}
 		return err
 	}
@@ -479,7 +484,7 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	if t.Spec.CredentialsSecret != "" {
 		var sec corev1.Secret
 		if err := a.client.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: t.Spec.CredentialsSecret}, &sec); err != nil {
-			return engine.Errorf(engine.ErrUnavailable, "backup target %q: credentials Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
+			return model.Errorf(model.ErrUnavailable, "backup target %q: credentials Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
 		}
 		data := map[string]string{}
 		for k, v := range sec.Data {
@@ -487,7 +492,7 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 		}
 		var err error
 		if creds, err = objstore.CredentialsFromSecret(data); err != nil {
-			return engine.Errorf(engine.ErrInvalidArgument, "backup target %q: Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
+			return model.Errorf(model.ErrInvalidArgument, "backup target %q: Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
 		}
 		version += "@" + sec.ResourceVersion
 	}
@@ -496,7 +501,7 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	}
 	st, err := objstore.Open(ctx, t.Spec.URL, creds)
 	if err != nil {
-		return engine.Errorf(engine.ErrUnavailable, "backup target %q: %v", t.Name, err)
+		return model.Errorf(model.ErrUnavailable, "backup target %q: %v", t.Name, err)
 	}
 	if err := a.Engine.SetBackupTarget(t.Name, st); err != nil {
 		return err

@@ -1,4 +1,4 @@
-package kube
+package agent
 
 // Kubernetes objects never own the data: the node agent deletes a volume,
 // a local snapshot or a backup only when its object carries the delete
@@ -21,8 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
-	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // deleteVolume carries out the deletion of a Volume object: the data goes
@@ -35,7 +36,7 @@ func (a *Agent) deleteVolume(ctx context.Context, log klog.Logger, v *cairnv1.Vo
 	defer a.dataMu.RUnlock()
 	// An object whose name is not its spec's volume ID is no object the
 	// controller wrote: it never deletes data.
-	if !cairnv1.DataDeletionRequested(v) || v.Name != engine.VolumeIDForName(v.Spec.Name) {
+	if !cairnv1.DataDeletionRequested(v) || v.Name != model.VolumeIDForName(v.Spec.Name) {
 		defer a.recoverSoon()
 		if _, err := a.Engine.GetVolume(ctx, v.Name); err == nil {
 			log.Info("Volume object deleted without a CSI delete; data kept", "node", a.Node)
@@ -120,9 +121,9 @@ func recovered(obj metav1.Object) bool {
 // what it describes (so it is no object the controller wrote), or "".
 func snapshotNameProblem(s *cairnv1.Snapshot) string {
 	switch {
-	case s.Spec.Type == cairnv1.SnapshotLocal && s.Name != engine.SnapshotIDForName(s.Spec.Name):
+	case s.Spec.Type == cairnv1.SnapshotLocal && s.Name != model.SnapshotIDForName(s.Spec.Name):
 		return fmt.Sprintf("object name %q is not the snapshot ID of spec.name %q", s.Name, s.Spec.Name)
-	case s.Spec.Type != cairnv1.SnapshotLocal && s.Name != SnapshotObjectName(s.Spec.Handle):
+	case s.Spec.Type != cairnv1.SnapshotLocal && s.Name != kube.SnapshotObjectName(s.Spec.Handle):
 		return fmt.Sprintf("object name %q is not the object name of backup handle %q", s.Name, s.Spec.Handle)
 	}
 	return ""
@@ -134,12 +135,12 @@ func (a *Agent) refuse(ctx context.Context, obj client.Object, st statusFields, 
 		return nil
 	}
 	orig := obj.DeepCopyObject().(client.Object)
-	setOutcome(st, obj.GetGeneration(), engine.Errorf(engine.ErrInvalidArgument, "%s", why), "")
+	setOutcome(st, obj.GetGeneration(), model.Errorf(model.ErrInvalidArgument, "%s", why), "")
 	klog.FromContext(ctx).Info("Object refused", "object", obj.GetName(), "reason", why)
 	return a.client.Status().Patch(ctx, obj, client.MergeFrom(orig))
 }
 
-func setLocalSnapshotStatus(s *cairnv1.Snapshot, snap *engine.Snapshot) {
+func setLocalSnapshotStatus(s *cairnv1.Snapshot, snap *model.Snapshot) {
 	s.Status.SnapshotID, s.Status.SizeBytes, s.Status.SourceVolumeID = snap.ID, snap.SizeBytes, snap.SourceVolumeID
 	s.Status.CreationTime = &metav1.Time{Time: snap.CreatedAt}
 	s.Status.ReadyToUse = true
@@ -233,7 +234,7 @@ func (a *Agent) recoverOne(ctx context.Context, kind string, probe client.Object
 		return 0, err // there (perhaps being deleted: its deletion asks again), or unreadable
 	}
 	obj, fill, err := build()
-	if errors.Is(err, engine.ErrNotFound) {
+	if errors.Is(err, model.ErrNotFound) {
 		return 0, nil // deleted meanwhile
 	}
 	if err != nil {
@@ -271,20 +272,20 @@ func (a *Agent) recoveredMeta(name string) metav1.ObjectMeta {
 // recoveredVolume is the Volume the controller would have written for a
 // volume on the data root: its CSI name, size, access type, file system,
 // parameters and source, on this node.
-func (a *Agent) recoveredVolume(ev *engine.Volume) *cairnv1.Volume {
+func (a *Agent) recoveredVolume(ev *model.Volume) *cairnv1.Volume {
 	spec := cairnv1.VolumeSpec{
 		Name: ev.Name, NodeName: a.Node, RequiredBytes: ev.SizeBytes,
 		Block: ev.Block, FsType: ev.FsType, Parameters: ev.Parameters,
 	}
 	if s := ev.Source; s != nil {
-		spec.Source = &cairnv1.VolumeSource{Kind: s.Kind, ID: s.ID} // snapshot, volume or backup, as in the CRD
+		spec.Source = &cairnv1.VolumeSource{Kind: string(s.Kind), ID: s.ID} // snapshot, volume or backup, as in the CRD
 	}
 	return &cairnv1.Volume{ObjectMeta: a.recoveredMeta(ev.ID), Spec: spec}
 }
 
 // recoveredSnapshot is the Snapshot the controller would have written for
 // a local snapshot on the data root.
-func (a *Agent) recoveredSnapshot(es *engine.Snapshot) *cairnv1.Snapshot {
+func (a *Agent) recoveredSnapshot(es *model.Snapshot) *cairnv1.Snapshot {
 	return &cairnv1.Snapshot{ObjectMeta: a.recoveredMeta(es.ID), Spec: cairnv1.SnapshotSpec{
 		Name: es.Name, Type: cairnv1.SnapshotLocal, SourceVolumeID: es.SourceVolumeID,
 		NodeName: a.Node, Parameters: es.Parameters,

@@ -1,4 +1,4 @@
-package kube
+package agent
 
 import (
 	"context"
@@ -24,9 +24,11 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cairn-csi/cairn/internal/backup"
-	"github.com/cairn-csi/cairn/internal/csi"
+	"github.com/cairn-csi/cairn/internal/control/remote"
 	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
@@ -46,7 +48,7 @@ type fixture struct {
 	t      *testing.T
 	ctx    context.Context
 	cl     client.Client
-	remote *Remote
+	remote *remote.Remote
 	eng    *engine.Engine
 	fs     *scratchfs.FS
 	work   string
@@ -95,7 +97,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: Scheme, Cache: AgentCacheOptions(testNode, testNS),
+		Scheme: kube.Scheme, Cache: CacheOptions(testNode, testNS),
 		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
@@ -107,10 +109,10 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	go func() { f.agent <- mgr.Start(ctx) }()
-	if f.cl, err = client.New(cfg, client.Options{Scheme: Scheme}); err != nil {
+	if f.cl, err = client.New(cfg, client.Options{Scheme: kube.Scheme}); err != nil {
 		t.Fatal(err)
 	}
-	f.remote = &Remote{Client: f.cl, HeartbeatTimeout: 30 * time.Second, Poll: 50 * time.Millisecond}
+	f.remote = &remote.Remote{Client: f.cl, HeartbeatTimeout: 30 * time.Second, Poll: 50 * time.Millisecond}
 	f.eventually(time.Minute, func() error {
 		c, err := f.remote.Capacity(ctx, testNode)
 		if err == nil && c <= 0 {
@@ -136,8 +138,8 @@ func (f *fixture) eventually(d time.Duration, fn func() error) {
 	}
 }
 
-func (f *fixture) create(name string, size int64, where csi.Placement, mod func(*engine.CreateVolumeRequest)) (*csi.VolumeInfo, error) {
-	req := engine.CreateVolumeRequest{Name: name, RequiredBytes: size, FsType: "ext4"}
+func (f *fixture) create(name string, size int64, where model.Placement, mod func(*model.CreateVolumeRequest)) (*model.Volume, error) {
+	req := model.CreateVolumeRequest{Name: name, RequiredBytes: size, FsType: "ext4"}
 	if mod != nil {
 		mod(&req)
 	}
@@ -146,8 +148,8 @@ func (f *fixture) create(name string, size int64, where csi.Placement, mod func(
 	return f.remote.CreateVolume(ctx, req, where)
 }
 
-func onlyNode(n string) csi.Placement {
-	return csi.Placement{Requisite: []string{n}, Preferred: []string{n}}
+func onlyNode(n string) model.Placement {
+	return model.Placement{Requisite: []string{n}, Preferred: []string{n}}
 }
 
 // events lists the events.k8s.io events about an object.
@@ -171,8 +173,8 @@ func TestVolumeSnapshotCloneExpandDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vol.Node != testNode || vol.SizeBytes != gib || vol.ID != engine.VolumeIDForName("pv-1") {
-		t.Fatalf("volume %+v on %s", vol.VolumeMeta, vol.Node)
+	if vol.Node != testNode || vol.SizeBytes != gib || vol.ID != model.VolumeIDForName("pv-1") {
+		t.Fatalf("volume %+v on %s", vol, vol.Node)
 	}
 	// What the user sees on the object.
 	var obj cairnv1.Volume
@@ -193,18 +195,18 @@ func TestVolumeSnapshotCloneExpandDelete(t *testing.T) {
 	if err != nil || again.ID != vol.ID {
 		t.Fatalf("repeated create: %v %v", again, err)
 	}
-	snap, err := f.remote.CreateSnapshot(f.ctx, "snap-1", vol.ID, nil, csi.Placement{})
+	snap, err := f.remote.CreateSnapshot(f.ctx, "snap-1", vol.ID, nil, model.Placement{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snap.Node != testNode || snap.SizeBytes != gib || snap.ID != engine.SnapshotIDForName("snap-1") {
-		t.Fatalf("snapshot %+v", snap.SnapshotMeta)
+	if snap.Node != testNode || snap.SizeBytes != gib || snap.ID != model.SnapshotIDForName("snap-1") {
+		t.Fatalf("snapshot %+v", snap)
 	}
-	restored, err := f.create("pv-restored", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID })
+	restored, err := f.create("pv-restored", gib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID })
 	if err != nil || restored.Node != testNode {
 		t.Fatalf("restore: %v %v", restored, err)
 	}
-	clone, err := f.create("pv-clone", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceVolumeID = vol.ID })
+	clone, err := f.create("pv-clone", gib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceVolumeID = vol.ID })
 	if err != nil || clone.Node != testNode || clone.Source == nil || clone.Source.ID != vol.ID {
 		t.Fatalf("clone: %v %v", clone, err)
 	}
@@ -215,7 +217,7 @@ func TestVolumeSnapshotCloneExpandDelete(t *testing.T) {
 	if ev, _ := f.eng.GetVolume(f.ctx, clone.ID); ev.SizeBytes != 2*gib {
 		t.Errorf("engine size after expand: %d", ev.SizeBytes)
 	}
-	if _, err := f.remote.ExpandVolume(f.ctx, clone.ID, gib, gib); !errors.Is(err, engine.ErrOutOfRange) {
+	if _, err := f.remote.ExpandVolume(f.ctx, clone.ID, gib, gib); !errors.Is(err, model.ErrOutOfRange) {
 		t.Errorf("shrink: %v, want OutOfRange", err)
 	}
 	list, err := f.remote.ListVolumes(f.ctx)
@@ -253,7 +255,7 @@ func TestExpansionRecordedAfterALostStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	staging := filepath.Join(f.work, "staging")
-	if err := f.eng.StageVolume(f.ctx, engine.StageRequest{VolumeID: v.ID, StagingPath: staging}); err != nil {
+	if err := f.eng.StageVolume(f.ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.eng.UnstageVolume(context.Background(), v.ID, staging) })
@@ -283,29 +285,29 @@ func TestPlacement(t *testing.T) {
 	f.storageNode("node-c", 100*gib, time.Now().Add(-time.Hour)) // silent
 
 	// The stale node is skipped even when preferred.
-	v, err := f.create("placed", gib, csi.Placement{Requisite: []string{"node-c", testNode}, Preferred: []string{"node-c", testNode}}, nil)
+	v, err := f.create("placed", gib, model.Placement{Requisite: []string{"node-c", testNode}, Preferred: []string{"node-c", testNode}}, nil)
 	if err != nil || v.Node != testNode {
 		t.Fatalf("placement: %v %v", v, err)
 	}
 	_, err = f.create("only-stale", gib, onlyNode("node-c"), nil)
-	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-c: node agent silent") {
+	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-c: node agent silent") {
 		t.Errorf("stale node only: %v", err)
 	}
 	_, err = f.create("too-big", 1<<50, onlyNode(testNode), nil)
-	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "bytes available") {
+	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), "bytes available") {
 		t.Errorf("too big: %v", err)
 	}
 	_, err = f.create("unknown-node", gib, onlyNode("node-z"), nil)
-	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-z: no Cairn node agent") {
+	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-z: no Cairn node agent") {
 		t.Errorf("unknown node: %v", err)
 	}
 	// A clone stays with its source: refused when that node is excluded.
-	_, err = f.create("clone-elsewhere", gib, onlyNode("node-b"), func(r *engine.CreateVolumeRequest) { r.SourceVolumeID = v.ID })
-	if !errors.Is(err, engine.ErrResourceExhausted) || !strings.Contains(err.Error(), `source lives on node "node-a"`) {
+	_, err = f.create("clone-elsewhere", gib, onlyNode("node-b"), func(r *model.CreateVolumeRequest) { r.SourceVolumeID = v.ID })
+	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), `source lives on node "node-a"`) {
 		t.Errorf("clone to an excluded node: %v", err)
 	}
-	_, err = f.create("from-missing", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = engine.SnapshotIDForName("nope") })
-	if !errors.Is(err, engine.ErrNotFound) || !strings.Contains(err.Error(), "volume_content_source.snapshot.snapshot_id") {
+	_, err = f.create("from-missing", gib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = model.SnapshotIDForName("nope") })
+	if !errors.Is(err, model.ErrNotFound) || !strings.Contains(err.Error(), "volume_content_source.snapshot.snapshot_id") {
 		t.Errorf("missing source: %v", err)
 	}
 	// No preference: the node with the most room (node-b), whose agent
@@ -313,8 +315,8 @@ func TestPlacement(t *testing.T) {
 	// retry finds the same object.
 	ctx, cancel := context.WithTimeout(f.ctx, time.Second)
 	defer cancel()
-	_, err = f.remote.CreateVolume(ctx, engine.CreateVolumeRequest{Name: "waits", RequiredBytes: gib}, csi.Placement{})
-	if !errors.Is(err, engine.ErrAborted) || !strings.Contains(err.Error(), "waiting for node agent on node-b") {
+	_, err = f.remote.CreateVolume(ctx, model.CreateVolumeRequest{Name: "waits", RequiredBytes: gib}, model.Placement{})
+	if !errors.Is(err, model.ErrAborted) || !strings.Contains(err.Error(), "waiting for node agent on node-b") {
 		t.Errorf("volume on an agent-less node: %v, want Aborted naming node-b", err)
 	}
 	if c, _ := f.remote.Capacity(f.ctx, "node-c"); c != 0 {
@@ -331,25 +333,25 @@ func TestFinalFailureLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := f.remote.CreateSnapshot(f.ctx, "big-snap", v.ID, nil, csi.Placement{})
+	snap, err := f.remote.CreateSnapshot(f.ctx, "big-snap", v.ID, nil, model.Placement{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Restoring a 2 GiB snapshot into at most 1 GiB fails on the node.
-	_, err = f.create("small", gib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID; r.LimitBytes = gib })
-	if !errors.Is(err, engine.ErrOutOfRange) {
+	_, err = f.create("small", gib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = snap.ID; r.LimitBytes = gib })
+	if !errors.Is(err, model.ErrOutOfRange) {
 		t.Fatalf("restore into smaller: %v, want OutOfRange", err)
 	}
 	var obj cairnv1.Volume
-	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: engine.VolumeIDForName("small")}, &obj); !apierrors.IsNotFound(err) {
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: model.VolumeIDForName("small")}, &obj); !apierrors.IsNotFound(err) {
 		t.Errorf("failed volume object left behind: %v", err)
 	}
 	// A snapshot of a missing volume.
-	if _, err := f.remote.CreateSnapshot(f.ctx, "orphan", engine.VolumeIDForName("missing"), nil, csi.Placement{}); !errors.Is(err, engine.ErrNotFound) {
+	if _, err := f.remote.CreateSnapshot(f.ctx, "orphan", model.VolumeIDForName("missing"), nil, model.Placement{}); !errors.Is(err, model.ErrNotFound) {
 		t.Errorf("snapshot of a missing volume: %v", err)
 	}
 	// A snapshot name reused for another volume.
-	if _, err := f.remote.CreateSnapshot(f.ctx, "big-snap", engine.VolumeIDForName("other"), nil, csi.Placement{}); !errors.Is(err, engine.ErrAlreadyExists) {
+	if _, err := f.remote.CreateSnapshot(f.ctx, "big-snap", model.VolumeIDForName("other"), nil, model.Placement{}); !errors.Is(err, model.ErrAlreadyExists) {
 		t.Errorf("snapshot name reuse: %v", err)
 	}
 }
@@ -377,7 +379,7 @@ func TestBackupsThroughObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var info *engine.BackupInfo
+	var info *model.BackupInfo
 	f.eventually(time.Minute, func() error {
 		if info, err = f.remote.CreateBackup(f.ctx, "bk-1", v.ID, "default"); err != nil {
 			return err
@@ -391,7 +393,7 @@ func TestBackupsThroughObjects(t *testing.T) {
 	if got, err := f.remote.GetBackup(f.ctx, handle); err != nil || !got.Ready || got.SizeBytes != 512*mib {
 		t.Fatalf("get backup: %+v %v", got, err)
 	}
-	restored, err := f.create("from-backup", 512*mib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = handle })
+	restored, err := f.create("from-backup", 512*mib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = handle })
 	if err != nil || restored.Node != testNode {
 		t.Fatalf("restore from backup: %v %v", restored, err)
 	}
@@ -414,22 +416,22 @@ func TestBackupsThroughObjects(t *testing.T) {
 		t.Fatalf("import: %+v %v", got, err)
 	}
 	var imported cairnv1.Snapshot
-	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: SnapshotObjectName(fh)}, &imported); err != nil || imported.Spec.Handle != fh {
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: kube.SnapshotObjectName(fh)}, &imported); err != nil || imported.Spec.Handle != fh {
 		t.Fatalf("imported object: %+v %v", imported.Spec, err)
 	}
-	missing := engine.BackupHandle{Target: "default", VolumeID: v.ID, BackupID: strings.Repeat("0", 32)}.String()
-	if _, err := f.remote.GetBackup(f.ctx, missing); !errors.Is(err, engine.ErrNotFound) {
+	missing := model.BackupHandle{Target: "default", VolumeID: v.ID, BackupID: strings.Repeat("0", 32)}.String()
+	if _, err := f.remote.GetBackup(f.ctx, missing); !errors.Is(err, model.ErrNotFound) {
 		t.Errorf("missing backup: %v, want NotFound", err)
 	}
 	// The same backup seen through a target this cluster does not have yet:
 	// the lookup fails for good and the controller deletes the import. That
 	// must only forget it, even once the target exists and the agent's
 	// retried clean-up can reach the store.
-	later := engine.BackupHandle{Target: "later", VolumeID: foreign.Handle.VolumeID, BackupID: foreign.Handle.BackupID}.String()
+	later := model.BackupHandle{Target: "later", VolumeID: foreign.Handle.VolumeID, BackupID: foreign.Handle.BackupID}.String()
 	ctx, cancel := context.WithTimeout(f.ctx, 20*time.Second)
 	_, err = f.remote.GetBackup(ctx, later)
 	cancel()
-	if !errors.Is(err, engine.ErrInvalidArgument) {
+	if !errors.Is(err, model.ErrInvalidArgument) {
 		t.Fatalf("import through a missing target: %v, want InvalidArgument", err)
 	}
 	if err := f.cl.Create(f.ctx, &cairnv1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "later"}, Spec: cairnv1.BackupTargetSpec{URL: "file://" + target}}); err != nil {
@@ -437,7 +439,7 @@ func TestBackupsThroughObjects(t *testing.T) {
 	}
 	f.eventually(time.Minute, func() error {
 		var s cairnv1.Snapshot
-		if err := f.cl.Get(f.ctx, client.ObjectKey{Name: SnapshotObjectName(later)}, &s); !apierrors.IsNotFound(err) {
+		if err := f.cl.Get(f.ctx, client.ObjectKey{Name: kube.SnapshotObjectName(later)}, &s); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("failed import still there: %v %v", s.Status, err)
 		}
 		return nil
@@ -458,7 +460,7 @@ func TestBackupsThroughObjects(t *testing.T) {
 		if err := f.remote.DeleteBackup(f.ctx, h); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.eng.GetBackup(f.ctx, h); !errors.Is(err, engine.ErrNotFound) {
+		if _, err := f.eng.GetBackup(f.ctx, h); !errors.Is(err, model.ErrNotFound) {
 			t.Errorf("backup %s still in the target: %v", h, err)
 		}
 	}
@@ -499,7 +501,7 @@ func TestS3TargetFromSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var info *engine.BackupInfo
+	var info *model.BackupInfo
 	f.eventually(2*time.Minute, func() error {
 		if info, err = f.remote.CreateBackup(f.ctx, "s3-bk", v.ID, "s3"); err != nil {
 			return err
@@ -509,7 +511,7 @@ func TestS3TargetFromSecret(t *testing.T) {
 		}
 		return nil
 	})
-	restored, err := f.create("s3-restored", 256*mib, csi.Placement{}, func(r *engine.CreateVolumeRequest) { r.SourceSnapshotID = info.Handle.String() })
+	restored, err := f.create("s3-restored", 256*mib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = info.Handle.String() })
 	if err != nil || restored.SizeBytes != 256*mib {
 		t.Fatalf("restore from S3: %v %v", restored, err)
 	}
@@ -521,8 +523,8 @@ func TestS3TargetFromSecret(t *testing.T) {
 		t.Errorf("backup with wrong credentials: %v", err)
 	}
 	var snap cairnv1.Snapshot
-	h := engine.BackupHandle{Target: "s3-wrong", VolumeID: v.ID, BackupID: backup.BackupIDForName("s3-bk-wrong")}
-	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: SnapshotObjectName(h.String())}, &snap); err != nil {
+	h := model.BackupHandle{Target: "s3-wrong", VolumeID: v.ID, BackupID: model.BackupIDForName("s3-bk-wrong")}
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: kube.SnapshotObjectName(h.String())}, &snap); err != nil {
 		t.Fatal(err)
 	}
 	if snap.Status.Phase != cairnv1.PhaseFailed || strings.Contains(snap.Status.Message, "not-the-secret-key") {

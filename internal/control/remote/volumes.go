@@ -1,0 +1,188 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"sort"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cairn-csi/cairn/internal/kube"
+	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
+)
+
+// CreateVolume records a Volume on the chosen node and waits until it is
+// ready. Clones and restores from local snapshots go to their source's
+// node; restores from backups go wherever there is room.
+func (r *Remote) CreateVolume(ctx context.Context, req model.CreateVolumeRequest, where model.Placement) (*model.Volume, error) {
+	id := model.VolumeIDForName(req.Name)
+	var vol cairnv1.Volume
+	err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &vol)
+	switch {
+	case apierrors.IsNotFound(err):
+		if err := r.createVolumeObject(ctx, id, req, where); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, apiError("get volume "+id, err)
+	}
+	v, err := r.waitVolume(ctx, id, func(v *cairnv1.Volume) bool { return v.Status.Phase == cairnv1.PhaseReady })
+	if err != nil {
+		var failed *finalFailure
+		if errors.As(err, &failed) {
+			// Nothing usable was made: drop the object (the node agent's
+			// finalizer removes any partial data) so a retry starts over.
+			r.deleteObject(ctx, failed.obj)
+		}
+		return nil, err
+	}
+	info := volumeInfo(v)
+	// The same name asked for again: compatible, or AlreadyExists.
+	if err := info.Answers(req); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+func (r *Remote) createVolumeObject(ctx context.Context, id string, req model.CreateVolumeRequest, where model.Placement) error {
+	spec := cairnv1.VolumeSpec{
+		Name: req.Name, RequiredBytes: req.RequiredBytes, LimitBytes: req.LimitBytes,
+		Block: req.Block, FsType: req.FsType, Parameters: req.Parameters,
+	}
+	var node string
+	switch {
+	case req.SourceSnapshotID != "" && model.IsBackupHandle(req.SourceSnapshotID):
+		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceBackup, ID: req.SourceSnapshotID}
+	case req.SourceSnapshotID != "":
+		var snap cairnv1.Snapshot
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: kube.SnapshotObjectName(req.SourceSnapshotID)}, &snap); err != nil {
+			return notFoundOr(err, "volume_content_source.snapshot.snapshot_id: snapshot %q not found", req.SourceSnapshotID)
+		}
+		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceSnapshot, ID: req.SourceSnapshotID}
+		node = snap.Spec.NodeName
+	case req.SourceVolumeID != "":
+		var src cairnv1.Volume
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: req.SourceVolumeID}, &src); err != nil {
+			return notFoundOr(err, "volume_content_source.volume.volume_id: volume %q not found", req.SourceVolumeID)
+		}
+		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceVolume, ID: req.SourceVolumeID}
+		node = src.Spec.NodeName
+	}
+	if node != "" {
+		if !where.Allows(node) {
+			return model.SourceNodeExcluded(node, where)
+		}
+	} else {
+		size, err := model.PickSize(req.RequiredBytes, req.LimitBytes, req.FsType)
+		if err != nil {
+			return err
+		}
+		if node, err = r.place(ctx, where, size); err != nil {
+			return err
+		}
+	}
+	spec.NodeName = node
+	vol := &cairnv1.Volume{
+		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{cairnv1.NodeLabel: node}, Finalizers: []string{cairnv1.Finalizer}},
+		Spec:       spec,
+	}
+	if err := r.Client.Create(ctx, vol); err != nil && !apierrors.IsAlreadyExists(err) {
+		return apiError("create volume "+id, err)
+	}
+	klog.InfoS("Volume recorded", "volumeID", id, "name", req.Name, "node", node, "source", spec.Source)
+	return nil
+}
+
+func volumeInfo(v *cairnv1.Volume) *model.Volume {
+	out := &model.Volume{
+		ID: v.Name, Name: v.Spec.Name, SizeBytes: v.Status.SizeBytes, Block: v.Spec.Block,
+		FsType: v.Spec.FsType, Parameters: v.Spec.Parameters, CreatedAt: v.CreationTimestamp.Time,
+		Node: v.Spec.NodeName,
+	}
+	if s := v.Spec.Source; s != nil {
+		out.Source = &model.Source{Kind: model.SourceKind(s.Kind), ID: s.ID}
+	}
+	if v.Status.FsType != "" {
+		out.FsType = v.Status.FsType
+	} else {
+		out.FsType = model.EffectiveFsType(out.Block, out.FsType)
+	}
+	return out
+}
+
+// deleteObject deletes obj and waits until its finalizer is gone. Without
+// the mark deleteData sets, the node agent only forgets the object (a
+// failed create's clean-up: nothing was made, or what exists is not this
+// call's to remove).
+func (r *Remote) DeleteVolume(ctx context.Context, id string) error {
+	if !model.ValidVolumeID(id) {
+		return nil // can never have existed
+	}
+	return r.deleteData(ctx, &cairnv1.Volume{ObjectMeta: metav1.ObjectMeta{Name: id}})
+}
+
+// GetVolume describes a volume.
+func (r *Remote) GetVolume(ctx context.Context, id string) (*model.Volume, error) {
+	var v cairnv1.Volume
+	if !model.ValidVolumeID(id) {
+		return nil, model.Errorf(model.ErrNotFound, "volume %q not found", id)
+	}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
+		return nil, notFoundOr(err, "volume %q not found", id)
+	}
+	return volumeInfo(&v), nil
+}
+
+// ListVolumes lists every volume that is ready.
+func (r *Remote) ListVolumes(ctx context.Context) ([]*model.Volume, error) {
+	var list cairnv1.VolumeList
+	if err := r.Client.List(ctx, &list); err != nil {
+		return nil, apiError("list volumes", err)
+	}
+	var out []*model.Volume
+	for i := range list.Items {
+		if list.Items[i].Status.Phase == cairnv1.PhaseReady {
+			out = append(out, volumeInfo(&list.Items[i]))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// ExpandVolume raises the Volume's requested size and waits for the node.
+func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit int64) (*model.ExpandResult, error) {
+	var v cairnv1.Volume
+	if !model.ValidVolumeID(id) {
+		return nil, model.Errorf(model.ErrNotFound, "volume %q not found", id)
+	}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
+		return nil, notFoundOr(err, "volume %q not found", id)
+	}
+	if v.Status.Phase != cairnv1.PhaseReady && v.Status.SizeBytes == 0 {
+		return nil, model.Errorf(model.ErrFailedPrecondition, "volume %s is not ready yet", id)
+	}
+	size, err := model.ExpandSize(id, v.Status.SizeBytes, required, limit, v.Spec.FsType)
+	if err != nil {
+		return nil, err
+	}
+	if size > v.Spec.RequiredBytes {
+		patch := client.MergeFrom(v.DeepCopy())
+		v.Spec.RequiredBytes = size
+		v.Spec.LimitBytes = limit
+		if err := r.Client.Patch(ctx, &v, patch); err != nil {
+			return nil, apiError("expand volume "+id, err)
+		}
+		klog.InfoS("Volume expansion recorded", "volumeID", id, "size", size, "node", v.Spec.NodeName)
+	}
+	got, err := r.waitVolume(ctx, id, func(v *cairnv1.Volume) bool {
+		return v.Status.Phase == cairnv1.PhaseReady && v.Status.SizeBytes >= size
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &model.ExpandResult{SizeBytes: got.Status.SizeBytes, NodeExpansionRequired: got.Status.NodeExpansionRequired}, nil
+}

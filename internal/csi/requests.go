@@ -1,0 +1,198 @@
+package csi
+
+import (
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cairn-csi/cairn/internal/model"
+)
+
+// Request validation, one function per CSI request that carries more than
+// an ID: each checks every field (with validate.go's rules) and returns
+// the backend's request. Handlers call these first and nothing else
+// validates.
+
+func createVolumeRequest(req *csipb.CreateVolumeRequest) (model.CreateVolumeRequest, model.Placement, error) {
+	var out model.CreateVolumeRequest
+	if err := required(req.GetName(), "name"); err != nil {
+		return out, model.Placement{}, err
+	}
+	caps, err := checkCapabilities(req.GetVolumeCapabilities(), "volume_capabilities")
+	if err != nil {
+		return out, model.Placement{}, err
+	}
+	paramFs, err := checkVolumeParameters(req.GetParameters())
+	if err != nil {
+		return out, model.Placement{}, err
+	}
+	if err := checkCapacity(req.GetCapacityRange()); err != nil {
+		return out, model.Placement{}, err
+	}
+	where, err := placement(req.GetAccessibilityRequirements(), "accessibility_requirements")
+	if err != nil {
+		return out, model.Placement{}, err
+	}
+	fsType := caps.FsType
+	if fsType == "" {
+		fsType = paramFs
+	}
+	out = model.CreateVolumeRequest{
+		Name:          req.GetName(),
+		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
+		LimitBytes:    req.GetCapacityRange().GetLimitBytes(),
+		Block:         caps.Block,
+		FsType:        fsType,
+		Parameters:    req.GetParameters(),
+	}
+	if src := req.GetVolumeContentSource(); src != nil {
+		switch {
+		case src.GetSnapshot() != nil:
+			out.SourceSnapshotID = src.GetSnapshot().GetSnapshotId()
+			if err := required(out.SourceSnapshotID, "volume_content_source.snapshot.snapshot_id"); err != nil {
+				return out, where, err
+			}
+		case src.GetVolume() != nil:
+			out.SourceVolumeID = src.GetVolume().GetVolumeId()
+			if err := required(out.SourceVolumeID, "volume_content_source.volume.volume_id"); err != nil {
+				return out, where, err
+			}
+		default:
+			return out, where, invalid("volume_content_source: snapshot or volume is required")
+		}
+	}
+	return out, where, nil
+}
+
+// validateVolumeCapabilitiesRequest checks what must be present; whether
+// the capabilities are supported is the answer, not an error.
+func validateVolumeCapabilitiesRequest(req *csipb.ValidateVolumeCapabilitiesRequest) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return invalid("volume_capabilities is required")
+	}
+	return nil
+}
+
+func createSnapshotRequest(req *csipb.CreateSnapshotRequest) error {
+	if err := required(req.GetName(), "name"); err != nil {
+		return err
+	}
+	return required(req.GetSourceVolumeId(), "source_volume_id")
+}
+
+func controllerExpandRequest(req *csipb.ControllerExpandVolumeRequest) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	if req.GetCapacityRange() == nil {
+		return invalid("capacity_range is required")
+	}
+	if err := checkCapacity(req.GetCapacityRange()); err != nil {
+		return err
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		return checkCapability(vc, "volume_capability")
+	}
+	return nil
+}
+
+// requiredCapability checks a capability that must be present.
+func requiredCapability(vc *csipb.VolumeCapability, field string) error {
+	if vc == nil {
+		return invalid("%s is required", field)
+	}
+	return checkCapability(vc, field)
+}
+
+func stageRequest(req *csipb.NodeStageVolumeRequest, owned func(string) bool) (model.StageRequest, error) {
+	var out model.StageRequest
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return out, err
+	}
+	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", owned); err != nil {
+		return out, err
+	}
+	vc := req.GetVolumeCapability()
+	if err := requiredCapability(vc, "volume_capability"); err != nil {
+		return out, err
+	}
+	out = model.StageRequest{
+		VolumeID:    req.GetVolumeId(),
+		StagingPath: req.GetStagingTargetPath(),
+		Block:       vc.GetBlock() != nil,
+		ReadOnly:    vc.GetAccessMode().GetMode() == csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+	}
+	if m := vc.GetMount(); m != nil {
+		out.FsType = m.GetFsType()
+		if out.FsType == "" {
+			out.FsType = req.GetVolumeContext()["fsType"]
+		}
+		out.MountFlags = m.GetMountFlags()
+	}
+	return out, nil
+}
+
+func unstageRequest(req *csipb.NodeUnstageVolumeRequest, owned func(string) bool) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	return checkPath(req.GetStagingTargetPath(), "staging_target_path", owned)
+}
+
+func publishRequest(req *csipb.NodePublishVolumeRequest, owned func(string) bool) (model.PublishRequest, error) {
+	var out model.PublishRequest
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return out, err
+	}
+	if err := checkPath(req.GetTargetPath(), "target_path", owned); err != nil {
+		return out, err
+	}
+	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", owned); err != nil {
+		return out, err
+	}
+	vc := req.GetVolumeCapability()
+	if err := requiredCapability(vc, "volume_capability"); err != nil {
+		return out, err
+	}
+	mode := vc.GetAccessMode().GetMode()
+	out = model.PublishRequest{
+		VolumeID:     req.GetVolumeId(),
+		StagingPath:  req.GetStagingTargetPath(),
+		TargetPath:   req.GetTargetPath(),
+		Block:        vc.GetBlock() != nil,
+		ReadOnly:     req.GetReadonly() || mode == csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+		SingleWriter: mode == csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+	}
+	if m := vc.GetMount(); m != nil {
+		out.MountFlags = m.GetMountFlags()
+	}
+	return out, nil
+}
+
+func unpublishRequest(req *csipb.NodeUnpublishVolumeRequest, owned func(string) bool) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	return checkPath(req.GetTargetPath(), "target_path", owned)
+}
+
+func volumeStatsRequest(req *csipb.NodeGetVolumeStatsRequest) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	return required(req.GetVolumePath(), "volume_path")
+}
+
+func nodeExpandRequest(req *csipb.NodeExpandVolumeRequest) error {
+	if err := volumeStatsRequest(&csipb.NodeGetVolumeStatsRequest{VolumeId: req.GetVolumeId(), VolumePath: req.GetVolumePath()}); err != nil {
+		return err
+	}
+	if err := checkCapacity(req.GetCapacityRange()); err != nil {
+		return err
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		return checkCapability(vc, "volume_capability")
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"regexp"
+)
+
+// IDs are derived from the caller's name with a hash, so a retried create
+// after a crash (or on another controller replica) lands on the same ID,
+// and never contain anything but [0-9a-f] after a fixed prefix, so no
+// caller input becomes a path or an object name.
+var (
+	volumeIDRe   = regexp.MustCompile(`^v-[0-9a-f]{32}$`)
+	snapshotIDRe = regexp.MustCompile(`^s-[0-9a-f]{32}$`)
+	backupIDRe   = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
+	// A backup store keys a volume's backups by the ID of the volume they
+	// were made from; that may be another driver's or tool's ID (the
+	// `cairn backup` CLI backs up files), so the store accepts any DNS-like
+	// name, a superset of Cairn's own volume IDs.
+	storeVolumeRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,252}$`)
+	targetNameRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+)
+
+func deriveID(prefix, kind, name string) string {
+	sum := sha256.Sum256([]byte("cairn/" + kind + "/" + name))
+	return prefix + hex.EncodeToString(sum[:16])
+}
+
+// VolumeIDForName returns the ID a volume created with name gets.
+func VolumeIDForName(name string) string { return deriveID("v-", "volume", name) }
+
+// SnapshotIDForName returns the ID a local snapshot created with name gets.
+func SnapshotIDForName(name string) string { return deriveID("s-", "snapshot", name) }
+
+// BackupIDForName returns the ID a backup made for the snapshot name gets.
+func BackupIDForName(name string) string { return deriveID("b-", "backup", name) }
+
+// ValidVolumeID reports whether id is a well-formed Cairn volume ID.
+// Malformed IDs can never exist, so callers answer NotFound for them.
+func ValidVolumeID(id string) bool { return volumeIDRe.MatchString(id) }
+
+// ValidSnapshotID reports whether id is a well-formed local snapshot ID.
+func ValidSnapshotID(id string) bool { return snapshotIDRe.MatchString(id) }
+
+// ValidBackupID reports whether id is a well-formed backup ID.
+func ValidBackupID(id string) bool { return backupIDRe.MatchString(id) }
+
+// ValidStoreVolumeID reports whether id can name a volume in a backup
+// store (see storeVolumeRe).
+func ValidStoreVolumeID(id string) bool { return storeVolumeRe.MatchString(id) }
+
+// ValidTargetName reports whether name can name a backup target.
+func ValidTargetName(name string) bool { return targetNameRe.MatchString(name) }

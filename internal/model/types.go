@@ -1,0 +1,111 @@
+package model
+
+import "time"
+
+// CreateVolumeRequest asks for a new volume (validated by the CSI layer).
+type CreateVolumeRequest struct {
+	Name          string
+	RequiredBytes int64
+	LimitBytes    int64 // 0: no limit
+	Block         bool
+	FsType        string // for filesystem volumes; "" means DefaultFsType
+	Parameters    map[string]string
+	// At most one source. A bs:// snapshot ID names a backup.
+	SourceSnapshotID string
+	SourceVolumeID   string
+}
+
+// Volume is a volume as a backend reports it.
+type Volume struct {
+	ID         string
+	Name       string
+	SizeBytes  int64
+	Block      bool
+	FsType     string // "" for block volumes
+	Source     *Source
+	Parameters map[string]string
+	CreatedAt  time.Time
+	// AllocatedBytes is what the volume's file occupies on disk (0 where
+	// the backend does not know it).
+	AllocatedBytes int64
+	// Node is the node the volume lives on ("" where the backend is one
+	// node's engine).
+	Node string
+}
+
+// Snapshot is a local snapshot as a backend reports it.
+type Snapshot struct {
+	ID             string
+	Name           string
+	SourceVolumeID string
+	SizeBytes      int64
+	Block          bool
+	FsType         string
+	Parameters     map[string]string
+	CreatedAt      time.Time
+	AllocatedBytes int64
+	Node           string // as Volume.Node
+}
+
+// BackupInfo describes a backup snapshot.
+type BackupInfo struct {
+	Handle       BackupHandle
+	SnapshotName string
+	SizeBytes    int64
+	CreatedAt    time.Time
+	Ready        bool
+	BytesDone    int64  // upload progress while not ready
+	LastError    string // last upload error while retrying
+}
+
+// ExpandResult is a volume's size after an expansion and whether the node
+// must still grow its file system.
+type ExpandResult struct {
+	SizeBytes             int64
+	NodeExpansionRequired bool
+}
+
+// CloneMode is how a data root makes snapshots and clones.
+type CloneMode string
+
+// Clone modes.
+const (
+	CloneReflink CloneMode = "reflink" // O(1), shared extents
+	CloneCopy    CloneMode = "copy"    // sparse copy, O(data)
+)
+
+// Placement is where the CO allows (Requisite) and prefers (Preferred, in
+// order) a new object, as node names; a nil Requisite allows every node.
+type Placement struct {
+	Requisite []string
+	Preferred []string
+}
+
+// StageRequest asks to make a volume usable on this node at StagingPath: a
+// loop device, and for filesystem access a formatted, mounted file system.
+type StageRequest struct {
+	VolumeID    string
+	StagingPath string
+	Block       bool
+	FsType      string
+	MountFlags  []string
+	ReadOnly    bool
+}
+
+// PublishRequest asks to expose a staged volume at TargetPath.
+type PublishRequest struct {
+	VolumeID     string
+	StagingPath  string
+	TargetPath   string
+	Block        bool
+	ReadOnly     bool
+	MountFlags   []string
+	SingleWriter bool // SINGLE_NODE_SINGLE_WRITER: one target at most
+}
+
+// VolumeStats is what NodeGetVolumeStats reports.
+type VolumeStats struct {
+	Block                                 bool
+	TotalBytes, AvailableBytes, UsedBytes int64
+	TotalInodes, FreeInodes, UsedInodes   int64
+}
