@@ -86,8 +86,22 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 			ref[e.Pack] = true
 		}
 	}
+	victims, err := r.gcVictims(ctx, ref, now, minAge, rep)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.gcDelete(ctx, l, victims, rep); err != nil {
+		return rep, err
+	}
+	klog.InfoS("Backup store garbage collected", "store", r.store, "packs", rep.Packs, "deleted", rep.Deleted, "bytes", rep.BytesDeleted, "tooYoung", rep.TooYoung)
+	return rep, nil
+}
+
+// gcVictims lists the packs GC may delete: named by no manifest and no
+// kept lock (ref), and older than minAge by the store's clock now.
+func (r *Repo) gcVictims(ctx context.Context, ref map[string]bool, now time.Time, minAge time.Duration, rep *GCReport) ([]objstore.Info, error) {
 	var victims []objstore.Info
-	err = r.store.List(ctx, "packs/", func(i objstore.Info) error {
+	err := r.store.List(ctx, "packs/", func(i objstore.Info) error {
 		id := i.Key[strings.LastIndex(i.Key, "/")+1:]
 		if !ValidHash(id) || i.Key != packKey(id) {
 			return nil
@@ -106,19 +120,23 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 	if err != nil {
 		return nil, err
 	}
+	return victims, nil
+}
+
+// gcDelete deletes the victims, each only while GC's own lease holds.
+func (r *Repo) gcDelete(ctx context.Context, l *lease, victims []objstore.Info, rep *GCReport) error {
 	for _, v := range victims {
 		if err := l.check(); err != nil {
-			return rep, fmt.Errorf("garbage collection stopped: %w", err)
+			return fmt.Errorf("garbage collection stopped: %w", err)
 		}
 		if err := r.store.Delete(ctx, v.Key); err != nil {
-			return rep, err
+			return err
 		}
 		rep.Deleted++
 		rep.BytesDeleted += v.Size
 		r.forgetPack(ctx, v.Key[strings.LastIndex(v.Key, "/")+1:])
 	}
-	klog.InfoS("Backup store garbage collected", "store", r.store, "packs", rep.Packs, "deleted", rep.Deleted, "bytes", rep.BytesDeleted, "tooYoung", rep.TooYoung)
-	return rep, nil
+	return nil
 }
 
 // gcLocks looks at every other lock with GC's own written: a live backup

@@ -65,64 +65,11 @@ func (rep *VerifyReport) Damaged() bool {
 // to run at all.
 func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progress)) (*VerifyReport, error) {
 	rep := &VerifyReport{}
-	var ms []*Manifest
-	if len(refs) == 0 {
-		all, damaged, err := r.Manifests(ctx, "")
-		if err != nil {
-			return nil, err
-		}
-		ms = all
-		for _, d := range damaged {
-			if err := rep.addDamage(d); err != nil {
-				return nil, err
-			}
-		}
-	} else {
-		for _, ref := range refs {
-			m, err := r.Manifest(ctx, ref.VolumeID, ref.BackupID)
-			switch {
-			case err == nil:
-				ms = append(ms, m)
-			case errors.Is(err, ErrNotFound):
-				return nil, err
-			default:
-				if err := rep.addDamage(Damage{BackupRef: ref, Key: manifestKey(ref.VolumeID, ref.BackupID), Err: err}); err != nil {
-					return nil, err
-				}
-			}
-		}
+	ms, err := r.verifyManifests(ctx, refs, rep)
+	if err != nil {
+		return nil, err
 	}
-	type use struct {
-		m *Manifest
-		e Entry
-	}
-	type key struct {
-		hash string
-		loc  Loc
-	}
-	uses := map[key][]use{}
-	var keys []key
-	var total int64
-	for _, m := range ms {
-		for _, e := range m.Blocks {
-			k := key{e.Hash, e.Loc}
-			if _, ok := uses[k]; !ok {
-				keys = append(keys, k)
-				total += e.RawLength
-			}
-			uses[k] = append(uses[k], use{m, e})
-		}
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
-		if a.loc.Pack != b.loc.Pack {
-			return a.loc.Pack < b.loc.Pack
-		}
-		if a.loc.Offset != b.loc.Offset {
-			return a.loc.Offset < b.loc.Offset
-		}
-		return a.hash < b.hash
-	})
+	uses, keys, total := groupUses(ms)
 	rep.Backups, rep.Blocks, rep.Bytes = len(ms)+len(rep.DamagedManifests)+len(rep.NewerManifests), len(keys), total
 	var (
 		mu   sync.Mutex
@@ -130,7 +77,7 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 	)
 	bufs := newBufferPool(r.Concurrency, int(r.cfg.BlockSize))
 	storedBufs := newBufferPool(r.Concurrency, blobCap(r.cfg.BlockSize))
-	err := parallel(ctx, r.Concurrency, len(keys), func(i int) error {
+	err = parallel(ctx, r.Concurrency, len(keys), func(i int) error {
 		u := uses[keys[i]]
 		buf, storedBuf := bufs.get(), storedBufs.get()
 		defer func() { bufs.put(buf); storedBufs.put(storedBuf) }()
@@ -152,6 +99,84 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		mu.Unlock()
 		return nil
 	})
+	rep.sortDamage()
+	return rep, err
+}
+
+// verifyManifests loads the manifests to verify: the given backups', or
+// all; those that cannot be used are filed in rep.
+func (r *Repo) verifyManifests(ctx context.Context, refs []BackupRef, rep *VerifyReport) ([]*Manifest, error) {
+	var ms []*Manifest
+	if len(refs) == 0 {
+		all, damaged, err := r.Manifests(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		ms = all
+		for _, d := range damaged {
+			if err := rep.addDamage(d); err != nil {
+				return nil, err
+			}
+		}
+		return ms, nil
+	}
+	for _, ref := range refs {
+		m, err := r.Manifest(ctx, ref.VolumeID, ref.BackupID)
+		switch {
+		case err == nil:
+			ms = append(ms, m)
+		case errors.Is(err, ErrNotFound):
+			return nil, err
+		default:
+			if err := rep.addDamage(Damage{BackupRef: ref, Key: manifestKey(ref.VolumeID, ref.BackupID), Err: err}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return ms, nil
+}
+
+// blockUse is one manifest's entry for a stored block.
+type blockUse struct {
+	m *Manifest
+	e Entry
+}
+
+// storedBlock is a hash at a whole location: what Verify reads once.
+type storedBlock struct {
+	hash string
+	loc  Loc
+}
+
+// groupUses groups the manifests' entries by stored block, and returns
+// the distinct blocks in pack order with their total raw length.
+func groupUses(ms []*Manifest) (uses map[storedBlock][]blockUse, keys []storedBlock, total int64) {
+	uses = map[storedBlock][]blockUse{}
+	for _, m := range ms {
+		for _, e := range m.Blocks {
+			k := storedBlock{e.Hash, e.Loc}
+			if _, ok := uses[k]; !ok {
+				keys = append(keys, k)
+				total += e.RawLength
+			}
+			uses[k] = append(uses[k], blockUse{m, e})
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.loc.Pack != b.loc.Pack {
+			return a.loc.Pack < b.loc.Pack
+		}
+		if a.loc.Offset != b.loc.Offset {
+			return a.loc.Offset < b.loc.Offset
+		}
+		return a.hash < b.hash
+	})
+	return uses, keys, total
+}
+
+// sortDamage sorts the problems and lists the damaged backups, sorted.
+func (rep *VerifyReport) sortDamage() {
 	sort.Slice(rep.Problems, func(i, j int) bool {
 		a, b := rep.Problems[i], rep.Problems[j]
 		if a.VolumeID != b.VolumeID {
@@ -176,5 +201,4 @@ func (r *Repo) Verify(ctx context.Context, refs []BackupRef, progress func(Progr
 		a, b := rep.DamagedBackups[i], rep.DamagedBackups[j]
 		return a.VolumeID < b.VolumeID || a.VolumeID == b.VolumeID && a.BackupID < b.BackupID
 	})
-	return rep, err
 }
