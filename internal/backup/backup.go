@@ -200,7 +200,7 @@ func (r *Repo) commit(ctx context.Context, lock *lease, m *Manifest) error {
 // plan decides, block by block, whether to skip, read or reuse.
 func (r *Repo) plan(f *os.File, size int64, src Source) ([]blockPlan, map[int64]Entry, error) {
 	bs := r.cfg.BlockSize
-	nblocks := (size + bs - 1) / bs
+	nblocks := blockCount(bs, size)
 	plan := make([]blockPlan, nblocks)
 	err := fsops.ForEachDataRange(f, size, func(off, length int64) error {
 		for n := off / bs; n*bs < off+length; n++ {
@@ -240,7 +240,8 @@ func (r *Repo) plan(f *os.File, size int64, src Source) ([]blockPlan, map[int64]
 		parentEntries[e.Offset] = e
 	}
 	for n := range plan {
-		lo, hi := int64(n)*bs, min(int64(n+1)*bs, size)
+		lo := int64(n) * bs
+		hi := lo + blockLen(bs, size, lo)
 		if hi > pst.Size() {
 			continue // beyond the parent: read it
 		}

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -62,6 +63,9 @@ type StoreConfig struct {
 // blockLen is the length of the block at offset off of a volume of size
 // bytes: the block size, or less for the last block.
 func blockLen(blockSize, size, off int64) int64 { return min(blockSize, size-off) }
+
+// blockCount is the number of blocks of a volume of size bytes.
+func blockCount(blockSize, size int64) int64 { return (size + blockSize - 1) / blockSize }
 
 // Loc says where a blob is stored.
 type Loc struct {
@@ -180,4 +184,12 @@ func manifestKey(volumeID, backupID string) string {
 
 func packKey(id string) string { return "packs/" + id[:2] + "/" + id }
 
+// packIDOf is the pack ID a pack key ends with (check it with packKey).
+func packIDOf(key string) string { return key[strings.LastIndex(key, "/")+1:] }
+
 func lockKey(id string) string { return "locks/" + id + ".json" }
+
+// lockName is the ID in a lock key: lockKey's inverse.
+func lockName(key string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(key, "locks/"), ".json")
+}

@@ -102,7 +102,7 @@ func (r *Repo) GC(ctx context.Context, minAge time.Duration) (*GCReport, error) 
 func (r *Repo) gcVictims(ctx context.Context, ref map[string]bool, now time.Time, minAge time.Duration, rep *GCReport) ([]objstore.Info, error) {
 	var victims []objstore.Info
 	err := r.store.List(ctx, "packs/", func(i objstore.Info) error {
-		id := i.Key[strings.LastIndex(i.Key, "/")+1:]
+		id := packIDOf(i.Key)
 		if !ValidHash(id) || i.Key != packKey(id) {
 			return nil
 		}
@@ -134,7 +134,7 @@ func (r *Repo) gcDelete(ctx context.Context, l *lease, victims []objstore.Info, 
 		}
 		rep.Deleted++
 		rep.BytesDeleted += v.Size
-		r.forgetPack(ctx, v.Key[strings.LastIndex(v.Key, "/")+1:])
+		r.forgetPack(ctx, packIDOf(v.Key))
 	}
 	return nil
 }

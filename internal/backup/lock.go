@@ -88,7 +88,7 @@ func (l *lease) write(ctx context.Context) error {
 	}
 	l.mu.Lock()
 	l.beat = info.Heartbeat
-	if !l.okAt.IsZero() && start.Sub(l.okAt) >= lockLive/2 {
+	if !l.okAt.IsZero() && lapses(start.Sub(l.okAt)) {
 		l.lapsed = true
 	}
 	if start.After(l.okAt) {
@@ -104,6 +104,11 @@ func (l *lease) setState(s string) {
 	l.mu.Unlock()
 }
 
+// lapses reports whether a lease unrefreshed for d (by its holder's
+// monotonic clock) may have been judged stale by others: half of
+// lockLive or more.
+func lapses(d time.Duration) bool { return d >= lockLive/2 }
+
 // check fails once others may have judged the lock stale.
 func (l *lease) check() error {
 	l.mu.Lock()
@@ -112,7 +117,7 @@ func (l *lease) check() error {
 	if lapsed {
 		return fmt.Errorf("%w: lock %s went unrefreshed for half its lifetime and may have been judged stale", ErrBusy, l.key)
 	}
-	if age >= lockLive/2 {
+	if lapses(age) {
 		return fmt.Errorf("%w: lock %s was last refreshed %s ago and may have lapsed", ErrBusy, l.key, age.Round(time.Second))
 	}
 	return nil

@@ -109,6 +109,11 @@ type BackupRef struct {
 	BackupID string `json:"backupId"`
 }
 
+// less orders backup references by volume, then backup ID.
+func (a BackupRef) less(b BackupRef) bool {
+	return a.VolumeID < b.VolumeID || a.VolumeID == b.VolumeID && a.BackupID < b.BackupID
+}
+
 // List returns the committed backups, optionally of one volume, sorted.
 func (r *Repo) List(ctx context.Context, volumeID string) ([]BackupRef, error) {
 	ls, err := r.list(ctx, volumeID)
@@ -139,12 +144,7 @@ func (r *Repo) list(ctx context.Context, volumeID string) ([]listed, error) {
 		}
 		return nil
 	})
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].VolumeID != out[j].VolumeID {
-			return out[i].VolumeID < out[j].VolumeID
-		}
-		return out[i].BackupID < out[j].BackupID
-	})
+	sort.Slice(out, func(i, j int) bool { return out[i].less(out[j].BackupRef) })
 	return out, err
 }
 

@@ -145,7 +145,7 @@ func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
 		return corruptf("manifest %s: parent %q is not a backup ID", key, m.Parent)
 	case len(m.VolumeName) > maxNameLen || len(m.SnapshotName) > maxNameLen || len(m.FsType) > maxFsTypeLen:
 		return corruptf("manifest %s: a name is too long", key)
-	case int64(len(m.Blocks)) > (m.SizeBytes+blockSize-1)/blockSize:
+	case int64(len(m.Blocks)) > blockCount(blockSize, m.SizeBytes):
 		return corruptf("manifest %s: %d entries for a volume of %d bytes", key, len(m.Blocks), m.SizeBytes)
 	}
 	prev := int64(-1)
@@ -157,8 +157,8 @@ func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
 			err = fmt.Errorf("volume offset %d is not a block of the volume", e.Offset)
 		case e.Offset <= prev:
 			err = fmt.Errorf("volume offset %d is not after %d", e.Offset, prev)
-		case e.RawLength != min(blockSize, m.SizeBytes-e.Offset):
-			err = fmt.Errorf("raw length %d, the block at %d is %d bytes", e.RawLength, e.Offset, min(blockSize, m.SizeBytes-e.Offset))
+		case e.RawLength != blockLen(blockSize, m.SizeBytes, e.Offset):
+			err = fmt.Errorf("raw length %d, the block at %d is %d bytes", e.RawLength, e.Offset, blockLen(blockSize, m.SizeBytes, e.Offset))
 		case !ValidHash(e.Hash):
 			err = fmt.Errorf("hash %q is not 64 hex digits", e.Hash)
 		}
@@ -209,7 +209,7 @@ func parsePackIndex(id string, raw []byte, dataLen, blockSize int64) ([]packInde
 // lockKind tells a lock's kind by its key: GC locks are locks/gc*.json
 // (locks/gc.json from older clients), backup locks locks/b-….json.
 func lockKind(key string) string {
-	name := strings.TrimSuffix(strings.TrimPrefix(key, "locks/"), ".json")
+	name := lockName(key)
 	switch {
 	case name == gcLockID || strings.HasPrefix(name, gcLockID+"-") && len(name) <= 64:
 		return lockGC
@@ -221,7 +221,7 @@ func lockKind(key string) string {
 
 // validate checks a lock read from key.
 func (l *lockInfo) validate(key string) error {
-	name := strings.TrimSuffix(strings.TrimPrefix(key, "locks/"), ".json")
+	name := lockName(key)
 	switch {
 	case l.Kind != lockKind(key):
 		return corruptf("lock %s: kind %q", key, l.Kind)

@@ -197,8 +197,5 @@ func (rep *VerifyReport) sortDamage() {
 	for ref := range seen {
 		rep.DamagedBackups = append(rep.DamagedBackups, ref)
 	}
-	sort.Slice(rep.DamagedBackups, func(i, j int) bool {
-		a, b := rep.DamagedBackups[i], rep.DamagedBackups[j]
-		return a.VolumeID < b.VolumeID || a.VolumeID == b.VolumeID && a.BackupID < b.BackupID
-	})
+	sort.Slice(rep.DamagedBackups, func(i, j int) bool { return rep.DamagedBackups[i].less(rep.DamagedBackups[j]) })
 }
