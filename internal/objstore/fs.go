@@ -54,21 +54,24 @@ func (s *fsStore) root() (*os.Root, error) {
 	return r, nil
 }
 
+// isMissing reports whether err says there is no such file, including a
+// path through a regular file.
+func isMissing(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
 // notFound maps "no such file" (including a path through a regular file) to
 // ErrNotFound.
 func (s *fsStore) notFound(op, key string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+	if isMissing(err) {
 		return fmt.Errorf("objstore: %s %q: %w", op, key, ErrNotFound)
 	}
 	return fmt.Errorf("objstore: %s %q: %w", op, key, err)
 }
 
 func (s *fsStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if err := ValidateKey(key); err != nil {
+	if err := checkPut(key, size); err != nil {
 		return err
-	}
-	if size < 0 {
-		return fmt.Errorf("objstore: put %q: negative size %d", key, size)
 	}
 	root, err := s.root()
 	if err != nil {
@@ -287,7 +290,7 @@ func (s *fsStore) walk(ctx context.Context, root *os.Root, dir, namePrefix strin
 		open = "."
 	}
 	d, err := root.Open(open)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+	if isMissing(err) {
 		return nil // nothing under this prefix
 	}
 	if err != nil {
@@ -351,7 +354,7 @@ func (s *fsStore) Delete(ctx context.Context, key string) error {
 	}
 	defer root.Close()
 	st, err := root.Lstat(key)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+	if isMissing(err) {
 		return nil
 	}
 	if err != nil {

@@ -91,6 +91,18 @@ var (
 	ErrInvalidRange = errors.New("range starts past the end of the object")
 )
 
+// checkPut checks a Put's arguments (both backends).
+func checkPut(key string, size int64) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("objstore: put %q: negative size %d", key, size)
+	}
+	return nil
+}
+
+// checkRange checks a GetRange's arguments (both backends).
 func checkRange(key string, off, length int64) error {
 	if err := ValidateKey(key); err != nil {
 		return err
@@ -189,6 +201,10 @@ func (c Credentials) String() string {
 // GoString hides the values from %#v too.
 func (c Credentials) GoString() string { return c.String() }
 
+// halfSet reports whether only one of the access key and the secret key
+// is set: an error wherever credentials come from.
+func (c Credentials) halfSet() bool { return (c.AccessKey == "") != (c.SecretKey == "") }
+
 // IsZero reports whether no credential is set.
 func (c Credentials) IsZero() bool { return c == Credentials{} }
 
@@ -234,7 +250,7 @@ func CredentialsFromSecret(secret map[string]string) (Credentials, error) {
 			*dst, from = v, name
 		}
 	}
-	if (c.AccessKey == "") != (c.SecretKey == "") {
+	if c.halfSet() {
 		return Credentials{}, errors.New("objstore: secret must hold both accessKeyID and secretAccessKey, or neither")
 	}
 	if c.SessionToken != "" && c.AccessKey == "" {

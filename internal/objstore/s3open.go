@@ -213,7 +213,7 @@ func s3Credentials(creds Credentials) (Credentials, error) {
 	if creds.AccessKey == "" {
 		creds = credentialsFromEnv()
 	}
-	if (creds.AccessKey == "") != (creds.SecretKey == "") {
+	if creds.halfSet() {
 		return Credentials{}, errors.New("objstore: S3 credentials need both an access key and a secret key")
 	}
 	return creds, nil

@@ -83,11 +83,8 @@ func shortSafe(err error) error {
 var partBufs = sync.Pool{New: func() any { b := make([]byte, defaultPartSize); return &b }}
 
 func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if err := ValidateKey(key); err != nil {
+	if err := checkPut(key, size); err != nil {
 		return err
-	}
-	if size < 0 {
-		return fmt.Errorf("objstore: put %q: negative size %d", key, size)
 	}
 	src := newPutSource(r)
 	var err error
