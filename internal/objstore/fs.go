@@ -298,8 +298,11 @@ func (s *fsStore) walk(ctx context.Context, root *os.Root, dir, namePrefix strin
 	}
 	entries, err := d.ReadDir(-1)
 	d.Close()
-	if errors.Is(err, syscall.ENOTDIR) {
-		return nil // the prefix names an object, not a directory
+	if isMissing(err) {
+		// The prefix names an object, not a directory, or the directory
+		// was removed since it was opened (a Delete removes those it
+		// leaves empty): nothing under it.
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("objstore: list %q: %w", dir, err)

@@ -239,3 +239,41 @@ func TestFSFIFOIsNotAnObject(t *testing.T) {
 		}
 	}
 }
+
+// TestFSListWhileDirsVanish: a Delete removes the directories it leaves
+// empty; a List that opened such a directory just before must see nothing
+// under it, not fail (found by the backup package's interleaving test: GC
+// listing backups/ while the last backup was deleted).
+func TestFSListWhileDirsVanish(t *testing.T) {
+	s, _ := openFS(t)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := s.Put(ctx, "a/b/c", strings.NewReader("x"), 1); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.Delete(ctx, "a/b/c"); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(time.Second)
+	for n := 0; time.Now().Before(deadline); n++ {
+		if err := s.List(ctx, "a/", func(Info) error { return nil }); err != nil {
+			t.Errorf("list %d while directories come and go: %v", n, err)
+			break
+		}
+	}
+	close(stop)
+	<-done
+}
