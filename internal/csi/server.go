@@ -1,6 +1,6 @@
 // Package csi serves the CSI Identity, Controller and Node services over
-// gRPC on a unix socket. Each handler validates its request (validate.go),
-// calls the storage backend and maps errors to gRPC codes (errors.go); no
+// gRPC on a unix socket. Each handler validates its request (requests.go),
+// calls a backend (backend.go) and maps errors to gRPC codes (errors.go); no
 // storage logic lives here.
 package csi
 

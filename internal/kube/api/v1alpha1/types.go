@@ -46,10 +46,9 @@ func DataDeletionRequested(obj metav1.Object) bool {
 
 // Phases of a Volume or Snapshot.
 const (
-	PhasePending  = "Pending"  // recorded, not yet done by the node agent
-	PhaseReady    = "Ready"    // usable
-	PhaseFailed   = "Failed"   // the last attempt failed; the agent retries
-	PhaseDeleting = "Deleting" // deletion requested, data not yet removed
+	PhasePending = "Pending" // recorded, not yet done by the node agent
+	PhaseReady   = "Ready"   // usable
+	PhaseFailed  = "Failed"  // the last attempt failed; the agent retries
 )
 
 // Source kinds of a Volume.
