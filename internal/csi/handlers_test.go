@@ -24,7 +24,9 @@ type recordingNode struct {
 
 func (n *recordingNode) Health() error              { return n.err }
 func (n *recordingNode) CloneMode() model.CloneMode { return model.CloneReflink }
-func (n *recordingNode) OwnsPath(p string) bool     { return n.owned != "" && strings.HasPrefix(p, n.owned) }
+func (n *recordingNode) OwnsPath(p string) bool {
+	return n.owned != "" && strings.HasPrefix(p, n.owned)
+}
 func (n *recordingNode) StageVolume(_ context.Context, r model.StageRequest) error {
 	n.calls++
 	n.stage = append(n.stage, r)
@@ -36,7 +38,10 @@ func (n *recordingNode) PublishVolume(_ context.Context, r model.PublishRequest)
 	n.publish = append(n.publish, r)
 	return n.err
 }
-func (n *recordingNode) UnpublishVolume(context.Context, string, string) error { n.calls++; return n.err }
+func (n *recordingNode) UnpublishVolume(context.Context, string, string) error {
+	n.calls++
+	return n.err
+}
 func (n *recordingNode) VolumeStats(context.Context, string, string) (*model.VolumeStats, error) {
 	n.calls++
 	return &model.VolumeStats{TotalBytes: 10, AvailableBytes: 4, UsedBytes: 6, TotalInodes: 3, FreeInodes: 1, UsedInodes: 2}, n.err
