@@ -3,40 +3,18 @@
 // reaches one of the named points, so tests can prove that a kill -9 at that
 // exact instruction loses nothing. Without the variable every point is a
 // no-op.
+//
+// Only builds with the build tag cairnfaults honour CAIRN_FAULTS
+// (faults_on.go): `go build -tags cairnfaults`, `go test -tags cairnfaults`
+// (the Makefile's TESTTAGS; the test harness builds ./cmd/cairn with it).
+// In every other build, the shipped binary among them, Point is an empty
+// function the compiler inlines away and the variable is ignored
+// (faults_off.go). A test that arms fault points checks Enabled first and
+// fails if they are compiled out.
 package faults
-
-import (
-	"fmt"
-	"os"
-	"strings"
-	"sync"
-	"syscall"
-)
 
 // EnvVar names the environment variable that arms fault points.
 const EnvVar = "CAIRN_FAULTS"
 
-var (
-	once  sync.Once
-	armed map[string]bool
-)
-
-func load() {
-	armed = map[string]bool{}
-	for _, p := range strings.Split(os.Getenv(EnvVar), ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			armed[p] = true
-		}
-	}
-}
-
-// Point kills the process with SIGKILL if name is armed.
-func Point(name string) {
-	once.Do(load)
-	if !armed[name] {
-		return
-	}
-	fmt.Fprintf(os.Stderr, "cairn: fault point %q reached, killing process\n", name)
-	syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	select {} // SIGKILL is not deliverable to a handler; wait for it
-}
+// Tag is the build tag that compiles fault points in.
+const Tag = "cairnfaults"

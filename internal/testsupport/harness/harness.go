@@ -17,6 +17,8 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cairn-csi/cairn/internal/faults"
 )
 
 // ModuleRoot returns the directory of the cairn module's go.mod.
@@ -32,14 +34,16 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// Build compiles ./cmd/cairn into dir and returns the binary's path.
+// Build compiles ./cmd/cairn into dir, with the fault points compiled in
+// (build tag cairnfaults, see internal/faults), and returns the binary's
+// path.
 func Build(dir string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "cairn")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
+	cmd := exec.Command("go", "build", "-tags", faults.Tag, "-o", bin, "./cmd/cairn")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/cairn: %v\n%s", err, out)
@@ -67,8 +71,13 @@ type Driver struct {
 // Endpoint returns the CSI endpoint URL.
 func (d *Driver) Endpoint() string { return "unix://" + d.Socket }
 
-// Start launches the process and waits until it answers Probe.
+// Start launches the process and waits until it answers Probe. It refuses
+// to arm fault points (CAIRN_FAULTS in Env) from a test built without the
+// cairnfaults tag: such a test must fail, not pass untested.
 func (d *Driver) Start(ctx context.Context) error {
+	if err := CheckFaults(d.Env); err != nil {
+		return err
+	}
 	logf, err := os.OpenFile(d.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -112,6 +121,19 @@ func (d *Driver) Start(ctx context.Context) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// CheckFaults returns an error if env (NAME=value entries) arms fault points
+// but this process was built without the cairnfaults tag: a test that
+// relies on fault points needs `go test -tags cairnfaults` (the Makefile's
+// TESTTAGS).
+func CheckFaults(env []string) error {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, faults.EnvVar+"="); ok && strings.TrimSpace(v) != "" && !faults.Enabled() {
+			return fmt.Errorf("%s: this test relies on fault points, which are compiled out: run it with go test -tags %s (make test, unit and integration do)", kv, faults.Tag)
+		}
+	}
+	return nil
 }
 
 // Kill sends SIGKILL and waits for the process to go.
