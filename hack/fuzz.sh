@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-30s}
 GO=${GO:-go}
+# Build tags of the fuzzed packages (the Makefile's TESTTAGS): the fault
+# points of internal/faults compiled in, as in every test run.
+TESTTAGS=${TESTTAGS-cairnfaults}
 only=${1:-.}
 
 # files in a corpus directory (0 if there is none yet)
@@ -31,7 +34,7 @@ while read -r dir name; do
 	before=$(count_files "$corpus")
 	ok=0
 	note=""
-	if $GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "./$dir" >"$log" 2>&1; then
+	if $GO test -tags="$TESTTAGS" -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "./$dir" >"$log" 2>&1; then
 		ok=1
 	elif [[ $(count_files "$corpus") == "$before" ]] && grep -q '^    context deadline exceeded$' "$log" && ! grep -q -- '--- FAIL: .*#\|panic:\|Failing input' "$log"; then
 		# Go's coordinator can report its own -fuzztime deadline as a
