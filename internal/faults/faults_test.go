@@ -13,11 +13,11 @@ import (
 
 const helperEnv = "CAIRN_FAULTS_TEST_HELPER"
 
-// TestHelperProcess is the child of TestPoint: it passes an unarmed and
+// TestHelperProcess is the child of TestCrashAtPoint: it passes an unarmed and
 // then an armed point and says how far it got.
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv(helperEnv) != "1" {
-		t.Skip("helper process for TestPoint")
+		t.Skip("helper process for TestCrashAtPoint")
 	}
 	faults.Point("test:unarmed")
 	os.Stdout.WriteString("passed test:unarmed\n")
@@ -26,10 +26,10 @@ func TestHelperProcess(t *testing.T) {
 	os.Exit(0)
 }
 
-// TestPoint runs TestHelperProcess with CAIRN_FAULTS=test:armed: with the
+// TestCrashAtPoint runs TestHelperProcess with CAIRN_FAULTS=test:armed: with the
 // cairnfaults tag it dies of SIGKILL at the armed point and only there;
 // without the tag it ignores the variable.
-func TestPoint(t *testing.T) {
+func TestCrashAtPoint(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
