@@ -37,6 +37,7 @@ import (
 
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/benchutil"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
@@ -304,7 +305,7 @@ func (b *bench) fullPhase() error {
 		if err := dropCaches(); err != nil {
 			return err
 		}
-		meta := backup.Meta{BackupID: backup.BackupIDForName("bench-full"), VolumeID: "bench-full", VolumeName: "bench-full", SnapshotName: "bench-full"}
+		meta := backup.Meta{BackupID: model.BackupIDForName("bench-full"), VolumeID: "bench-full", VolumeName: "bench-full", SnapshotName: "bench-full"}
 		start := time.Now()
 		m, err := t.repo.Backup(b.ctx, backup.Source{Path: snap}, meta, nil)
 		if err != nil {
@@ -441,7 +442,7 @@ func (b *bench) incrementalPhase() error {
 	if err := dropCaches(); err != nil {
 		return err
 	}
-	meta1 := backup.Meta{BackupID: backup.BackupIDForName("bench-inc-s1"), VolumeID: "bench-inc", VolumeName: "bench-inc", SnapshotName: "bench-inc-s1"}
+	meta1 := backup.Meta{BackupID: model.BackupIDForName("bench-inc-s1"), VolumeID: "bench-inc", VolumeName: "bench-inc", SnapshotName: "bench-inc-s1"}
 	start := time.Now()
 	m1, err := t.repo.Backup(b.ctx, backup.Source{Path: s1}, meta1, nil)
 	if err != nil {
@@ -488,7 +489,7 @@ func (b *bench) incrementalPhase() error {
 	if err := dropCaches(); err != nil {
 		return err
 	}
-	meta2 := backup.Meta{BackupID: backup.BackupIDForName("bench-inc-s2"), VolumeID: "bench-inc", VolumeName: "bench-inc", SnapshotName: "bench-inc-s2"}
+	meta2 := backup.Meta{BackupID: model.BackupIDForName("bench-inc-s2"), VolumeID: "bench-inc", VolumeName: "bench-inc", SnapshotName: "bench-inc-s2"}
 	start = time.Now()
 	m2, err := t.repo.Backup(b.ctx, backup.Source{Path: s2, ParentPath: s1, Parent: m1}, meta2, nil)
 	if err != nil {

@@ -167,7 +167,7 @@ func parseRef(s string) (backup.BackupRef, error) {
 		return backup.BackupRef{VolumeID: h.VolumeID, BackupID: h.BackupID}, nil
 	}
 	vol, id, ok := strings.Cut(s, "/")
-	if !ok || !backup.ValidVolumeID(vol) || !backup.ValidBackupID(id) {
+	if !ok || !model.ValidStoreVolumeID(vol) || !model.ValidBackupID(id) {
 		return backup.BackupRef{}, &cliError{exitUsage, fmt.Errorf("%q is not VOLUME/BACKUP (e.g. v-0123…/b-4567…)", s)}
 	}
 	return backup.BackupRef{VolumeID: vol, BackupID: id}, nil

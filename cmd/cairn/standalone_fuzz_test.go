@@ -4,7 +4,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
@@ -43,7 +42,7 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("parseRef(%q): %v, want ok %v", s, err, ok)
 			continue
 		}
-		if err == nil && (!backup.ValidVolumeID(ref.VolumeID) || !backup.ValidBackupID(ref.BackupID) || ref.VolumeID != vol || ref.BackupID != id) {
+		if err == nil && (!model.ValidStoreVolumeID(ref.VolumeID) || !model.ValidBackupID(ref.BackupID) || ref.VolumeID != vol || ref.BackupID != id) {
 			t.Errorf("parseRef(%q) = %+v", s, ref)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Source is what to back up.
@@ -54,7 +55,7 @@ const (
 // manifest last. If the backup already exists it is returned as it is; if
 // an earlier run crashed, the packs it uploaded are reused.
 func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(Progress)) (*Manifest, error) {
-	if !ValidBackupID(meta.BackupID) || !ValidVolumeID(meta.VolumeID) {
+	if !model.ValidBackupID(meta.BackupID) || !model.ValidStoreVolumeID(meta.VolumeID) {
 		return nil, fmt.Errorf("invalid backup %q of volume %q", meta.BackupID, meta.VolumeID)
 	}
 	if m, err := r.Manifest(ctx, meta.VolumeID, meta.BackupID); err == nil {

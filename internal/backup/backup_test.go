@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/scratchfs"
 )
@@ -113,7 +114,7 @@ func sameContent(t *testing.T, a, b string) {
 }
 
 func meta(name, vol string) Meta {
-	return Meta{BackupID: BackupIDForName(name), VolumeID: vol, SnapshotName: name}
+	return Meta{BackupID: model.BackupIDForName(name), VolumeID: vol, SnapshotName: name}
 }
 
 // TestRoundTrip backs up a sparse file with data, zeros and holes and

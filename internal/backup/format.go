@@ -8,11 +8,9 @@
 package backup
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -32,24 +30,6 @@ const (
 	compZstd = "zstd"
 	compNone = "none"
 )
-
-var (
-	backupIDRe = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
-	volumeIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,252}$`)
-)
-
-// BackupIDForName derives a backup's ID from the snapshot name it was made
-// for, so a retried request finds the same backup.
-func BackupIDForName(name string) string {
-	sum := sha256.Sum256([]byte("cairn/backup/" + name))
-	return "b-" + hex.EncodeToString(sum[:16])
-}
-
-// ValidBackupID reports whether id is a well-formed backup ID.
-func ValidBackupID(id string) bool { return backupIDRe.MatchString(id) }
-
-// ValidVolumeID reports whether id can name a volume in the store.
-func ValidVolumeID(id string) bool { return volumeIDRe.MatchString(id) }
 
 // StoreConfig is cairn-backup.json.
 type StoreConfig struct {

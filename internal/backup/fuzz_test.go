@@ -18,6 +18,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -25,7 +26,7 @@ const fuzzBlockSize = 4 << 20
 
 func seedManifest() []byte {
 	h := strings.Repeat("ab", 32)
-	m := Manifest{FormatVersion: 1, ID: BackupIDForName("s"), VolumeID: "v-1", SizeBytes: 6 << 20, BlockSize: fuzzBlockSize,
+	m := Manifest{FormatVersion: 1, ID: model.BackupIDForName("s"), VolumeID: "v-1", SizeBytes: 6 << 20, BlockSize: fuzzBlockSize,
 		Blocks: []Entry{
 			{Offset: 0, Hash: h, Loc: Loc{Pack: h, Offset: 0, Length: 100, RawLength: fuzzBlockSize, Comp: compZstd}},
 			{Offset: fuzzBlockSize, Hash: h, Loc: Loc{Pack: h, Offset: 100, Length: 2 << 20, RawLength: 2 << 20, Comp: compNone}},
@@ -43,7 +44,7 @@ func FuzzManifest(f *testing.F) {
 		if json.Unmarshal(b, &m) != nil {
 			return
 		}
-		if m.validate("v-1", BackupIDForName("s"), fuzzBlockSize) != nil {
+		if m.validate("v-1", model.BackupIDForName("s"), fuzzBlockSize) != nil {
 			return
 		}
 		for _, e := range m.Blocks {
@@ -101,10 +102,10 @@ func FuzzPackObject(f *testing.F) {
 
 // FuzzLock: any bytes as a lock object.
 func FuzzLock(f *testing.F) {
-	f.Add([]byte(`{"kind":"backup","id":"` + BackupIDForName("s") + `","heartbeat":"2026-01-01T00:00:00Z","state":"running","packs":["` + strings.Repeat("ab", 32) + `"]}`))
+	f.Add([]byte(`{"kind":"backup","id":"` + model.BackupIDForName("s") + `","heartbeat":"2026-01-01T00:00:00Z","state":"running","packs":["` + strings.Repeat("ab", 32) + `"]}`))
 	f.Add([]byte(`{"kind":"gc","id":"gc"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, key := range []string{lockKey(BackupIDForName("s")), lockKey("gc"), lockKey("gc-0123456789abcdef")} {
+		for _, key := range []string{lockKey(model.BackupIDForName("s")), lockKey("gc"), lockKey("gc-0123456789abcdef")} {
 			var l lockInfo
 			if json.Unmarshal(b, &l) != nil || l.validate(key) != nil {
 				continue

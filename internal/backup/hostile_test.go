@@ -21,6 +21,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -98,7 +99,7 @@ func TestHostileManifestFields(t *testing.T) {
 		"zero block size":      func(v map[string]any) { v["blockSize"] = 0 },
 		"negative size":        func(v map[string]any) { v["sizeBytes"] = -1 },
 		"2^60 size":            func(v map[string]any) { v["sizeBytes"] = int64(1) << 60 },
-		"other identity":       func(v map[string]any) { v["id"] = BackupIDForName("other") },
+		"other identity":       func(v map[string]any) { v["id"] = model.BackupIDForName("other") },
 		"other volume":         func(v map[string]any) { v["volumeId"] = "v-2" },
 		"bad parent":           func(v map[string]any) { v["parent"] = "../../x" },
 		"newer format":         func(v map[string]any) { v["formatVersion"] = FormatVersion + 1 },
@@ -150,7 +151,7 @@ func TestHostileManifestFields(t *testing.T) {
 			if _, err := r.Backup(ctx, Source{Path: src}, meta("n-"+name, "v-9"), nil); err != nil {
 				t.Fatalf("a new backup with a damaged manifest in the store: %v", err)
 			}
-			if err := r.Delete(ctx, "v-9", BackupIDForName("n-"+name)); err != nil {
+			if err := r.Delete(ctx, "v-9", model.BackupIDForName("n-"+name)); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -161,7 +162,7 @@ func TestHostileManifestFields(t *testing.T) {
 // key is not listed as the other backup.
 func TestManifestIdentityMustMatchKey(t *testing.T) {
 	r, storeDir, m, _ := backedUp(t, 4*mib)
-	other := BackupIDForName("other")
+	other := model.BackupIDForName("other")
 	writeObject(t, storeDir, manifestKey("v-2", other), rawManifest(t, storeDir, m))
 	if _, err := r.Manifest(context.Background(), "v-2", other); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Manifest of a copy under another key: %v, want ErrCorrupt", err)
@@ -381,7 +382,7 @@ func TestDedupIgnoresManifestLocations(t *testing.T) {
 	block := randBytes(t, 4*mib)
 	writeAt(t, other, 0, block)
 	// A valid-looking manifest: the new block's hash at the old block's place.
-	liar := Manifest{FormatVersion: 1, ID: BackupIDForName("liar"), VolumeID: "v-9", SizeBytes: 4 * mib, BlockSize: r.BlockSize(),
+	liar := Manifest{FormatVersion: 1, ID: model.BackupIDForName("liar"), VolumeID: "v-9", SizeBytes: 4 * mib, BlockSize: r.BlockSize(),
 		Blocks: []Entry{{Offset: 0, Hash: hashBlock(block), Loc: m.Blocks[0].Loc}}}
 	writeObject(t, storeDir, manifestKey(liar.VolumeID, liar.ID), &liar)
 	if _, err := r.Manifest(context.Background(), liar.VolumeID, liar.ID); err != nil {
@@ -490,7 +491,7 @@ func TestLockLivenessUsesTheStoresClock(t *testing.T) {
 
 	// A backup lock whose writer's clock is a century ahead, written 20
 	// minutes ago by the store's clock, is stale.
-	id := BackupIDForName("crashed")
+	id := model.BackupIDForName("crashed")
 	writeObject(t, storeDir, lockKey(id), &lockInfo{Kind: lockBackup, ID: id, State: stateRunning, Heartbeat: future.Heartbeat})
 	setMtime(t, storeDir, lockKey(id), now.Add(-20*time.Minute))
 	rep, err := r.GC(ctx, 15*time.Minute)
@@ -704,7 +705,7 @@ func TestForgedPackIsNotDeduplicatedInto(t *testing.T) {
 		pack = append(append(pack, byte(n), byte(n>>8), byte(n>>16), byte(n>>24)), packMagic...)
 		id := hashBlock(idx)
 		writeObject(t, storeDir, packKey(id), pack)
-		evil := Manifest{FormatVersion: 1, ID: BackupIDForName(fmt.Sprint("evil", rawLen)), VolumeID: "v-evil", SizeBytes: rawLen, BlockSize: r.BlockSize(),
+		evil := Manifest{FormatVersion: 1, ID: model.BackupIDForName(fmt.Sprint("evil", rawLen)), VolumeID: "v-evil", SizeBytes: rawLen, BlockSize: r.BlockSize(),
 			Blocks: []Entry{{Offset: 0, Hash: h, Loc: Loc{Pack: id, Offset: 0, Length: int64(len(stored)), RawLength: rawLen, Comp: comp}}}}
 		writeObject(t, storeDir, manifestKey(evil.VolumeID, evil.ID), &evil)
 		m2, err := fresh.Backup(context.Background(), Source{Path: src}, meta(fmt.Sprint("victim", rawLen), "v-2"), nil)

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -319,7 +320,7 @@ var backupSeq atomic.Int64
 
 func newMeta(vol string) Meta {
 	name := fmt.Sprintf("il-%d-%d", time.Now().UnixNano(), backupSeq.Add(1))
-	return Meta{BackupID: BackupIDForName(name), VolumeID: vol, SnapshotName: name}
+	return Meta{BackupID: model.BackupIDForName(name), VolumeID: vol, SnapshotName: name}
 }
 
 // peekLock reads a lock object as it is.

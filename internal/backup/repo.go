@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
 
@@ -86,7 +87,7 @@ func (r *Repo) Manifest(ctx context.Context, volumeID, backupID string) (*Manife
 // manifest is Manifest with the object's size if a listing gave it (-1
 // if not).
 func (r *Repo) manifest(ctx context.Context, volumeID, backupID string, size int64) (*Manifest, error) {
-	if !ValidVolumeID(volumeID) || !ValidBackupID(backupID) {
+	if !model.ValidStoreVolumeID(volumeID) || !model.ValidBackupID(backupID) {
 		return nil, fmt.Errorf("%w: %s/%s is not a valid backup name", ErrNotFound, volumeID, backupID)
 	}
 	var m Manifest
@@ -139,7 +140,7 @@ func (r *Repo) list(ctx context.Context, volumeID string) ([]listed, error) {
 		rest := strings.TrimPrefix(info.Key, "backups/")
 		vol, file, ok := strings.Cut(rest, "/")
 		id := strings.TrimSuffix(file, ".json")
-		if ok && path.Ext(file) == ".json" && ValidBackupID(id) && ValidVolumeID(vol) {
+		if ok && path.Ext(file) == ".json" && model.ValidBackupID(id) && model.ValidStoreVolumeID(vol) {
 			out = append(out, listed{BackupRef{VolumeID: vol, BackupID: id}, info.Size})
 		}
 		return nil
@@ -211,7 +212,7 @@ func (r *Repo) ReadableManifests(ctx context.Context, volumeID, op string) ([]*M
 // Delete deletes a backup's manifest; garbage collection reclaims its data.
 // Deleting a missing backup succeeds.
 func (r *Repo) Delete(ctx context.Context, volumeID, backupID string) error {
-	if !ValidVolumeID(volumeID) || !ValidBackupID(backupID) {
+	if !model.ValidStoreVolumeID(volumeID) || !model.ValidBackupID(backupID) {
 		return nil
 	}
 	return r.store.Delete(ctx, manifestKey(volumeID, backupID))

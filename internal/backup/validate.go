@@ -18,6 +18,8 @@ import (
 
 	"encoding/hex"
 	"github.com/zeebo/blake3"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Bounds on store content (docs/FORMAT.md, "Validation").
@@ -141,7 +143,7 @@ func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
 		return corruptf("manifest %s: blockSize %d, the store's is %d", key, m.BlockSize, blockSize)
 	case m.SizeBytes < 0 || m.SizeBytes > MaxVolumeBytes:
 		return corruptf("manifest %s: sizeBytes %d out of [0, %d]", key, m.SizeBytes, int64(MaxVolumeBytes))
-	case m.Parent != "" && !ValidBackupID(m.Parent):
+	case m.Parent != "" && !model.ValidBackupID(m.Parent):
 		return corruptf("manifest %s: parent %q is not a backup ID", key, m.Parent)
 	case len(m.VolumeName) > maxNameLen || len(m.SnapshotName) > maxNameLen || len(m.FsType) > maxFsTypeLen:
 		return corruptf("manifest %s: a name is too long", key)
@@ -213,7 +215,7 @@ func lockKind(key string) string {
 	switch {
 	case name == gcLockID || strings.HasPrefix(name, gcLockID+"-") && len(name) <= 64:
 		return lockGC
-	case ValidBackupID(name):
+	case model.ValidBackupID(name):
 		return lockBackup
 	}
 	return ""

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 	"github.com/cairn-csi/cairn/internal/testsupport/harness"
 )
@@ -311,7 +312,7 @@ func run(t *testing.T, url string, creds objstore.Credentials, childEnv []string
 				snap := filepath.Join(dir, "snap-"+strconv.FormatInt(seq.Add(1), 10))
 				writeSparse(t, snap, content)
 				name := fmt.Sprintf("stress-%d-%d", w, seq.Add(1))
-				meta := backup.Meta{BackupID: backup.BackupIDForName(name), VolumeID: vol, SnapshotName: name}
+				meta := backup.Meta{BackupID: model.BackupIDForName(name), VolumeID: vol, SnapshotName: name}
 				mu.Lock()
 				expected[meta.BackupID] = sha256.Sum256(content)
 				mu.Unlock()
