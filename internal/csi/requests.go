@@ -107,13 +107,10 @@ func requiredCapability(vc *csipb.VolumeCapability, field string) error {
 
 func stageRequest(req *csipb.NodeStageVolumeRequest, owned func(string) bool) (model.StageRequest, error) {
 	var out model.StageRequest
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
-		return out, err
-	}
-	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", owned); err != nil {
-		return out, err
-	}
 	vc := req.GetVolumeCapability()
+	if err := volumePaths(req.GetVolumeId(), owned, "staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return out, err
+	}
 	if err := requiredCapability(vc, "volume_capability"); err != nil {
 		return out, err
 	}
@@ -134,24 +131,15 @@ func stageRequest(req *csipb.NodeStageVolumeRequest, owned func(string) bool) (m
 }
 
 func unstageRequest(req *csipb.NodeUnstageVolumeRequest, owned func(string) bool) error {
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
-		return err
-	}
-	return checkPath(req.GetStagingTargetPath(), "staging_target_path", owned)
+	return volumePaths(req.GetVolumeId(), owned, "staging_target_path", req.GetStagingTargetPath())
 }
 
 func publishRequest(req *csipb.NodePublishVolumeRequest, owned func(string) bool) (model.PublishRequest, error) {
 	var out model.PublishRequest
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
-		return out, err
-	}
-	if err := checkPath(req.GetTargetPath(), "target_path", owned); err != nil {
-		return out, err
-	}
-	if err := checkPath(req.GetStagingTargetPath(), "staging_target_path", owned); err != nil {
-		return out, err
-	}
 	vc := req.GetVolumeCapability()
+	if err := volumePaths(req.GetVolumeId(), owned, "target_path", req.GetTargetPath(), "staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return out, err
+	}
 	if err := requiredCapability(vc, "volume_capability"); err != nil {
 		return out, err
 	}
@@ -171,10 +159,21 @@ func publishRequest(req *csipb.NodePublishVolumeRequest, owned func(string) bool
 }
 
 func unpublishRequest(req *csipb.NodeUnpublishVolumeRequest, owned func(string) bool) error {
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+	return volumePaths(req.GetVolumeId(), owned, "target_path", req.GetTargetPath())
+}
+
+// volumePaths checks a node request's volume ID and then its paths, given
+// as field name, value pairs, in order.
+func volumePaths(id string, owned func(string) bool, fieldsAndPaths ...string) error {
+	if err := required(id, "volume_id"); err != nil {
 		return err
 	}
-	return checkPath(req.GetTargetPath(), "target_path", owned)
+	for i := 0; i+1 < len(fieldsAndPaths); i += 2 {
+		if err := checkPath(fieldsAndPaths[i+1], fieldsAndPaths[i], owned); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func volumeStatsRequest(req *csipb.NodeGetVolumeStatsRequest) error {
