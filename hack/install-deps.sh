@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs the system packages Cairn's demo, tests and benchmarks need on a
-# Debian machine. Does nothing when they are all present.
+# Debian machine (gcc and libc6-dev for the race detector, cgo, of make test
+# and make race). Does nothing when they are all present.
 set -euo pipefail
 need=()
 for pair in mkfs.xfs:xfsprogs xfs_growfs:xfsprogs mkfs.ext4:e2fsprogs resize2fs:e2fsprogs \
             e2fsck:e2fsprogs dumpe2fs:e2fsprogs blkid:util-linux losetup:mount blockdev:util-linux \
-            fio:fio; do
+            fio:fio gcc:gcc; do
   cmd=${pair%%:*} pkg=${pair##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/sbin/$cmd" ] && ! [ -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")
   fi
 done
+# The C headers and start files gcc links the race runtime with.
+[ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "installing: ${need[*]}"
