@@ -6,8 +6,10 @@ TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 30s
 # Build tags of every test run (go test, go vet, hack/fuzz.sh): cairnfaults
 # compiles in the crash points of internal/faults, which the crash and kill
-# tests arm with CAIRN_FAULTS (they fail without it). make build, the demo's
-# and the image's binary have none, and ignore CAIRN_FAULTS.
+# tests arm with CAIRN_FAULTS (they fail without it). make build's and the
+# image's binary have none and ignore CAIRN_FAULTS; the demo and the
+# benchmarks build through the test harness, with them compiled in but
+# never armed.
 TESTTAGS ?= cairnfaults
 # The packages make test and make race run under the race detector (-race
 # needs cgo: gcc and libc6-dev, installed by hack/install-deps.sh): every

@@ -7,14 +7,14 @@ import (
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
-// toStatus maps an error to its gRPC status: a status passes as it is,
-// anything else gets the code of its model.Kind (model.Code, the one
-// table), Internal if it has none.
+// toStatus maps an error to its gRPC status: an error of a model.Kind gets
+// its kind's code (model.Code, the one table), even if it wraps a status;
+// a status passes as it is; anything else is Internal.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
+	if _, ok := status.FromError(err); ok && model.KindOf(err) == 0 {
 		return err
 	}
 	return status.Error(model.Code(err), err.Error())

@@ -124,6 +124,15 @@ func TestToStatus(t *testing.T) {
 	if status.Code(toStatus(fmt.Errorf("disk on fire"))) != codes.Internal {
 		t.Error("unknown errors must be Internal")
 	}
+	// A status passes as it is; a kinded error that wraps one keeps its
+	// own kind's code.
+	if st := toStatus(status.Error(codes.Aborted, "busy")); status.Code(st) != codes.Aborted {
+		t.Errorf("status changed: %v", st)
+	}
+	wrapped := model.Errorf(model.ErrUnavailable, "unavailable: %w", status.Error(codes.NotFound, "inner"))
+	if st := toStatus(wrapped); status.Code(st) != codes.Unavailable || !strings.Contains(st.Error(), "inner") {
+		t.Errorf("kinded error wrapping a status: %v, want Unavailable", st)
+	}
 }
 
 func TestPlacement(t *testing.T) {

@@ -165,7 +165,8 @@ func (e *Engine) matchExisting(v *model.Volume, req model.CreateVolumeRequest) (
 	if err := v.Answers(req); err != nil {
 		return nil, err
 	}
-	return v, nil
+	answer := *v // each caller its own (callers of one restore share v)
+	return &answer, nil
 }
 
 // describe is a volume as callers see it (AllocatedBytes 0 when its file
