@@ -177,14 +177,11 @@ func volumePaths(id string, owned func(string) bool, fieldsAndPaths ...string) e
 }
 
 func volumeStatsRequest(req *csipb.NodeGetVolumeStatsRequest) error {
-	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
-		return err
-	}
-	return required(req.GetVolumePath(), "volume_path")
+	return volumeAndPath(req.GetVolumeId(), req.GetVolumePath())
 }
 
 func nodeExpandRequest(req *csipb.NodeExpandVolumeRequest) error {
-	if err := volumeStatsRequest(&csipb.NodeGetVolumeStatsRequest{VolumeId: req.GetVolumeId(), VolumePath: req.GetVolumePath()}); err != nil {
+	if err := volumeAndPath(req.GetVolumeId(), req.GetVolumePath()); err != nil {
 		return err
 	}
 	if err := checkCapacity(req.GetCapacityRange()); err != nil {
@@ -194,4 +191,14 @@ func nodeExpandRequest(req *csipb.NodeExpandVolumeRequest) error {
 		return checkCapability(vc, "volume_capability")
 	}
 	return nil
+}
+
+// volumeAndPath requires the volume ID and volume path a node call on a
+// published volume names (any path: the backend checks it is one of the
+// volume's).
+func volumeAndPath(id, path string) error {
+	if err := required(id, "volume_id"); err != nil {
+		return err
+	}
+	return required(path, "volume_path")
 }

@@ -78,15 +78,23 @@ func (e *Error) Is(target error) bool { k, ok := target.(Kind); return ok && k =
 // Unwrap returns what the message wrapped (nil if nothing).
 func (e *Error) Unwrap() error { return e.cause }
 
+// As makes errors.As(err, &kind) find the error's own kind.
+func (e *Error) As(target any) bool {
+	k, ok := target.(*Kind)
+	if ok {
+		*k = e.Kind
+	}
+	return ok
+}
+
 // Errorf returns an error of kind whose text is the formatted message; %w
 // in format keeps the cause inspectable with errors.Is and errors.As.
 func Errorf(kind Kind, format string, args ...any) error {
 	err := fmt.Errorf(format, args...)
 	e := &Error{Kind: kind, msg: err.Error()}
-	if errors.Unwrap(err) != nil {
-		e.cause = err
-	} else if u, ok := err.(interface{ Unwrap() []error }); ok && len(u.Unwrap()) > 0 {
-		e.cause = err
+	switch err.(type) {
+	case interface{ Unwrap() error }, interface{ Unwrap() []error }:
+		e.cause = err // format had %w
 	}
 	return e
 }
@@ -94,28 +102,9 @@ func Errorf(kind Kind, format string, args ...any) error {
 // KindOf returns the kind of err: the outermost one along its chain, 0 if
 // none.
 func KindOf(err error) Kind {
-	for err != nil {
-		switch e := err.(type) {
-		case Kind:
-			return e
-		case *Error:
-			return e.Kind
-		}
-		switch u := err.(type) {
-		case interface{ Unwrap() error }:
-			err = u.Unwrap()
-		case interface{ Unwrap() []error }:
-			for _, inner := range u.Unwrap() {
-				if k := KindOf(inner); k != 0 {
-					return k
-				}
-			}
-			return 0
-		default:
-			return 0
-		}
-	}
-	return 0
+	var k Kind
+	errors.As(err, &k)
+	return k
 }
 
 // Code is the gRPC code a CSI call answers err with: its kind's, the
