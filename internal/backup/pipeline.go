@@ -159,18 +159,24 @@ func (b *backupRun) guarded(body func()) {
 func (b *backupRun) startProgress(progress func(Progress)) (stop chan struct{}) {
 	stop = make(chan struct{})
 	go b.guarded(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				progress(Progress{BytesDone: b.stats.bytesDone(), BytesTotal: b.size})
-			}
-		}
+		everySecond(stop, func() { progress(Progress{BytesDone: b.stats.bytesDone(), BytesTotal: b.size}) })
 	})
 	return stop
+}
+
+// everySecond calls tick once a second until stop is closed: the progress
+// reports of backups and restores.
+func everySecond(stop <-chan struct{}, tick func()) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			tick()
+		}
+	}
 }
 
 // run starts the stages, feeds them the plan and waits for all of them;

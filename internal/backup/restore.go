@@ -78,18 +78,7 @@ func (r *Repo) Restore(ctx context.Context, m *Manifest, dst string, progress fu
 	stop := make(chan struct{})
 	defer close(stop)
 	if progress != nil {
-		go func() {
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					progress(Progress{BytesDone: done.Load(), BytesTotal: m.SizeBytes})
-				}
-			}
-		}()
+		go everySecond(stop, func() { progress(Progress{BytesDone: done.Load(), BytesTotal: m.SizeBytes}) })
 	}
 	bufs := newBufferPool(r.Concurrency, int(m.BlockSize))
 	storedBufs := newBufferPool(r.Concurrency, blobCap(m.BlockSize))
