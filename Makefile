@@ -23,12 +23,22 @@ TESTTAGS ?= cairnfaults
 # RACEPKGS=./internal/...
 RACEPKGS ?= $(shell $(GO) list -f '{{.ImportPath}}{{range .Deps}}{{if eq . "k8s.io/client-go/rest"}} KUBE{{end}}{{end}}{{if not .TestGoFiles}}{{if not .XTestGoFiles}} NOTESTS{{end}}{{end}}' ./internal/... | grep -v -e KUBE -e NOTESTS -e '/internal/backup$$' -e '/internal/objstore$$')
 
-.PHONY: all build demo test race fuzz stress unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
+.PHONY: all build images demo test race fuzz stress unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
 
 all: build
 
 build:
 	$(GO) build -o bin/cairn ./cmd/cairn
+
+# Cairn's images as OCI archives in _out/images (cairn.tar and the
+# sidecars'; see docs/IMAGES.md), built without Docker: the cairn binary,
+# file-system tools from Debian packages, sidecars from their Go modules.
+# IMAGE_TAG defaults to the chart's appVersion.
+IMAGE_REGISTRY ?= ghcr.io/cairn-csi
+IMAGE_TAG ?=
+images: deps
+	@bash hack/k8s-tools.sh provisioner resizer snapshotter
+	$(GO) run ./hack/images -product -out _out/images -registry $(IMAGE_REGISTRY) $(if $(IMAGE_TAG),-tag $(IMAGE_TAG))
 
 # Quick start: the mysql-pvc walkthrough on a loop-backed XFS data root.
 demo: deps

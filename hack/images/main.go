@@ -21,10 +21,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
 	"debug/elf"
-	"encoding/hex"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -40,11 +37,6 @@ import (
 const (
 	BusyboxRef = "docker.io/library/busybox:1.36"
 	PauseRef   = "registry.k8s.io/pause:3.10"
-
-	mediaIndex    = "application/vnd.oci.image.index.v1+json"
-	mediaManifest = "application/vnd.oci.image.manifest.v1+json"
-	mediaConfig   = "application/vnd.oci.image.config.v1+json"
-	mediaLayer    = "application/vnd.oci.image.layer.v1.tar"
 )
 
 // epoch is every timestamp in the output.
@@ -85,6 +77,13 @@ func main() {
 	if *out == "" || flag.NArg() > 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if *productFlag { // product.go
+		if err := productImages(*out); err != nil {
+			fmt.Fprintln(os.Stderr, "images:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := runAll(*out, *bb); err != nil { // runAll: run, then the e2e suite images (e2e.go)
 		fmt.Fprintln(os.Stderr, "images:", err)
@@ -276,146 +275,9 @@ type imageConfig struct {
 	Entrypoint []string `json:"Entrypoint,omitempty"`
 	Cmd        []string `json:"Cmd,omitempty"`
 	WorkingDir string   `json:"WorkingDir,omitempty"`
+	User       string   `json:"User,omitempty"`
+	// Labels are the image's labels (provenance: the Debian packages
+	// its files came from, the Go module versions of its binaries).
+	Labels map[string]string `json:"Labels,omitempty"`
 }
 
-type descriptor struct {
-	MediaType   string            `json:"mediaType"`
-	Digest      string            `json:"digest"`
-	Size        int               `json:"size"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-	Platform    *platform         `json:"platform,omitempty"`
-}
-
-type platform struct {
-	Architecture string `json:"architecture"`
-	OS           string `json:"os"`
-}
-
-// writeImage writes an OCI image layout with one single-layer image,
-// named ref, as a tarball at dst.
-func writeImage(dst, ref string, layerTar []byte, cfg imageConfig) error {
-	blobs := map[string][]byte{}
-	add := func(b []byte) string {
-		d := digest(b)
-		blobs[d] = b
-		return d
-	}
-	layerDigest := add(layerTar)
-	config, err := json.Marshal(struct {
-		Created      string      `json:"created"`
-		Architecture string      `json:"architecture"`
-		OS           string      `json:"os"`
-		Config       imageConfig `json:"config"`
-		RootFS       struct {
-			Type    string   `json:"type"`
-			DiffIDs []string `json:"diff_ids"`
-		} `json:"rootfs"`
-		History []map[string]string `json:"history"`
-	}{
-		Created:      epoch.Format(time.RFC3339),
-		Architecture: runtime.GOARCH,
-		OS:           "linux",
-		Config:       cfg,
-		RootFS: struct {
-			Type    string   `json:"type"`
-			DiffIDs []string `json:"diff_ids"`
-		}{Type: "layers", DiffIDs: []string{layerDigest}},
-		History: []map[string]string{{"created": epoch.Format(time.RFC3339), "created_by": "cairn hack/images"}},
-	})
-	if err != nil {
-		return err
-	}
-	configDigest := add(config)
-	manifest, err := json.Marshal(struct {
-		SchemaVersion int          `json:"schemaVersion"`
-		MediaType     string       `json:"mediaType"`
-		Config        descriptor   `json:"config"`
-		Layers        []descriptor `json:"layers"`
-	}{
-		SchemaVersion: 2,
-		MediaType:     mediaManifest,
-		Config:        descriptor{MediaType: mediaConfig, Digest: configDigest, Size: len(config)},
-		Layers:        []descriptor{{MediaType: mediaLayer, Digest: layerDigest, Size: len(layerTar)}},
-	})
-	if err != nil {
-		return err
-	}
-	manifestDigest := add(manifest)
-	tag := ref[strings.LastIndex(ref, ":")+1:]
-	index, err := json.Marshal(struct {
-		SchemaVersion int          `json:"schemaVersion"`
-		MediaType     string       `json:"mediaType"`
-		Manifests     []descriptor `json:"manifests"`
-	}{
-		SchemaVersion: 2,
-		MediaType:     mediaIndex,
-		Manifests: []descriptor{{
-			MediaType: mediaManifest, Digest: manifestDigest, Size: len(manifest),
-			Platform: &platform{Architecture: runtime.GOARCH, OS: "linux"},
-			// containerd names the imported image after the first;
-			// the second is the OCI tag (ctr import --base-name).
-			Annotations: map[string]string{
-				"io.containerd.image.name":          ref,
-				"org.opencontainers.image.ref.name": tag,
-			},
-		}},
-	})
-	if err != nil {
-		return err
-	}
-
-	tmp := dst + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	tw := tar.NewWriter(f)
-	entries := []struct {
-		name string
-		data []byte
-	}{
-		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
-		{"index.json", index},
-	}
-	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX}); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	names := make([]string, 0, len(blobs))
-	for d := range blobs {
-		names = append(names, d)
-	}
-	sort.Strings(names)
-	for _, d := range names {
-		entries = append(entries, struct {
-			name string
-			data []byte
-		}{"blobs/sha256/" + strings.TrimPrefix(d, "sha256:"), blobs[d]})
-	}
-	for _, e := range entries {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Mode: 0o644, Size: int64(len(e.data)), ModTime: epoch, Format: tar.FormatPAX}); err != nil {
-			f.Close()
-			return err
-		}
-		if _, err := tw.Write(e.data); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
-}
-
-func digest(b []byte) string {
-	s := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(s[:])
-}
