@@ -280,4 +280,3 @@ type imageConfig struct {
 	// its files came from, the Go module versions of its binaries).
 	Labels map[string]string `json:"Labels,omitempty"`
 }
-
