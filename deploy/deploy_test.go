@@ -1385,3 +1385,39 @@ func checkSchema(path string, s apiextensionsv1.JSONSchemaProps, v any) []string
 	}
 	return errs
 }
+
+// TestChartBuiltinRegistrar: node.registrar=builtin drops the
+// node-driver-registrar sidecar and has cairn node register itself, with
+// the socket path kubelet sees and the plugins_registry folder mounted.
+func TestChartBuiltinRegistrar(t *testing.T) {
+	helm := helmBinary(t)
+	out, err := helmTemplate(t, helm, "kubeletDir: /var/lib/k0s/kubelet\nnode:\n  registrar: builtin\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := decodeStream("helm template (builtin registrar)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ms.get(t, "DaemonSet", "cairn-node").obj.(*appsv1.DaemonSet).Spec.Template.Spec
+	checkPodSpec(t, "DaemonSet cairn-node (builtin registrar)", spec)
+	if len(spec.Containers) != 1 || spec.Containers[0].Name != "cairn" {
+		t.Fatalf("containers %d, want only cairn", len(spec.Containers))
+	}
+	node := spec.Containers[0]
+	for _, a := range []string{"--registration-dir=/registration",
+		"--kubelet-registration-path=/var/lib/k0s/kubelet/plugins/" + driverName + "/csi.sock"} {
+		if !slices.Contains(node.Args, a) {
+			t.Errorf("cairn node args %v lack %s", node.Args, a)
+		}
+	}
+	if m := mount(t, node, "registration-dir"); m.MountPath != "/registration" {
+		t.Errorf("registration-dir mounted at %s", m.MountPath)
+	}
+	if v := volume(t, spec, "registration-dir"); v.HostPath == nil || v.HostPath.Path != "/var/lib/k0s/kubelet/plugins_registry" {
+		t.Errorf("registration-dir volume %+v", v.VolumeSource)
+	}
+	if _, err := helmTemplate(t, helm, "node:\n  registrar: sidecar\n"); err == nil || !strings.Contains(err.Error(), "registrar") {
+		t.Errorf("registrar: sidecar was accepted (err %v)", err)
+	}
+}
