@@ -110,7 +110,7 @@ func runNode(args []string) error {
 	kf.register(fs)
 	nodeID := fs.String("node-id", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	dataRoot := fs.String("data-root", "/var/lib/cairn", "directory holding volumes and snapshots")
-	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of backup target credential Secrets (default $POD_NAMESPACE)")
+	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of backup target credential Secrets ($POD_NAMESPACE overrides the default when set)")
 	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
 	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
