@@ -1148,7 +1148,13 @@ func checkRBAC(t *testing.T, base manifests) {
 // its folder (and the extra resources given), and that they all exist.
 func checkKustomization(t *testing.T, dir string, extra []string) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	// deploy/crds names it Kustomization (a name kustomize knows) so that
+	// `kubectl apply -f deploy/crds` finds only Kubernetes objects there.
+	name := "kustomization.yaml"
+	if _, err := os.Stat(filepath.Join(dir, "Kustomization")); err == nil {
+		name = "Kustomization"
+	}
+	data, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1184,7 +1190,9 @@ func checkKustomization(t *testing.T, dir string, extra []string) {
 			continue
 		}
 		if st.IsDir() {
-			if _, err := os.Stat(filepath.Join(p, "kustomization.yaml")); err != nil {
+			_, err1 := os.Stat(filepath.Join(p, "kustomization.yaml"))
+			_, err2 := os.Stat(filepath.Join(p, "Kustomization"))
+			if err1 != nil && err2 != nil {
 				t.Errorf("%s/kustomization.yaml: resource %s is a folder without a kustomization", dir, r)
 			}
 		}
