@@ -50,7 +50,8 @@ func MinIOBinary() (string, error) {
 	return minioBin, minioBinErr
 }
 
-// MinIO is one MinIO server on 127.0.0.1 with its own data directory, which
+// MinIO is one MinIO server (on 127.0.0.1 unless started with
+// StartMinIOAt) with its own data directory, which
 // can be killed, paused and started again on the same address.
 type MinIO struct {
 	Addr    string
@@ -72,17 +73,23 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// StartMinIO starts a server with its data under dir and creates
-// MinIOBucket.
-func StartMinIO(dir string) (*MinIO, error) {
+// StartMinIO starts a server on 127.0.0.1 with its data under dir and
+// creates MinIOBucket.
+func StartMinIO(dir string) (*MinIO, error) { return StartMinIOAt(dir, "127.0.0.1") }
+
+// StartMinIOAt is StartMinIO on another address of this machine (the S3
+// API there, the console on 127.0.0.1), e.g. one that pods reach.
+func StartMinIOAt(dir, host string) (*MinIO, error) {
 	bin, err := MinIOBinary()
 	if err != nil {
 		return nil, err
 	}
-	addr, err := FreeAddr()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return nil, err
 	}
+	addr := l.Addr().String()
+	l.Close()
 	console, err := FreeAddr()
 	if err != nil {
 		return nil, err

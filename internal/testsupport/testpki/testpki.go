@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"time"
@@ -90,4 +91,35 @@ func WriteCertKey(certPath, keyPath string, der []byte, key crypto.Signer) error
 		return err
 	}
 	return os.WriteFile(keyPath, keyPEM, 0o600)
+}
+
+// ReadCA loads a CA written with WriteCertKey (certificate and PKCS #8
+// key), to issue more certificates with it.
+func ReadCA(certPath, keyPath string) (*CA, error) {
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("testpki: %s or %s holds no PEM block", certPath, keyPath)
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("testpki: %s: not a signing key", keyPath)
+	}
+	return &CA{Cert: cert, DER: cb.Bytes, Key: signer, now: time.Now()}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,6 +43,10 @@ type Config struct {
 	BinDir string
 	// WorkDir receives everything: pki/, etcd/, logs/, kubeconfigs/.
 	WorkDir string
+	// ExtraServingIPs are added to the apiserver's serving certificate
+	// (besides 127.0.0.1 and 10.0.0.1), for clients that reach it at
+	// another address (with --bind-address=0.0.0.0 among the extra args).
+	ExtraServingIPs []net.IP
 	// Extra flags appended to the defaults (a repeated flag wins).
 	ExtraAPIServerArgs         []string
 	ExtraControllerManagerArgs []string
@@ -102,7 +107,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			return c, err
 		}
 	}
-	if c.pki, err = genPKI(filepath.Join(cfg.WorkDir, "pki")); err != nil {
+	if c.pki, err = genPKI(filepath.Join(cfg.WorkDir, "pki"), cfg.ExtraServingIPs); err != nil {
 		return c, fmt.Errorf("cluster: generate certificates: %w", err)
 	}
 	ports, err := proc.FreePorts(3)

@@ -23,9 +23,9 @@ type pki struct {
 }
 
 // genPKI writes a CA, a serving certificate for the apiserver (127.0.0.1,
-// localhost and the in-cluster names), an admin client certificate in
+// localhost, the in-cluster names and extraIPs), an admin client certificate in
 // group system:masters, and the service account signing key into dir.
-func genPKI(dir string) (*pki, error) {
+func genPKI(dir string, extraIPs []net.IP) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -47,7 +47,7 @@ func genPKI(dir string) (*pki, error) {
 	servDER, servKey, err := ca.Issue(2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")},
+		IPAddresses: append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")}, extraIPs...),
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
 	}, leafUsage)

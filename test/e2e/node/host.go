@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,8 +57,9 @@ var kubeChains = []struct{ table, chain string }{
 	{"mangle", "KUBE-IPTABLES-HINT"},
 }
 
-// stateFile records, while a node runs, what Stop must undo. A Start
-// that finds it (and no kubelet running) first undoes what the earlier
+// stateFile records, while a node runs, what Stop must undo (an
+// isolated node's: stateFile with -<Name> before .json). A Start that
+// finds one written by another process first undoes what that earlier
 // run, whose test process was killed before it could Stop, left behind.
 // It is on /run, a tmpfs: a reboot clears it together with what it
 // describes.
@@ -65,8 +67,11 @@ const stateFile = "/run/cairn-e2e-node.json"
 
 // hostState is the machine as Start found it, and what Start then made.
 type hostState struct {
+	// Owner is the pid of the test process that started the node.
+	Owner int
 	// The node's configuration (enough for Stop to find its parts).
 	BinDir, WorkDir, RootDir, Bridge string
+	Isolated                         *Isolation `json:",omitempty"`
 	// CreatedRoot: Start created RootDir, Stop removes it.
 	CreatedRoot bool
 	Sysctls     map[string]string // path under /proc/sys -> value before Start
@@ -77,17 +82,46 @@ type hostState struct {
 
 func recordHost(cfg Config) *hostState {
 	h := &hostState{
-		BinDir: cfg.BinDir, WorkDir: cfg.WorkDir, RootDir: cfg.RootDir, Bridge: cfg.Bridge,
+		Owner:  os.Getpid(),
+		BinDir: cfg.BinDir, WorkDir: cfg.WorkDir, RootDir: cfg.RootDir, Bridge: cfg.Bridge, Isolated: cfg.Isolated,
 		Sysctls: map[string]string{}, Iptables: map[string]bool{},
+	}
+	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
+	cgroup := "kubepods"
+	if cfg.Isolated != nil {
+		cgroup = cfg.Isolated.cgroupRoot()
+	}
+	for _, d := range hier {
+		h.CgroupDirs = append(h.CgroupDirs, filepath.Join(d, cgroup))
+	}
+	// A node of this process runs already: the machine as it was before
+	// is in its record (the last node to stop puts it back).
+	if olds, _ := loadStates(); len(olds) > 0 {
+		for _, o := range olds {
+			if o.Owner == h.Owner {
+				h.Sysctls, h.Absent, h.Iptables = o.Sysctls, o.Absent, o.Iptables
+			}
+		}
+	}
+	paths := hostPaths
+	if iso := cfg.Isolated; iso != nil {
+		// The mount points of the node's binds (see Isolation.setUp).
+		paths = append(append([]string{}, paths...), cfg.RootDir, "/var/lib/cni", "/run/netns", nsDir)
+		for _, b := range iso.Binds {
+			paths = append(paths, b.Target)
+		}
+	}
+	for _, p := range paths {
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) && !slices.Contains(h.Absent, p) {
+			h.Absent = append(h.Absent, p)
+		}
+	}
+	if len(h.Sysctls) > 0 {
+		return h
 	}
 	for _, k := range kernelTunables {
 		if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
 			h.Sysctls[k] = strings.TrimSpace(string(b))
-		}
-	}
-	for _, p := range hostPaths {
-		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
-			h.Absent = append(h.Absent, p)
 		}
 	}
 	for _, ipt := range []string{"iptables", "ip6tables"} {
@@ -96,11 +130,15 @@ func recordHost(cfg Config) *hostState {
 			h.Iptables[ipt] = true
 		}
 	}
-	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, d := range hier {
-		h.CgroupDirs = append(h.CgroupDirs, filepath.Join(d, "kubepods"))
-	}
 	return h
+}
+
+// file is the node's state file.
+func (h *hostState) file() string {
+	if h.Isolated != nil {
+		return strings.TrimSuffix(stateFile, ".json") + "-" + h.Isolated.Name + ".json"
+	}
+	return stateFile
 }
 
 func (h *hostState) save() error {
@@ -108,27 +146,45 @@ func (h *hostState) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := stateFile + ".tmp"
+	tmp := h.file() + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
-	return os.Rename(tmp, stateFile)
+	return os.Rename(tmp, h.file())
 }
 
-// loadState returns the state an earlier run left, or nil.
-func loadState() (*hostState, error) {
-	b, err := os.ReadFile(stateFile)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+// last reports whether no other node's state file is there: this node
+// is the last one on the machine.
+func (h *hostState) last() bool {
+	olds, _ := loadStates()
+	for _, o := range olds {
+		if o.file() != h.file() {
+			return false
+		}
 	}
-	if err != nil {
-		return nil, err
+	return true
+}
+
+// loadStates returns the states of the nodes that run or whose earlier
+// run did not stop.
+func loadStates() ([]*hostState, error) {
+	files, _ := filepath.Glob(strings.TrimSuffix(stateFile, ".json") + "*.json")
+	var out []*hostState
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		h := &hostState{}
+		if err := json.Unmarshal(b, h); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, h)
 	}
-	h := &hostState{}
-	if err := json.Unmarshal(b, h); err != nil {
-		return nil, fmt.Errorf("%s: %w", stateFile, err)
-	}
-	return h, nil
+	return out, nil
 }
 
 // restore puts back the sysctls and removes the kubelet's iptables chains

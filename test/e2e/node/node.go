@@ -18,8 +18,10 @@
 //	k, _ := node.Start(ctx, cfg)
 //	defer k.Stop()
 //
-// Only one node can run on a machine at a time (the kubelet owns the
-// kubepods cgroups and, by default, /var/lib/kubelet). See docs/NODE.md.
+// Only one node runs on the host itself (the kubelet owns the kubepods
+// cgroups and, by default, /var/lib/kubelet); several run side by side
+// when each has Config.Isolated (its own network and mount namespaces,
+// the way kind runs nodes). See docs/NODE.md.
 package node
 
 import (
@@ -98,6 +100,16 @@ type Config struct {
 	ExtraKubeletArgs []string
 	// ReadyTimeout bounds the wait for the Node to be Ready. Default 2m.
 	ReadyTimeout time.Duration
+	// PKIDir holds the kubelet CA, the apiserver's client certificate for
+	// kubelets and each node's serving certificate. Nodes of one cluster
+	// must share it (the apiserver trusts one kubelet CA). Default
+	// <WorkDir>/pki.
+	PKIDir string
+	// Isolated, when set, runs the node in its own network and mount
+	// namespaces (see Isolation); RootDir is then a path inside the mount
+	// namespace, backed by <WorkDir>/root, and NodeName defaults to
+	// cairn-<Name>.
+	Isolated *Isolation
 }
 
 func (cfg *Config) defaults() error {
@@ -127,6 +139,18 @@ func (cfg *Config) defaults() error {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 2 * time.Minute
 	}
+	if cfg.PKIDir == "" {
+		cfg.PKIDir = filepath.Join(cfg.WorkDir, "pki")
+	}
+	if iso := cfg.Isolated; iso != nil {
+		if err := iso.check(); err != nil {
+			return err
+		}
+		if cfg.NodeName == "" {
+			cfg.NodeName = "cairn-" + iso.Name
+		}
+		return nil
+	}
 	if cfg.NodeName == "" {
 		cfg.NodeName = "localhost"
 		if h, err := os.Hostname(); err == nil && resolvesToLoopback(h) {
@@ -152,25 +176,45 @@ func resolvesToLoopback(name string) bool {
 	return true
 }
 
-// APIServerArgs writes the node's certificates into WorkDir/pki (unless
+// APIServerArgs writes the node's certificates into PKIDir (unless
 // there already) and returns the kube-apiserver flags that let the
 // apiserver reach this kubelet (for logs, exec, port-forward):
 // --kubelet-client-certificate/--kubelet-client-key (an identity in
 // system:masters that the kubelet trusts), --kubelet-certificate-authority
-// (the kubelet's serving certificate is verified for the node name) and
-// --kubelet-preferred-address-types=Hostname (the apiserver dials the
-// node name, which resolves to 127.0.0.1; the kubelet listens there only).
-// Call it before the control plane starts, with the Config later given to
-// Start.
+// (the kubelet's serving certificate is verified for the node name and
+// address) and --kubelet-preferred-address-types: Hostname (the apiserver
+// dials the node name, which resolves to 127.0.0.1; the kubelet listens
+// there only) or, for isolated nodes, InternalIP (Isolation.IP). Call it
+// before the control plane starts, with the Config later given to Start;
+// for several nodes, once per node (same PKIDir; the flags are the same).
 func APIServerArgs(cfg Config) ([]string, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	p, err := ensurePKI(cfg.WorkDir, cfg.NodeName)
+	p, err := ensurePKI(cfg.PKIDir, cfg.NodeName, cfg.ips())
 	if err != nil {
 		return nil, fmt.Errorf("node: certificates: %w", err)
 	}
-	return p.apiServerArgs(), nil
+	if cfg.Isolated != nil {
+		return p.apiServerArgs("InternalIP"), nil
+	}
+	return p.apiServerArgs("Hostname"), nil
+}
+
+// ips are the node's addresses besides 127.0.0.1.
+func (cfg *Config) ips() []net.IP {
+	if cfg.Isolated != nil {
+		return []net.IP{net.ParseIP(cfg.Isolated.IP)}
+	}
+	return nil
+}
+
+// address is where the kubelet listens.
+func (cfg *Config) address() string {
+	if cfg.Isolated != nil {
+		return cfg.Isolated.IP
+	}
+	return "127.0.0.1"
 }
 
 // Timings says how long the parts of Start took.
@@ -211,7 +255,7 @@ func newKubelet(cfg Config) *Kubelet {
 // recovered is the Kubelet of an earlier run, from its state file, for
 // stop to clean up after.
 func recovered(h *hostState) *Kubelet {
-	k := newKubelet(Config{BinDir: h.BinDir, WorkDir: h.WorkDir, RootDir: h.RootDir, Bridge: h.Bridge})
+	k := newKubelet(Config{BinDir: h.BinDir, WorkDir: h.WorkDir, RootDir: h.RootDir, Bridge: h.Bridge, Isolated: h.Isolated})
 	k.host = h
 	return k
 }
@@ -255,16 +299,27 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 		bins[b] = p
 	}
 	for _, p := range processes() {
-		if p.comm == "kubelet" {
-			return nil, fmt.Errorf("node: a kubelet is running already (pid %d): one node per machine", p.pid)
+		if p.comm != "kubelet" {
+			continue
+		}
+		if cfg.Isolated == nil {
+			return nil, fmt.Errorf("node: a kubelet is running already (pid %d): one node on the host (use Config.Isolated for more)", p.pid)
+		}
+		if hasArg(p.args, "--hostname-override", cfg.NodeName) {
+			return nil, fmt.Errorf("node: a kubelet for node %s is running already (pid %d)", cfg.NodeName, p.pid)
 		}
 	}
-	// An earlier run whose test process was killed left its state file:
+	// An earlier run whose test process was killed left its state files:
 	// undo what it left (orphaned shims and containers, mounts, cgroups,
-	// sysctls, folders) first.
-	if old, err := loadState(); err != nil {
+	// namespaces, sysctls, folders) first.
+	olds, err := loadStates()
+	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
-	} else if old != nil {
+	}
+	for _, old := range olds {
+		if old.Owner == os.Getpid() {
+			continue // a node of this test process, running
+		}
 		if err := recovered(old).stop(); err != nil {
 			return nil, fmt.Errorf("node: cleaning up after an earlier run that did not stop: %w", err)
 		}
@@ -282,7 +337,7 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	if k.client, err = kubernetes.NewForConfig(restCfg); err != nil {
 		return nil, err
 	}
-	pki, err := ensurePKI(cfg.WorkDir, cfg.NodeName)
+	pki, err := ensurePKI(cfg.PKIDir, cfg.NodeName, cfg.ips())
 	if err != nil {
 		return nil, fmt.Errorf("node: certificates: %w", err)
 	}
@@ -297,8 +352,29 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 			k = nil
 		}
 	}()
-	// The root folder must be new or empty: Stop clears it.
-	if ents, err := os.ReadDir(cfg.RootDir); err == nil && len(ents) > 0 {
+	kubeconfig := cfg.Kubeconfig
+	if iso := cfg.Isolated; iso != nil {
+		// The kubelet's root folder is <WorkDir>/root, mounted at RootDir
+		// in the node's mount namespace.
+		if ents, err := os.ReadDir(k.dir("root")); err == nil && len(ents) > 0 {
+			return k, fmt.Errorf("node: kubelet root folder %s is not empty (an earlier run's?); remove it", k.dir("root"))
+		}
+		addr, err := apiServerAddress(cfg.Kubeconfig)
+		if err != nil {
+			return k, fmt.Errorf("node: %w", err)
+		}
+		if err := os.MkdirAll(k.dir("kubelet"), 0o755); err != nil {
+			return k, err
+		}
+		kubeconfig = k.dir("kubelet", "kubeconfig")
+		if err := nodeKubeconfig(cfg.Kubeconfig, addr, kubeconfig); err != nil {
+			return k, fmt.Errorf("node: %w", err)
+		}
+		if err := iso.setUp(cfg.WorkDir, cfg.RootDir, addr); err != nil {
+			return k, err
+		}
+	} else if ents, err := os.ReadDir(cfg.RootDir); err == nil && len(ents) > 0 {
+		// The root folder must be new or empty: Stop clears it.
 		return k, fmt.Errorf("node: kubelet root folder %s is not empty (another kubelet's?); remove it or set Config.RootDir", cfg.RootDir)
 	} else if errors.Is(err, os.ErrNotExist) {
 		k.host.CreatedRoot = true
@@ -353,19 +429,23 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 	if err := k.writeKubeletConfig(pki, ports[0], ports[1]); err != nil {
 		return k, err
 	}
-	args := append([]string{
+	args := []string{
 		"--config=" + k.dir("kubelet", "config.yaml"),
-		"--kubeconfig=" + cfg.Kubeconfig,
+		"--kubeconfig=" + kubeconfig,
 		"--root-dir=" + cfg.RootDir,
 		"--cert-dir=" + k.dir("kubelet", "pki"),
 		"--hostname-override=" + cfg.NodeName,
 		"--v=2",
-	}, cfg.ExtraKubeletArgs...)
+	}
+	if iso := cfg.Isolated; iso != nil {
+		args = append(args, "--node-ip="+iso.IP, "--cgroup-root="+iso.cgroupRoot())
+	}
+	args = append(args, cfg.ExtraKubeletArgs...)
 	tk := time.Now()
 	if k.kubelet, err = k.start("kubelet", bins["kubelet"], args...); err != nil {
 		return k, err
 	}
-	healthz := "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/healthz"
+	healthz := "http://" + net.JoinHostPort(cfg.address(), strconv.Itoa(ports[1])) + "/healthz"
 	if err := policy.WaitFor(ctx, k.kubelet, 60*time.Second, func(ctx context.Context) error {
 		return proc.HTTPOK(ctx, http.DefaultClient, healthz)
 	}); err != nil {
@@ -417,6 +497,9 @@ func (k *Kubelet) dir(parts ...string) string {
 func (k *Kubelet) start(name, bin string, args ...string) (*proc.Proc, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if iso := k.cfg.Isolated; iso != nil {
+		bin, args = iso.wrap(bin, args...)
+	}
 	return proc.Start(k.logDir, name, bin, args...)
 }
 
@@ -498,10 +581,14 @@ oom_score = 0
 
 // writeCNIConfig writes the pod network: a bridge with the node's side as
 // gateway (the node reaches pod IPs), host-local addresses from PodCIDR
-// kept under WorkDir, no masquerading and no default route (pods reach
-// the node and each other, nothing beyond). containerd adds the loopback
-// interface itself (the loopback plugin from the same bin folder).
+// kept under WorkDir. On the host: no masquerading and no default route
+// (pods reach the node and each other, nothing beyond). Isolated: a
+// default route and masquerading behind the node's address, so pods
+// reach the host (the apiserver) and the other nodes. containerd adds the
+// loopback interface itself (the loopback plugin from the same bin
+// folder).
 func (k *Kubelet) writeCNIConfig() error {
+	iso := k.cfg.Isolated != nil
 	conf := fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "cairn-e2e",
@@ -510,7 +597,8 @@ func (k *Kubelet) writeCNIConfig() error {
       "type": "bridge",
       "bridge": %q,
       "isGateway": true,
-      "ipMasq": false,
+      "isDefaultGateway": %t,
+      "ipMasq": %t,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
@@ -520,7 +608,7 @@ func (k *Kubelet) writeCNIConfig() error {
     }
   ]
 }
-`, k.cfg.Bridge, k.dir("cni", "ipam"), k.cfg.PodCIDR)
+`, k.cfg.Bridge, iso, iso, k.dir("cni", "ipam"), k.cfg.PodCIDR)
 	return os.WriteFile(k.dir("cni", "net.d", "10-cairn-e2e.conflist"), []byte(conf), 0o644)
 }
 
@@ -566,10 +654,10 @@ func (k *Kubelet) writeKubeletConfig(p *pki, port, healthzPort int) error {
 	}
 	conf := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
+healthzBindAddress: %s
 healthzPort: %d
 tlsCertFile: %q
 tlsPrivateKeyFile: %q
@@ -615,7 +703,7 @@ runtimeRequestTimeout: 2m
 shutdownGracePeriod: 0s
 logging:
   format: text
-`, port, healthzPort, p.servingCert, p.servKey, clientCA, "unix://"+k.sock, resolv,
+`, k.cfg.address(), port, k.cfg.address(), healthzPort, p.servingCert, p.servKey, clientCA, "unix://"+k.sock, resolv,
 		k.dir("pod-logs"), k.dir("volume-plugins"))
 	return os.WriteFile(k.dir("kubelet", "config.yaml"), []byte(conf), 0o644)
 }
@@ -665,26 +753,39 @@ func (k *Kubelet) stop() error {
 	if k.host != nil {
 		errs = append(errs, k.host.killCgroups())
 	}
-	errs = append(errs, unmountAll(k.cfg.RootDir), unmountAll(k.cfg.WorkDir))
-	if _, err := os.Stat("/sys/class/net/" + k.cfg.Bridge); err == nil {
-		if out, err := exec.Command("ip", "link", "delete", k.cfg.Bridge).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("delete bridge %s: %v: %s", k.cfg.Bridge, err, out))
+	// The machine-wide things (sysctls, folders at fixed places, the
+	// host bridge) go back with the last node.
+	last := k.host == nil || k.host.last()
+	if iso := k.cfg.Isolated; iso != nil {
+		// Its processes are gone: the namespaces and what is mounted in
+		// them go with their files.
+		errs = append(errs, iso.tearDown(last), unmountAll(k.cfg.WorkDir))
+	} else {
+		errs = append(errs, unmountAll(k.cfg.RootDir), unmountAll(k.cfg.WorkDir))
+		if _, err := os.Stat("/sys/class/net/" + k.cfg.Bridge); err == nil {
+			if out, err := exec.Command("ip", "link", "delete", k.cfg.Bridge).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("delete bridge %s: %v: %s", k.cfg.Bridge, err, out))
+			}
 		}
 	}
 	if k.host == nil {
 		return errors.Join(errs...)
 	}
-	errs = append(errs, k.host.restore())
-	for _, p := range k.host.Absent {
-		if p == k.cfg.RootDir {
-			continue
+	if last {
+		errs = append(errs, k.host.restore())
+		for _, p := range k.host.Absent {
+			if p == k.cfg.RootDir && k.cfg.Isolated == nil {
+				continue
+			}
+			if p == "/run/containerd" && otherContainerd(k.sock) {
+				continue
+			}
+			errs = append(errs, removeTree(p))
 		}
-		if p == "/run/containerd" && otherContainerd(k.sock) {
-			continue
-		}
-		errs = append(errs, removeTree(p))
 	}
-	if k.host.CreatedRoot {
+	if k.cfg.Isolated != nil {
+		// <WorkDir>/root was the root folder; WorkDir is the caller's.
+	} else if k.host.CreatedRoot {
 		errs = append(errs, removeTree(k.cfg.RootDir))
 	} else if err := unmountAll(k.cfg.RootDir); err != nil {
 		errs = append(errs, err)
@@ -699,7 +800,7 @@ func (k *Kubelet) stop() error {
 		return err
 	}
 	// Everything is undone: the next Start has nothing to recover.
-	if err := os.Remove(stateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(k.host.file()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -801,7 +902,7 @@ func fileExecutable(p string) bool {
 // API, authenticating with the apiserver's kubelet client certificate (a
 // test may call /pods, /stats/summary, ...).
 func (k *Kubelet) KubeletClient() (*http.Client, string, error) {
-	p := pkiPaths(k.cfg.WorkDir)
+	p := pkiPaths(k.cfg.PKIDir, k.cfg.NodeName)
 	cert, err := tls.LoadX509KeyPair(p.apiClientCert, p.apiKey)
 	if err != nil {
 		return nil, "", err
@@ -820,5 +921,9 @@ func (k *Kubelet) KubeletClient() (*http.Client, string, error) {
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: k.cfg.NodeName,
 	}}}
-	return hc, "https://" + net.JoinHostPort(k.cfg.NodeName, strconv.Itoa(int(port))), nil
+	host := k.cfg.NodeName
+	if k.cfg.Isolated != nil {
+		host = k.cfg.Isolated.IP
+	}
+	return hc, "https://" + net.JoinHostPort(host, strconv.Itoa(int(port))), nil
 }

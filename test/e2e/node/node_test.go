@@ -70,18 +70,25 @@ func readTunables() map[string]string {
 	return m
 }
 
-func TestPodRuns(t *testing.T) {
+// nodeTest is the set-up of a test that runs nodes: the binaries' folder,
+// the machine held (Start takes it again; waiting for it is not part of
+// timeout), a context that ends after timeout, a work folder, and the
+// busybox and pause images.
+func nodeTest(t *testing.T, timeout time.Duration) (bin string, ctx context.Context, work string, images []string) {
 	root, bin := requireNode(t)
-	// Wait for the machine (Start takes it again) before the clock starts.
 	unlock, err := machinelock.Exclusive(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	work := t.TempDir()
-	images := buildImages(t, root, filepath.Join(work, "images"))
+	t.Cleanup(unlock)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	work = t.TempDir()
+	return bin, ctx, work, buildImages(t, root, filepath.Join(work, "images"))
+}
+
+func TestPodRuns(t *testing.T) {
+	bin, ctx, work, images := nodeTest(t, 8*time.Minute)
 
 	// The machine as it was before any node ran: now, or, when an earlier
 	// run was killed before it could Stop (Start then cleans up after it),
@@ -89,10 +96,12 @@ func TestPodRuns(t *testing.T) {
 	tunablesBefore := readTunables()
 	_, rootStatErr := os.Stat(DefaultRootDir)
 	rootExisted := rootStatErr == nil
-	if old, err := loadState(); err != nil {
+	olds, err := loadStates()
+	if err != nil {
 		t.Fatal(err)
-	} else if old != nil {
-		t.Logf("%s: an earlier run did not stop; Start cleans up after it", stateFile)
+	}
+	for _, old := range olds {
+		t.Logf("%s: an earlier run did not stop; Start cleans up after it", old.file())
 		for k, v := range old.Sysctls {
 			tunablesBefore[k] = v
 		}

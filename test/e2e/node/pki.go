@@ -14,90 +14,124 @@ import (
 	"github.com/cairn-csi/cairn/internal/testsupport/testpki"
 )
 
-// pki is the node's own credentials, under <WorkDir>/pki: a CA that
-// signs the kubelet's serving certificate (for the node name) and the
-// apiserver's client certificate for kubelets (user
-// kube-apiserver-kubelet-client in group system:masters, so the kubelet's
-// webhook authorizer lets it read logs and exec).
+// pki is the nodes' credentials, under Config.PKIDir (shared by the
+// nodes of one cluster): a CA that signs each kubelet's serving
+// certificate (for its node name and addresses) and the apiserver's
+// client certificate for kubelets (user kube-apiserver-kubelet-client in
+// group system:masters, so the kubelet's webhook authorizer lets it read
+// logs and exec).
 type pki struct {
 	dir                   string
-	caCert                string
+	caCert, caKey         string
 	servingCert, servKey  string
 	apiClientCert, apiKey string
 	nodeName              string
+	ips                   []net.IP
 }
 
-func pkiPaths(workDir string) *pki {
-	dir := filepath.Join(workDir, "pki")
+func pkiPaths(dir, nodeName string) *pki {
 	return &pki{
 		dir:           dir,
 		caCert:        filepath.Join(dir, "kubelet-ca.crt"),
-		servingCert:   filepath.Join(dir, "kubelet.crt"),
-		servKey:       filepath.Join(dir, "kubelet.key"),
+		caKey:         filepath.Join(dir, "kubelet-ca.key"),
+		servingCert:   filepath.Join(dir, "kubelet-"+nodeName+".crt"),
+		servKey:       filepath.Join(dir, "kubelet-"+nodeName+".key"),
 		apiClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"),
 		apiKey:        filepath.Join(dir, "apiserver-kubelet-client.key"),
+		nodeName:      nodeName,
 	}
 }
 
-// ensurePKI writes the node's credentials unless they are there already
-// for nodeName.
-func ensurePKI(workDir, nodeName string) (*pki, error) {
-	p := pkiPaths(workDir)
-	p.nodeName = nodeName
-	if p.valid() {
-		return p, nil
-	}
+// ensurePKI writes what is missing of the CA, the apiserver's client
+// certificate and nodeName's serving certificate (for nodeName,
+// localhost, 127.0.0.1 and ips).
+func ensurePKI(dir, nodeName string, ips []net.IP) (*pki, error) {
+	p := pkiPaths(dir, nodeName)
+	p.ips = ips
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	ca, err := testpki.NewCA("cairn-e2e-kubelet-ca", x509.KeyUsageCertSign|x509.KeyUsageDigitalSignature)
+	if !p.caValid() {
+		ca, err := testpki.NewCA("cairn-e2e-kubelet-ca", x509.KeyUsageCertSign|x509.KeyUsageDigitalSignature)
+		if err != nil {
+			return nil, err
+		}
+		if err := testpki.WriteCertKey(p.caCert, p.caKey, ca.DER, ca.Key); err != nil {
+			return nil, err
+		}
+		der, key, err := ca.Issue(2, &x509.Certificate{
+			Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, x509.KeyUsageDigitalSignature)
+		if err != nil {
+			return nil, err
+		}
+		// The client certificate last: it marks a complete CA.
+		if err := testpki.WriteCertKey(p.apiClientCert, p.apiKey, der, key); err != nil {
+			return nil, err
+		}
+	}
+	if p.servingValid() {
+		return p, nil
+	}
+	ca, err := testpki.ReadCA(p.caCert, p.caKey)
 	if err != nil {
 		return nil, err
 	}
-	issue := func(serial int64, tmpl *x509.Certificate, certPath, keyPath string) error {
-		der, key, err := ca.Issue(serial, tmpl, x509.KeyUsageDigitalSignature)
-		if err != nil {
-			return err
-		}
-		return testpki.WriteCertKey(certPath, keyPath, der, key)
-	}
-	if err := issue(2, &x509.Certificate{
+	der, key, err := ca.Issue(time.Now().UnixNano(), &x509.Certificate{
 		Subject:     pkix.Name{CommonName: nodeName},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{nodeName, "localhost"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}, p.servingCert, p.servKey); err != nil {
+		IPAddresses: append([]net.IP{net.ParseIP("127.0.0.1")}, ips...),
+	}, x509.KeyUsageDigitalSignature)
+	if err != nil {
 		return nil, err
 	}
-	if err := issue(3, &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, p.apiClientCert, p.apiKey); err != nil {
-		return nil, err
-	}
-	// The CA last: its presence marks a complete set.
-	return p, os.WriteFile(p.caCert, testpki.PEMCert(ca.DER), 0o644)
+	return p, testpki.WriteCertKey(p.servingCert, p.servKey, der, key)
 }
 
-// valid reports whether a complete set for p.nodeName is on disk.
-func (p *pki) valid() bool {
-	for _, f := range []string{p.servKey, p.apiClientCert, p.apiKey} {
-		if _, err := os.Stat(f); err != nil {
+// caValid reports whether the CA and the apiserver's client certificate
+// are on disk and current.
+func (p *pki) caValid() bool {
+	if _, err := os.Stat(p.caKey); err != nil {
+		return false
+	}
+	if _, err := os.Stat(p.apiKey); err != nil {
+		return false
+	}
+	return p.signed(p.apiClientCert) != nil
+}
+
+// servingValid reports whether the node's serving certificate is on disk,
+// current, and names the node and its addresses.
+func (p *pki) servingValid() bool {
+	if _, err := os.Stat(p.servKey); err != nil {
+		return false
+	}
+	cert := p.signed(p.servingCert)
+	if cert == nil || cert.VerifyHostname(p.nodeName) != nil {
+		return false
+	}
+	for _, ip := range p.ips {
+		if cert.VerifyHostname(ip.String()) != nil {
 			return false
 		}
 	}
-	cert, err := readCert(p.servingCert)
+	return true
+}
+
+// signed returns the certificate at path if the CA signed it and it is
+// current, else nil.
+func (p *pki) signed(path string) *x509.Certificate {
+	cert, err := readCert(path)
 	if err != nil {
-		return false
+		return nil
 	}
 	ca, err := readCert(p.caCert)
-	if err != nil {
-		return false
+	if err != nil || cert.CheckSignatureFrom(ca) != nil || !time.Now().Before(cert.NotAfter) {
+		return nil
 	}
-	if cert.CheckSignatureFrom(ca) != nil || cert.VerifyHostname(p.nodeName) != nil {
-		return false
-	}
-	return time.Now().Before(cert.NotAfter)
+	return cert
 }
 
 func readCert(path string) (*x509.Certificate, error) {
@@ -112,15 +146,15 @@ func readCert(path string) (*x509.Certificate, error) {
 	return x509.ParseCertificate(blk.Bytes)
 }
 
-// apiServerArgs are the kube-apiserver flags that let it reach this
-// kubelet: its client certificate, the CA of the kubelet's serving
-// certificate, and dialing the node by its name.
-func (p *pki) apiServerArgs() []string {
+// apiServerArgs are the kube-apiserver flags that let it reach the
+// kubelets: its client certificate, the CA of the kubelets' serving
+// certificates, and which node address to dial (addressType).
+func (p *pki) apiServerArgs(addressType string) []string {
 	return []string{
 		"--kubelet-client-certificate=" + p.apiClientCert,
 		"--kubelet-client-key=" + p.apiKey,
 		"--kubelet-certificate-authority=" + p.caCert,
-		"--kubelet-preferred-address-types=Hostname",
+		"--kubelet-preferred-address-types=" + addressType,
 	}
 }
 
