@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"k8s.io/klog/v2"
 
@@ -81,12 +80,25 @@ func (e *Engine) reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	devs, err := loop.List()
+	// The devices of the staged volumes, found as loop finds them (by
+	// inode: after a restart in a new container the kernel's path of a
+	// device attached by the old one is not under e.root any more).
+	needed := map[string]bool{}
+	for data := range keep {
+		devs, err := loop.FindByBackingFile(data)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			needed[d.Path] = true
+		}
+	}
+	devs, err := loop.FindUnder(e.root)
 	if err != nil {
 		return err
 	}
 	for _, d := range devs {
-		if strings.HasPrefix(d.BackingFile, e.root+"/") && !keep[d.BackingFile] {
+		if !needed[d.Path] {
 			klog.InfoS("Detaching loop device no staged volume needs", "device", d.Path, "file", d.BackingFile)
 			if err := loop.Detach(d.Path); err != nil {
 				return err
@@ -98,15 +110,13 @@ func (e *Engine) reconcile(ctx context.Context) error {
 
 // detachUnder detaches loop devices whose backing file is under dir.
 func (e *Engine) detachUnder(dir string) error {
-	devs, err := loop.List()
+	devs, err := loop.FindUnder(dir)
 	if err != nil {
 		return err
 	}
 	for _, d := range devs {
-		if strings.HasPrefix(d.BackingFile, dir+"/") {
-			if err := loop.Detach(d.Path); err != nil {
-				return err
-			}
+		if err := loop.Detach(d.Path); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -1,6 +1,14 @@
 // Package loop attaches regular files to Linux loop block devices with ioctls
-// (no losetup on the hot path), finds the devices backing a file through
-// sysfs, grows them after their file grew, and detaches them.
+// (no losetup on the hot path), finds the devices backing a file (by the
+// file's device and inode numbers, which LOOP_GET_STATUS64 reports, not by
+// its path), grows them after their file grew, and detaches them.
+//
+// Why not the path: sysfs's backing_file is the file's path as seen from
+// the mount the device was attached through. A node plugin in a container
+// attaches through its own mount of the data root; once that container is
+// gone (the node pod restarted or was upgraded) the path shows relative to
+// the gone mount ("/volumes/…/data.img"), and a path match would miss the
+// devices of every volume that is still mounted.
 package loop
 
 import (
@@ -41,8 +49,12 @@ type Device struct {
 	Path string
 	// Number is N in /dev/loopN.
 	Number int
-	// BackingFile is the file the device maps, as the kernel reports it.
+	// BackingFile is the file the device maps, as the kernel reports it
+	// (see the package comment: the path may no longer be reachable).
 	BackingFile string
+	// Dev and Inode identify the backing file: its file system's device
+	// number and its inode number (both 0 when unknown).
+	Dev, Inode uint64
 }
 
 // Attach maps file to a free loop device and returns it. readOnly attaches
@@ -97,7 +109,12 @@ func Attach(file string, readOnly bool, tag string) (*Device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("LOOP_CONFIGURE %s: %w", path, err)
 		}
-		return &Device{Path: path, Number: n, BackingFile: file}, nil
+		d := &Device{Path: path, Number: n, BackingFile: file}
+		var st unix.Stat_t
+		if unix.Fstat(int(backing.Fd()), &st) == nil {
+			d.Dev, d.Inode = uint64(st.Dev), st.Ino
+		}
+		return d, nil
 	}
 	return nil, fmt.Errorf("no free loop device after repeated EBUSY")
 }
@@ -181,21 +198,82 @@ func List() ([]Device, error) {
 			continue // not attached
 		}
 		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		out = append(out, Device{Path: "/dev/" + name, Number: n, BackingFile: backing})
+		d := Device{Path: "/dev/" + name, Number: n, BackingFile: backing}
+		d.Dev, d.Inode = backingIdentity(d.Path)
+		out = append(out, d)
 	}
 	return out, nil
 }
 
+// backingIdentity asks the device for its backing file's device and
+// inode numbers (0, 0 if it cannot be opened or is detached meanwhile).
+func backingIdentity(path string) (dev, ino uint64) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return 0, 0
+	}
+	return info.Device, info.Inode
+}
+
+// fileID is a file's device and inode numbers.
+type fileID struct{ dev, ino uint64 }
+
+func (d Device) id() fileID { return fileID{d.Dev, d.Inode} }
+
 // FindByBackingFile returns the devices attached to file (normally zero or
-// one).
+// one): those whose backing file is file's inode on file's file system,
+// or, when file cannot be stat'ed (deleted), whose reported path is file.
 func FindByBackingFile(file string) ([]Device, error) {
 	all, err := List()
 	if err != nil {
 		return nil, err
 	}
+	var st unix.Stat_t
+	known := unix.Stat(file, &st) == nil
 	var out []Device
 	for _, d := range all {
-		if d.BackingFile == file {
+		if (known && d.Inode != 0 && d.id() == (fileID{uint64(st.Dev), st.Ino})) || (!known && d.BackingFile == file) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// FindUnder returns the devices whose backing file is a regular file
+// below dir (found by walking dir and matching inodes), or, for devices
+// whose file is gone, whose reported path is below dir.
+func FindUnder(dir string) ([]Device, error) {
+	all, err := List()
+	if err != nil {
+		return nil, err
+	}
+	ids := map[fileID]bool{}
+	walkErr := filepath.WalkDir(dir, func(p string, de os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if de.Type().IsRegular() {
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) == nil {
+				ids[fileID{uint64(st.Dev), st.Ino}] = true
+			}
+		}
+		return nil
+	})
+	if walkErr != nil {
+		return nil, walkErr
+	}
+	var out []Device
+	for _, d := range all {
+		if (d.Inode != 0 && ids[d.id()]) || strings.HasPrefix(d.BackingFile, strings.TrimSuffix(dir, "/")+"/") {
 			out = append(out, d)
 		}
 	}

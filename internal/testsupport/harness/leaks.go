@@ -15,17 +15,15 @@ import (
 // mount point lies under one of dirs or whose source is such a loop device.
 // An empty result means nothing is left behind.
 func Leaks(dataRoot string, dirs ...string) ([]string, error) {
-	devs, err := loop.List()
+	devs, err := loop.FindUnder(dataRoot)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	ours := map[string]bool{}
 	for _, d := range devs {
-		if strings.HasPrefix(d.BackingFile, dataRoot+"/") {
-			ours[d.Path] = true
-			out = append(out, fmt.Sprintf("loop device %s -> %s", d.Path, d.BackingFile))
-		}
+		ours[d.Path] = true
+		out = append(out, fmt.Sprintf("loop device %s -> %s", d.Path, d.BackingFile))
 	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
@@ -82,13 +80,11 @@ func UnmountAll(dir string) {
 // DetachLoops detaches every loop device backed by a file under dataRoot,
 // for test clean-up after a failure left volumes staged.
 func DetachLoops(dataRoot string) {
-	devs, err := loop.List()
+	devs, err := loop.FindUnder(dataRoot)
 	if err != nil {
 		return
 	}
 	for _, d := range devs {
-		if strings.HasPrefix(d.BackingFile, dataRoot+"/") {
-			loop.Detach(d.Path)
-		}
+		loop.Detach(d.Path)
 	}
 }
