@@ -81,10 +81,12 @@ integration:
 e2e: deps tools
 	CAIRN_E2E=1 $(GO) test -tags=$(TESTTAGS) -count=1 -v -timeout 30m -run 'TestKubernetesMode|TestCluster' ./test/e2e/...
 
-# A real node (kubelet + containerd from Debian, installed by
-# hack/node-deps.sh) and the walkthrough with real pods.
+# Real nodes (kubelet + containerd from Debian, installed by
+# hack/node-deps.sh): the walkthrough with real pods on one node, the
+# same with Cairn itself in pods (its images, helm install) on two
+# isolated nodes, and the official suite.
 e2e-node: deps tools
-	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -tags=$(TESTTAGS) -count=1 -v -timeout 60m -run 'TestRealNode|TestPodRuns|TestExternalStorage' ./test/e2e/...
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -tags=$(TESTTAGS) -count=1 -v -timeout 60m -run 'TestRealNode|TestPodRuns|TestTwoIsolatedNodes|TestPodDeployed|TestExternalStorage' ./test/e2e/...
 
 # The official suite alone on the real node, any selection of
 # hack/e2e-suite.sh (default, more, slow, all); not part of make test past

@@ -1429,3 +1429,54 @@ func TestChartBuiltinRegistrar(t *testing.T) {
 		t.Errorf("registrar: sidecar was accepted (err %v)", err)
 	}
 }
+
+// The kustomize Component builtin-registrar turns the base's node pod into
+// the chart's with node.registrar=builtin.
+func TestKustomizeBuiltinRegistrarMatchesChart(t *testing.T) {
+	kubectl, err := filepath.Abs("../.tools/bin/kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(kubectl); err != nil {
+		t.Skip("kubectl not built (hack/k8s-tools.sh)")
+	}
+	overlay := t.TempDir()
+	here, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(overlay, here)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := fmt.Sprintf("resources: [%s/kustomize/base]\ncomponents: [%s/kustomize/builtin-registrar]\n", rel, rel)
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(kubectl, "kustomize", overlay).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	got, err := decodeStream("kustomize base + builtin-registrar", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chart, err := helmTemplate(t, helmBinary(t), "node:\n  registrar: builtin\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := decodeStream("helm template (builtin registrar)", chart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := func(ms manifests) string {
+		b, err := json.MarshalIndent(ms.get(t, "DaemonSet", "cairn-node").obj.(*appsv1.DaemonSet).Spec.Template.Spec, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if g, w := spec(got), spec(want); g != w {
+		t.Errorf("the node pod of base + builtin-registrar differs from the chart's with node.registrar=builtin: %s", firstDiff(g, w))
+	}
+}

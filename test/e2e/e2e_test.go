@@ -260,21 +260,7 @@ func (e *env) connect(c *cluster.Cluster) error {
 // the snapshot CRDs and snapshot-controller (with upstream's RBAC) from
 // the external-snapshotter module.
 func (e *env) installPrerequisites() error {
-	client := goModDir(e.root, "github.com/kubernetes-csi/external-snapshotter/client/v8")
-	crds, err := filepath.Glob(filepath.Join(client, "config/crd/*.yaml"))
-	if err != nil || len(crds) == 0 {
-		return fmt.Errorf("snapshot CRDs not found in %s: %v", client, err)
-	}
-	for _, f := range crds {
-		if strings.HasSuffix(f, "kustomization.yaml") {
-			continue
-		}
-		if err := e.applyFile(f); err != nil {
-			return err
-		}
-	}
-	snapshotter := goModDir(filepath.Join(e.root, "hack/tools/snapshotter"), "github.com/kubernetes-csi/external-snapshotter/v8")
-	if err := e.applyFile(filepath.Join(snapshotter, "deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml")); err != nil {
+	if err := e.snapshotCRDsAndRBAC(); err != nil {
 		return err
 	}
 	kcfg, err := e.c.ServiceAccountKubeconfig(e.ctx, "kube-system", "snapshot-controller")
@@ -288,6 +274,32 @@ func (e *env) installPrerequisites() error {
 	}
 	e.replicas = append(e.replicas, &replica{pod: "snapshot-controller", procs: []*process{p}})
 	return nil
+}
+
+// snapshotCRDsAndRBAC applies the snapshot CRDs and the
+// snapshot-controller's RBAC from the external-snapshotter modules.
+func (e *env) snapshotCRDsAndRBAC() error {
+	client := goModDir(e.root, "github.com/kubernetes-csi/external-snapshotter/client/v8")
+	crds, err := filepath.Glob(filepath.Join(client, "config/crd/*.yaml"))
+	if err != nil || len(crds) == 0 {
+		return fmt.Errorf("snapshot CRDs not found in %s: %v", client, err)
+	}
+	for _, f := range crds {
+		if strings.HasSuffix(f, "kustomization.yaml") {
+			continue
+		}
+		if err := e.applyFile(f); err != nil {
+			return err
+		}
+	}
+	return e.applyFile(filepath.Join(snapshotControllerDir(e.root), "rbac-snapshot-controller.yaml"))
+}
+
+// snapshotControllerDir is upstream's snapshot-controller manifest folder
+// in the module cache.
+func snapshotControllerDir(root string) string {
+	snapshotter := goModDir(filepath.Join(root, "hack/tools/snapshotter"), "github.com/kubernetes-csi/external-snapshotter/v8")
+	return filepath.Join(snapshotter, "deploy/kubernetes/snapshot-controller")
 }
 
 // goModDir is where the Go module cache holds module m as required by the

@@ -73,47 +73,7 @@ func TestRealNode(t *testing.T) {
 		return e.podSucceeds("clone-reader", "mysql-clone-pvc", verify, false)
 	})
 	e.step("patch the mounted mysql-pvc to 2Gi: the running pod sees ~2Gi (online, through kubelet)", func() error {
-		before, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, "mysql", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		patch := `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`
-		if _, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Patch(e.ctx, "mysql-pvc", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-			return err
-		}
-		err = e.eventually(2*time.Minute, func() error {
-			pvc, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, "mysql-pvc", metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if got := pvc.Status.Capacity[corev1.ResourceStorage]; got.Cmp(resource.MustParse("2Gi")) < 0 {
-				return fmt.Errorf("PVC capacity %s%s", got.String(), e.lastEvent("PersistentVolumeClaim", "mysql-pvc"))
-			}
-			out, err := e.kubectl("exec", "-n", appNS, "mysql", "--", "df", "-k", "/data")
-			if err != nil {
-				return err
-			}
-			fields := strings.Fields(lastLine(out))
-			if len(fields) < 2 {
-				return fmt.Errorf("df output %q", out)
-			}
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil || kb*1024 < 19*gi/10 {
-				return fmt.Errorf("the pod sees %d KiB at /data", kb)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		after, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, "mysql", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if after.UID != before.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
-			return errors.New("the pod was restarted")
-		}
-		return nil
+		return e.growOnline("mysql", "mysql-pvc", "2Gi")
 	})
 	e.step("delete Cairn's CRDs and apply them again while pod mysql uses its volume: data kept, the pod reads it", func() error {
 		if err := e.reinstallCRDs(); err != nil {
@@ -166,6 +126,11 @@ func (e *env) claim(name, class, size string, source *corev1.TypedLocalObjectRef
 // pod starts a busybox pod running script with the PVC at /data (or, for
 // a block PVC, as /dev/xvda).
 func (e *env) pod(name, pvc, script string, block bool) error {
+	return e.podOn(name, pvc, "", script, block)
+}
+
+// podOn is pod on the node named node (any node if "").
+func (e *env) podOn(name, pvc, node, script string, block bool) error {
 	c := corev1.Container{Name: "main", Image: "docker.io/library/busybox:1.36", ImagePullPolicy: corev1.PullNever,
 		Command: []string{"sh", "-c", script}}
 	if block {
@@ -178,6 +143,7 @@ func (e *env) pod(name, pvc, script string, block bool) error {
 		Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{c},
 			TerminationGracePeriodSeconds: ptr(int64(1)),
+			NodeSelector:                  nodeSelector(node),
 			Volumes: []corev1.Volume{{Name: "vol", VolumeSource: corev1.VolumeSource{
 				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc}}}},
 		},
@@ -188,7 +154,12 @@ func (e *env) pod(name, pvc, script string, block bool) error {
 
 // podSucceeds runs a pod to completion and fails unless it Succeeded.
 func (e *env) podSucceeds(name, pvc, script string, block bool) error {
-	if err := e.pod(name, pvc, script, block); err != nil {
+	return e.podSucceedsOn(name, pvc, "", script, block)
+}
+
+// podSucceedsOn is podSucceeds on the node named node (any node if "").
+func (e *env) podSucceedsOn(name, pvc, node, script string, block bool) error {
+	if err := e.podOn(name, pvc, node, script, block); err != nil {
 		return err
 	}
 	return e.eventually(3*time.Minute, func() error {
@@ -205,6 +176,96 @@ func (e *env) podSucceeds(name, pvc, script string, block bool) error {
 		}
 		return fmt.Errorf("pod %s is %s%s", name, p.Status.Phase, e.podState(name))
 	})
+}
+
+// patchSize sets a PVC's requested size.
+func (e *env) patchSize(pvc, size string) error {
+	patch := fmt.Sprintf(`{"spec":{"resources":{"requests":{"storage":%q}}}}`, size)
+	_, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Patch(e.ctx, pvc, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	return err
+}
+
+// growOnline patches the PVC of a running pod to size and waits until the
+// pod sees the larger file system, without a restart.
+func (e *env) growOnline(pod, pvc, size string) error {
+	before, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if err := e.patchSize(pvc, size); err != nil {
+		return err
+	}
+	want := resource.MustParse(size)
+	err = e.eventually(3*time.Minute, func() error {
+		c, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, pvc, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if got := c.Status.Capacity[corev1.ResourceStorage]; got.Cmp(want) < 0 {
+			return fmt.Errorf("PVC capacity %s%s", got.String(), e.lastEvent("PersistentVolumeClaim", pvc))
+		}
+		out, err := e.kubectl("exec", "-n", appNS, pod, "--", "df", "-k", "/data")
+		if err != nil {
+			return err
+		}
+		fields := strings.Fields(lastLine(out))
+		if len(fields) < 2 {
+			return fmt.Errorf("df output %q", out)
+		}
+		kb, err := strconv.ParseInt(fields[1], 10, 64)
+		if err != nil || kb*1024 < want.Value()*9/10 {
+			return fmt.Errorf("the pod sees %d KiB at /data", kb)
+		}
+		fmt.Printf("e2e    pod %s sees %d KiB at /data\n", pod, kb)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	after, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if after.UID != before.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
+		return errors.New("the pod was restarted")
+	}
+	return nil
+}
+
+// noPods waits until namespace ns has no pods.
+func (e *env) noPods(ns string) error {
+	return e.eventually(2*time.Minute, func() error {
+		pods, err := e.kc.CoreV1().Pods(ns).List(e.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d pods remain in %s", len(pods.Items), ns)
+		}
+		return nil
+	})
+}
+
+// deletePod deletes a pod of appNS and waits until it is gone (its
+// volumes unpublished).
+func (e *env) deletePod(name string) error {
+	if err := e.kc.CoreV1().Pods(appNS).Delete(e.ctx, name, metav1.DeleteOptions{}); err != nil {
+		return err
+	}
+	return e.eventually(2*time.Minute, func() error {
+		if _, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("pod %s still there", name)
+		}
+		return nil
+	})
+}
+
+// nodeSelector pins a pod to the node named node (nil: any node).
+func nodeSelector(node string) map[string]string {
+	if node == "" {
+		return nil
+	}
+	return map[string]string{"kubernetes.io/hostname": node}
 }
 
 // podState describes why a pod is not there yet, for messages.
@@ -242,16 +303,7 @@ func (e *env) cleanupRealNode(kubeletRoot string) error {
 	if err := e.kc.CoreV1().Pods(appNS).DeleteCollection(e.ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 		return err
 	}
-	if err := e.eventually(2*time.Minute, func() error {
-		pods, err := e.kc.CoreV1().Pods(appNS).List(e.ctx, metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		if len(pods.Items) > 0 {
-			return fmt.Errorf("%d pods remain", len(pods.Items))
-		}
-		return nil
-	}); err != nil {
+	if err := e.noPods(appNS); err != nil {
 		return err
 	}
 	if err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).DeleteCollection(e.ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil && !apierrors.IsNotFound(err) {

@@ -211,8 +211,11 @@ func (e *env) createPVC(name, size string, source *corev1.TypedLocalObjectRefere
 }
 
 // lastEvent describes the newest event about an object, for messages.
-func (e *env) lastEvent(kind, name string) string {
-	evs, err := e.kc.CoreV1().Events(appNS).List(e.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name + ",involvedObject.kind=" + kind})
+func (e *env) lastEvent(kind, name string) string { return e.lastEventIn(appNS, kind, name) }
+
+// lastEventIn is lastEvent for an object of namespace ns.
+func (e *env) lastEventIn(ns, kind, name string) string {
+	evs, err := e.kc.CoreV1().Events(ns).List(e.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name + ",involvedObject.kind=" + kind})
 	if err != nil || len(evs.Items) == 0 {
 		return ""
 	}
@@ -281,14 +284,19 @@ func (e *env) snapshotClass(name string, policy snapv1.DeletionPolicy, params ma
 // snapshot creates a VolumeSnapshot of a PVC and waits until it is ready
 // with a bound content.
 func (e *env) snapshot(name, class, pvc string) error {
+	if err := e.createSnapshot(name, class, pvc); err != nil {
+		return err
+	}
+	return e.waitSnapshotReady(name, 1*gi)
+}
+
+// createSnapshot creates a VolumeSnapshot of a PVC.
+func (e *env) createSnapshot(name, class, pvc string) error {
 	_, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).Create(e.ctx, &snapv1.VolumeSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS},
 		Spec:       snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: &class, Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &pvc}},
 	}, metav1.CreateOptions{})
-	if err != nil {
-		return err
-	}
-	return e.waitSnapshotReady(name, 1*gi)
+	return err
 }
 
 func (e *env) waitSnapshotReady(name string, restoreSize int64) error {
