@@ -90,11 +90,14 @@ e2e-node: deps tools
 
 # The official suite alone on the real node, any selection of
 # hack/e2e-suite.sh (default, more, slow, all); not part of make test past
-# default. Example: make e2e-suite SELECTION=slow E2E_PROCS=2
+# default. Example: make e2e-suite SELECTION=slow E2E_PROCS=2. With
+# E2E_CLUSTER=pods the suite runs against Cairn in pods (its images, helm
+# install) on two isolated nodes instead (docs/E2E-SUITE.md).
 SELECTION ?= default
 E2E_PROCS ?= 1
+E2E_CLUSTER ?=
 e2e-suite: deps tools
-	CAIRN_E2E=1 CAIRN_E2E_NODE=1 E2E_SELECTION=$(SELECTION) E2E_PROCS=$(E2E_PROCS) \
+	CAIRN_E2E=1 CAIRN_E2E_NODE=1 E2E_SELECTION=$(SELECTION) E2E_PROCS=$(E2E_PROCS) E2E_CLUSTER=$(E2E_CLUSTER) \
 		$(GO) test -tags=$(TESTTAGS) -count=1 -v -timeout 220m -run 'TestExternalStorage' ./test/e2e/
 
 # Benchmarks (results in docs/BENCHMARKS.md): data path and snapshot

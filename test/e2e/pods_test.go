@@ -43,6 +43,8 @@ type podCluster struct {
 	roots  []*scratchfs.FS // each node's data root, mounted at podDataRoot in its namespace
 	minio  *harness.MinIO
 	images map[string]string // image name (cairn, csi-provisioner, ...) -> reference
+	// suiteImages: import the e2e suite's images too (hack/images -e2e).
+	suiteImages bool
 }
 
 // TestPodDeployed installs Cairn as users do — its own images, `helm
@@ -211,13 +213,13 @@ func (p *podCluster) start(kustomize bool) {
 		}
 	})
 	images := filepath.Join(p.work, "images")
-	p.step("make images: cairn and the sidecars (tag "+podTag+"), busybox and pause", func() error {
+	p.step("make images: cairn and the sidecars (tag "+podTag+"), busybox and pause (and the e2e suite's)", func() error {
 		var err error
 		p.images, err = buildProductImages(p.root, images)
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command("go", "run", "./hack/images", "-out", images, "-e2e=false")
+		cmd := exec.Command("go", "run", "./hack/images", "-out", images, "-e2e="+strconv.FormatBool(p.suiteImages))
 		cmd.Dir = p.root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go run ./hack/images: %v\n%s", err, out)
@@ -1019,4 +1021,34 @@ func (p *podCluster) leader() string {
 		return ""
 	}
 	return *l.Spec.HolderIdentity
+}
+
+// nothingLeft waits until every PV is gone, then checks that neither node
+// has a CSI mount or a loop device of its data root, nor a volume or
+// snapshot on it.
+func (p *podCluster) nothingLeft() error {
+	return p.eventually(3*time.Minute, func() error {
+		pvs, err := p.kc.CoreV1().PersistentVolumes().List(p.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pvs.Items) > 0 {
+			return fmt.Errorf("%d PVs remain", len(pvs.Items))
+		}
+		for i, k := range p.nodes {
+			u, err := p.nodeUse(i)
+			if err != nil {
+				return err
+			}
+			if len(u.mounts)+len(u.loops) > 0 {
+				return fmt.Errorf("node %s: CSI mounts %v, loop devices %v", k.NodeName(), u.mounts, u.loops)
+			}
+			for _, d := range []string{"volumes", "snapshots"} {
+				if ents, _ := os.ReadDir(filepath.Join(p.roots[i].Mount, d)); len(ents) > 0 {
+					return fmt.Errorf("node %s: %d entries in %s of its data root", k.NodeName(), len(ents), d)
+				}
+			}
+		}
+		return nil
+	})
 }

@@ -17,7 +17,10 @@ import (
 // node, with the selection hack/e2e-suite.sh calls "default": the
 // provisioning, snapshottable, volume-expand and volumeMode suites
 // (E2E_SELECTION picks another: more, slow, all). What is left out and why:
-// docs/E2E-SUITE.md.
+// docs/E2E-SUITE.md. With E2E_CLUSTER=pods it runs instead against Cairn
+// deployed as users deploy it — its images, helm install — on two
+// isolated real nodes (TestPodDeployed's cluster; opt-in, see
+// docs/E2E-SUITE.md for what fails there and why).
 func TestExternalStorage(t *testing.T) {
 	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
@@ -34,6 +37,10 @@ func TestExternalStorage(t *testing.T) {
 		timeout = 200 * time.Minute
 	}
 	e := newEnvNamed(t, "e2e-suite", true, timeout)
+	var pods *podCluster
+	if os.Getenv("E2E_CLUSTER") == "pods" {
+		pods = &podCluster{env: e, suiteImages: true}
+	}
 	suite := filepath.Join(e.root, "hack/e2e-suite.sh")
 	if exec.Command("bash", suite, "--check").Run() != nil {
 		if os.Getenv("CAIRN_E2E_NODE") != "1" {
@@ -45,7 +52,14 @@ func TestExternalStorage(t *testing.T) {
 			return cmd.Run()
 		})
 	}
-	e.startRealNode(true)
+	if pods != nil {
+		pods.start(false)
+		if t.Failed() {
+			return
+		}
+	} else {
+		e.startRealNode(true)
+	}
 	var out []byte
 	e.step("e2e.test External Storage, selection "+selection, func() error {
 		cmd := exec.CommandContext(e.ctx, "bash", suite, "run", selection)
@@ -65,6 +79,11 @@ func TestExternalStorage(t *testing.T) {
 		}
 		return nil
 	})
+	if pods != nil {
+		e.step("after the suite: no PVs, and no CSI mounts, loop devices or volumes left on either node", pods.nothingLeft)
+		e.step("only pods run Cairn and the sidecars (kubectl get pods -A)", pods.onlyPods)
+		return
+	}
 	e.step("delete what the suite left: no mounts, loop devices or files", func() error {
 		return e.cleanupRealNode(e.kubeletRoot)
 	})
