@@ -66,14 +66,17 @@ type VolumeMeta struct {
 	SizeBytes     int64  `json:"sizeBytes"`
 	// PendingSizeBytes is an expansion intent: written before the file
 	// grows, cleared after. Start-up reconciliation finishes it.
-	PendingSizeBytes int64             `json:"pendingSizeBytes,omitempty"`
-	Block            bool              `json:"block"`
-	FsType           string            `json:"fsType,omitempty"`
-	Source           *model.Source     `json:"source,omitempty"`
-	Parameters       map[string]string `json:"parameters,omitempty"`
-	CreatedAt        time.Time         `json:"createdAt"`
-	Stage            *StageInfo        `json:"stage,omitempty"`
-	Published        []PublishInfo     `json:"published,omitempty"`
+	PendingSizeBytes int64         `json:"pendingSizeBytes,omitempty"`
+	Block            bool          `json:"block"`
+	FsType           string        `json:"fsType,omitempty"`
+	Source           *model.Source `json:"source,omitempty"`
+	// SourceNode is the node Source lived on, for a copy from another
+	// node (transfer.go); empty when it is this one.
+	SourceNode string            `json:"sourceNode,omitempty"`
+	Parameters map[string]string `json:"parameters,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	Stage      *StageInfo        `json:"stage,omitempty"`
+	Published  []PublishInfo     `json:"published,omitempty"`
 }
 
 // SnapshotMeta is <root>/snapshots/<id>/snapshot.json.

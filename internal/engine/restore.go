@@ -15,8 +15,8 @@ import (
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
-// restoreRun is a restore from a backup running in the background, so
-// that it survives the CO's call deadlines; callers wait for it.
+// restoreRun is a restore from a backup or a copy from another node
+// running in the background (inBackground); callers wait for it.
 type restoreRun struct {
 	done chan struct{}
 	err  error
@@ -26,13 +26,23 @@ type restoreRun struct {
 }
 
 // restoreVolume creates a volume from a backup. The download runs in the
-// background; a call that times out gets Aborted with the progress and a
-// retried call waits for the same download.
+// background (inBackground).
 func (e *Engine) restoreVolume(ctx context.Context, req model.CreateVolumeRequest) (*model.Volume, error) {
 	h, err := model.ParseBackupHandle(req.SourceSnapshotID)
 	if err != nil {
 		return nil, model.Errorf(model.ErrNotFound, "volume_content_source: %v", err)
 	}
+	what := fmt.Sprintf("restore of volume %q from %s", req.Name, h)
+	return e.inBackground(ctx, req, what, func(ctx context.Context, id string, run *restoreRun) (*model.Volume, error) {
+		return e.runRestore(ctx, req, h, id, run)
+	})
+}
+
+// inBackground runs work, which fills a new volume from elsewhere (a
+// backup, another node), in the background so that it survives the CO's
+// call deadlines: a call that times out gets Aborted with the progress
+// (what ... in progress), and a retried call waits for the same work.
+func (e *Engine) inBackground(ctx context.Context, req model.CreateVolumeRequest, what string, work func(ctx context.Context, id string, run *restoreRun) (*model.Volume, error)) (*model.Volume, error) {
 	id := model.VolumeIDForName(req.Name)
 	b := &e.bk
 	b.mu.Lock()
@@ -43,7 +53,7 @@ func (e *Engine) restoreVolume(ctx context.Context, req model.CreateVolumeReques
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			run.vol, run.err = e.runRestore(b.bg, req, h, id, run)
+			run.vol, run.err = work(b.bg, id, run)
 			close(run.done)
 			b.mu.Lock()
 			delete(b.restore, id)
@@ -57,11 +67,11 @@ func (e *Engine) restoreVolume(ctx context.Context, req model.CreateVolumeReques
 			return nil, run.err
 		}
 		// Every caller's request is compared with the volume: the one
-		// that started the download, a repeated one, or a different one
+		// that started the work, a repeated one, or a different one
 		// for the same name that joined it.
 		return e.matchExisting(run.vol, req)
 	case <-ctx.Done():
-		return nil, model.Errorf(model.ErrAborted, "restore of volume %q from %s in progress (%d of %d bytes)", req.Name, h, run.prog.Load(), run.size.Load())
+		return nil, model.Errorf(model.ErrAborted, "%s in progress (%d of %d bytes)", what, run.prog.Load(), run.size.Load())
 	}
 }
 

@@ -51,18 +51,13 @@ func (e *Engine) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 	if err != nil {
 		return nil, err
 	}
+	var size int64
 	fsType := model.EffectiveFsType(req.Block, req.FsType)
-	if src.source != nil && !req.Block && src.fsType != "" {
-		fsType = src.fsType // the data decides the file system
+	if src.source != nil {
+		size, fsType, err = sourcedSize(req, src.size, src.fsType)
+	} else {
+		size, err = model.PickSize(req.RequiredBytes, req.LimitBytes, fsType)
 	}
-	required := req.RequiredBytes
-	if src.source != nil && required < src.size {
-		if req.LimitBytes > 0 && req.LimitBytes < src.size {
-			return nil, model.Errorf(model.ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the source's %d bytes; restoring into a smaller volume is not supported", req.LimitBytes, src.size)
-		}
-		required = src.size
-	}
-	size, err := model.PickSize(required, req.LimitBytes, fsType)
 	if err != nil {
 		return nil, err
 	}
@@ -83,6 +78,26 @@ func (e *Engine) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 	}
 	klog.InfoS("Volume created", "volumeID", id, "name", req.Name, "size", size, "source", src.source, "duration", time.Since(start))
 	return e.describe(meta), nil
+}
+
+// sourcedSize is the size and file system of a volume made from a
+// snapshot or volume of srcSize bytes and file system srcFs ("" if block
+// or unknown): at least the source's size (a smaller limit is OutOfRange),
+// and the source's file system, since the data decides it.
+func sourcedSize(req model.CreateVolumeRequest, srcSize int64, srcFs string) (int64, string, error) {
+	fsType := model.EffectiveFsType(req.Block, req.FsType)
+	if !req.Block && srcFs != "" {
+		fsType = srcFs
+	}
+	required := req.RequiredBytes
+	if required < srcSize {
+		if req.LimitBytes > 0 && req.LimitBytes < srcSize {
+			return 0, "", model.Errorf(model.ErrOutOfRange, "capacity_range: limit_bytes %d is smaller than the source's %d bytes; restoring into a smaller volume is not supported", req.LimitBytes, srcSize)
+		}
+		required = srcSize
+	}
+	size, err := model.PickSize(required, req.LimitBytes, fsType)
+	return size, fsType, err
 }
 
 // volumeSource is the local object a new volume's data comes from.
