@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -116,6 +117,8 @@ func runNode(args []string) error {
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	heartbeat := fs.Duration("heartbeat-interval", 30*time.Second, "how often the StorageNode status (capacity, health) is refreshed")
 	regDir := fs.String("registration-dir", "", "register with kubelet through this plugins_registry directory (e.g. /var/lib/kubelet/plugins_registry) instead of the node-driver-registrar sidecar; off if empty")
+	xferEndpoint := fs.String("transfer-endpoint", "", "listen address ([host]:port) of the TLS endpoint that serves this node's snapshots and volumes to other nodes' agents for cross-node clones and restores; off if empty")
+	xferAddress := fs.String("transfer-address", "", "host:port other nodes' agents dial for --transfer-endpoint (default: $POD_IP and the endpoint's port)")
 	regPath := fs.String("kubelet-registration-path", "", "the CSI socket path kubelet should use, with --registration-dir (default: --endpoint's path)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -148,7 +151,16 @@ func runNode(args []string) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes manager: %w", err)
 	}
-	nodeAgent := &agent.Agent{Engine: eng, Node: *nodeID, Namespace: *namespace, Version: csi.Version, Heartbeat: *heartbeat}
+	addr := *xferAddress
+	if addr == "" && *xferEndpoint != "" && os.Getenv("POD_IP") != "" {
+		_, port, err := net.SplitHostPort(*xferEndpoint)
+		if err != nil {
+			return fmt.Errorf("--transfer-endpoint %q: %w", *xferEndpoint, err)
+		}
+		addr = net.JoinHostPort(os.Getenv("POD_IP"), port)
+	}
+	nodeAgent := &agent.Agent{Engine: eng, Node: *nodeID, Namespace: *namespace, Version: csi.Version, Heartbeat: *heartbeat,
+		TransferEndpoint: *xferEndpoint, TransferAddress: addr}
 	if err := nodeAgent.SetupWithManager(mgr); err != nil {
 		return err
 	}

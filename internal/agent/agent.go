@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -55,7 +56,18 @@ type Agent struct {
 	// does so at start-up and soon after one of its objects is gone.
 	// Default: Heartbeat.
 	Resync time.Duration
+	// TransferEndpoint is the listen address ([host]:port) of the TLS
+	// endpoint serving this node's snapshots and volumes to other nodes'
+	// agents (transfer.go); empty: none served (copies from other nodes
+	// still work).
+	TransferEndpoint string
+	// TransferAddress is host:port where other agents reach the endpoint,
+	// published in the StorageNode; default: the listener's address.
+	TransferAddress string
 
+	reader   client.Reader // the API server, uncached: other nodes' objects
+	ident    *identity
+	transfer net.Listener
 	client   client.Client
 	events   recorder.EventRecorder
 	kick     chan struct{}
@@ -84,6 +96,16 @@ func CacheOptions(node, namespace string) cache.Options {
 // SetupWithManager registers the agent's reconcilers and heartbeat.
 func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	a.client = mgr.GetClient()
+	a.reader = mgr.GetAPIReader()
+	var err error
+	if a.ident, err = newIdentity(a.Node); err != nil {
+		return fmt.Errorf("transfer certificate: %w", err)
+	}
+	if a.TransferEndpoint != "" {
+		if a.transfer, err = a.listenTransfer(); err != nil {
+			return err
+		}
+	}
 	a.events = mgr.GetEventRecorder("cairn-node")
 	a.kick = make(chan struct{}, 1)
 	a.recoverKick = make(chan struct{}, 1)
@@ -140,6 +162,9 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 // synced).
 func (a *Agent) Start(ctx context.Context) error {
 	go a.recoverLoop(ctx)
+	if a.transfer != nil {
+		go a.serveTransfer(ctx, a.transfer)
+	}
 	t := time.NewTicker(a.Heartbeat)
 	defer t.Stop()
 	for {
@@ -192,6 +217,7 @@ func (a *Agent) report(ctx context.Context) error {
 	sn.Status.BackupTargets = a.Engine.BackupTargets()
 	sn.Status.Version = a.Version
 	sn.Status.HeartbeatTime = metav1.Now()
+	sn.Status.Transfer = a.transferStatus()
 	meta.SetStatusCondition(&sn.Status.Conditions, ready)
 	return a.client.Status().Patch(ctx, &sn, patch)
 }

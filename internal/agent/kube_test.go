@@ -104,7 +104,8 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent := &Agent{Engine: f.eng, Node: testNode, Namespace: testNS, Version: "test", Heartbeat: time.Second, Progress: 100 * time.Millisecond}
+	agent := &Agent{Engine: f.eng, Node: testNode, Namespace: testNS, Version: "test", Heartbeat: time.Second, Progress: 100 * time.Millisecond,
+		TransferEndpoint: "127.0.0.1:0"}
 	if err := agent.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
@@ -301,10 +302,15 @@ func TestPlacement(t *testing.T) {
 	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), "node-z: no Cairn node agent") {
 		t.Errorf("unknown node: %v", err)
 	}
-	// A clone stays with its source: refused when that node is excluded.
-	_, err = f.create("clone-elsewhere", gib, onlyNode("node-b"), func(r *model.CreateVolumeRequest) { r.SourceVolumeID = v.ID })
-	if !errors.Is(err, model.ErrResourceExhausted) || !strings.Contains(err.Error(), `source lives on node "node-a"`) {
-		t.Errorf("clone to an excluded node: %v", err)
+	// A clone whose source's node is excluded goes to an allowed node,
+	// recording where to copy from (transfer_test.go copies for real).
+	cctx, ccancel := context.WithTimeout(f.ctx, time.Second)
+	defer ccancel()
+	_, err = f.remote.CreateVolume(cctx, model.CreateVolumeRequest{Name: "clone-elsewhere", RequiredBytes: gib, FsType: "ext4", SourceVolumeID: v.ID}, onlyNode("node-b"))
+	var ce cairnv1.Volume
+	if gerr := f.cl.Get(f.ctx, client.ObjectKey{Name: model.VolumeIDForName("clone-elsewhere")}, &ce); !errors.Is(err, model.ErrAborted) || gerr != nil ||
+		ce.Spec.NodeName != "node-b" || ce.Spec.Source == nil || ce.Spec.Source.NodeName != testNode {
+		t.Errorf("clone to an excluded node: %v, object %+v %v", err, ce.Spec, gerr)
 	}
 	_, err = f.create("from-missing", gib, model.Placement{}, func(r *model.CreateVolumeRequest) { r.SourceSnapshotID = model.SnapshotIDForName("nope") })
 	if !errors.Is(err, model.ErrNotFound) || !strings.Contains(err.Error(), "volume_content_source.snapshot.snapshot_id") {

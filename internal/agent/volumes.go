@@ -42,15 +42,22 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	} else if errors.Is(err, model.ErrNotFound) {
 		if err = a.prepareSource(ctx, v.Spec.Source); err == nil {
 			cctx := ctx
-			if s := v.Spec.Source; s != nil && s.Kind == cairnv1.SourceBackup {
-				// A download may take hours: the engine goes on in the
-				// background and answers Aborted with its progress at
-				// the deadline; the status shows it and we look again.
+			s := v.Spec.Source
+			elsewhere := s != nil && s.Kind != cairnv1.SourceBackup && s.NodeName != "" && s.NodeName != a.Node
+			if s != nil && (s.Kind == cairnv1.SourceBackup || elsewhere) {
+				// A download or a copy from another node may take
+				// hours: the engine goes on in the background and
+				// answers Aborted with its progress at the deadline;
+				// the status shows it and we look again.
 				var cancel context.CancelFunc
 				cctx, cancel = context.WithTimeout(ctx, a.Progress)
 				defer cancel()
 			}
-			ev, err = a.Engine.CreateVolume(cctx, createRequest(&v))
+			if elsewhere {
+				ev, err = a.Engine.ImportVolume(cctx, createRequest(&v), s.NodeName, a.fetchFrom(s.NodeName, v.Name))
+			} else {
+				ev, err = a.Engine.CreateVolume(cctx, createRequest(&v))
+			}
 			created = err == nil
 		}
 	}

@@ -24,9 +24,3 @@ func (p Placement) Candidates() []string {
 func LocalSnapshotExcluded(node string) error {
 	return Errorf(ErrResourceExhausted, "accessibility_requirements: a local snapshot lives on node %q, which the requirements exclude (use type: backup for a snapshot usable anywhere)", node)
 }
-
-// SourceNodeExcluded is the refusal of a clone or local-snapshot restore
-// whose source's node the placement excludes.
-func SourceNodeExcluded(node string, where Placement) error {
-	return Errorf(ErrResourceExhausted, "accessibility_requirements: the source lives on node %q, which the requirements exclude (%v); a clone or local-snapshot restore stays on its source's node — restore from a type: backup snapshot to use another node", node, where.Requisite)
-}

@@ -17,7 +17,9 @@ import (
 
 // CreateVolume records a Volume on the chosen node and waits until it is
 // ready. Clones and restores from local snapshots go to their source's
-// node; restores from backups go wherever there is room.
+// node when the requirements allow it, else to an allowed node with room,
+// whose agent copies the source from its node; restores from backups go
+// wherever there is room.
 func (r *Remote) CreateVolume(ctx context.Context, req model.CreateVolumeRequest, where model.Placement) (*model.Volume, error) {
 	id := model.VolumeIDForName(req.Name)
 	var vol cairnv1.Volume
@@ -53,7 +55,10 @@ func (r *Remote) createVolumeObject(ctx context.Context, id string, req model.Cr
 		Name: req.Name, RequiredBytes: req.RequiredBytes, LimitBytes: req.LimitBytes,
 		Block: req.Block, FsType: req.FsType, Parameters: req.Parameters,
 	}
-	var node string
+	var (
+		node    string
+		srcSize int64
+	)
 	switch {
 	case req.SourceSnapshotID != "" && model.IsBackupHandle(req.SourceSnapshotID):
 		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceBackup, ID: req.SourceSnapshotID}
@@ -63,26 +68,28 @@ func (r *Remote) createVolumeObject(ctx context.Context, id string, req model.Cr
 			return notFoundOr(err, "volume_content_source.snapshot.snapshot_id: snapshot %q not found", req.SourceSnapshotID)
 		}
 		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceSnapshot, ID: req.SourceSnapshotID}
-		node = snap.Spec.NodeName
+		node, srcSize = snap.Spec.NodeName, snap.Status.SizeBytes
 	case req.SourceVolumeID != "":
 		var src cairnv1.Volume
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: req.SourceVolumeID}, &src); err != nil {
 			return notFoundOr(err, "volume_content_source.volume.volume_id: volume %q not found", req.SourceVolumeID)
 		}
 		spec.Source = &cairnv1.VolumeSource{Kind: cairnv1.SourceVolume, ID: req.SourceVolumeID}
-		node = src.Spec.NodeName
+		node, srcSize = src.Spec.NodeName, src.Status.SizeBytes
 	}
-	if node != "" {
-		if !where.Allows(node) {
-			return model.SourceNodeExcluded(node, where)
-		}
-	} else {
-		size, err := model.PickSize(req.RequiredBytes, req.LimitBytes, req.FsType)
+	if node == "" || !where.Allows(node) {
+		// A new volume, a restore from a backup, or a source on a node
+		// the requirements exclude, which is then copied from there.
+		size, err := model.PickSize(max(req.RequiredBytes, srcSize), req.LimitBytes, req.FsType)
 		if err != nil {
 			return err
 		}
+		srcNode := node
 		if node, err = r.place(ctx, where, size); err != nil {
 			return err
+		}
+		if srcNode != "" {
+			spec.Source.NodeName = srcNode
 		}
 	}
 	spec.NodeName = node

@@ -91,6 +91,10 @@ type VolumeSource struct {
 	// ID is the snapshot ID, volume ID or bs:// backup handle.
 	// +kubebuilder:validation:MinLength=1
 	ID string `json:"id"`
+	// NodeName is the node a snapshot or volume source lives on when that
+	// is not the volume's node: the volume is then copied from that
+	// node's agent (docs/FORMAT.md#cross-node-copies). Empty otherwise.
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 // VolumeStatus is what the node agent reports.
@@ -265,8 +269,23 @@ type StorageNodeStatus struct {
 	Version string `json:"version,omitempty"`
 	// HeartbeatTime is when the agent last wrote this status; the
 	// controller places nothing on a node whose heartbeat is stale.
-	HeartbeatTime metav1.Time        `json:"heartbeatTime,omitempty"`
-	Conditions    []metav1.Condition `json:"conditions,omitempty"`
+	HeartbeatTime metav1.Time `json:"heartbeatTime,omitempty"`
+	// Transfer is where this node's agent serves its snapshots and
+	// volumes to other nodes' agents, and the pin of its certificate.
+	Transfer   *TransferEndpoint  `json:"transfer,omitempty"`
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// TransferEndpoint is a node agent's endpoint for cross-node copies.
+type TransferEndpoint struct {
+	// Address is host:port of the agent's TLS listener; empty if the
+	// agent only fetches.
+	Address string `json:"address,omitempty"`
+	// CertificateSHA256 is the lowercase hex SHA-256 of the DER of the
+	// agent's self-signed certificate, which both sides of a copy check
+	// the other's against.
+	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
+	CertificateSHA256 string `json:"certificateSHA256"`
 }
 
 // StorageNode is one node's Cairn data root, named after the node.
