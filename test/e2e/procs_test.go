@@ -136,6 +136,8 @@ func containerCommand(spec *corev1.PodSpec, container string, pe podEnv, sockDir
 				v = pe.podName
 			case "spec.nodeName":
 				v = pe.nodeName
+			case "status.podIP":
+				v = "127.0.0.1" // a host process: the host's network
 			default:
 				return nil, nil, fmt.Errorf("container %s: env %s from unsupported field %s", container, e.Name, f.FieldRef.FieldPath)
 			}
