@@ -104,6 +104,12 @@ func TestPodDeployed(t *testing.T) {
 		if err := p.patchSize("mysql-clone-pvc", "2Gi"); err != nil {
 			return err
 		}
+		// The next pod is the one that starts after the controller side of
+		// the expansion: a pod started earlier mounts the old size and is
+		// grown online by kubelet later, after this one-shot pod has read df.
+		if err := p.pvGrown("mysql-clone-pvc", "2Gi"); err != nil {
+			return err
+		}
 		return p.podReads("clone-grown", "mysql-clone-pvc", nodeA, verify+` && df -k /data | tail -1 | awk '{print "size-kib", $2}'`, sum, "size-kib 2")
 	})
 	p.step("expand mysql-pvc to 2Gi while pod mysql runs: the pod sees the larger file system, no restart", func() error {

@@ -185,6 +185,26 @@ func (e *env) patchSize(pvc, size string) error {
 	return err
 }
 
+// pvGrown waits until the PV bound to pvc has at least size: the
+// controller side of an expansion is done.
+func (e *env) pvGrown(pvc, size string) error {
+	want := resource.MustParse(size)
+	return e.eventually(2*time.Minute, func() error {
+		c, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, pvc, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pv, err := e.kc.CoreV1().PersistentVolumes().Get(e.ctx, c.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if got := pv.Spec.Capacity[corev1.ResourceStorage]; got.Cmp(want) < 0 {
+			return fmt.Errorf("PV capacity %s, want %s%s", got.String(), size, e.lastEvent("PersistentVolumeClaim", pvc))
+		}
+		return nil
+	})
+}
+
 // growOnline patches the PVC of a running pod to size and waits until the
 // pod sees the larger file system, without a restart.
 func (e *env) growOnline(pod, pvc, size string) error {
