@@ -146,7 +146,7 @@ func nodeKubeconfig(kubeconfig, addr, out string) error {
 // setUp creates the node's namespaces, network and mounts (see
 // Isolation). apiAddr is the apiserver's host:port on HostBridge.
 // What it made is torn down by tearDown, also after a partial setUp.
-func (iso *Isolation) setUp(workDir, rootDir, apiAddr string) error {
+func (iso *Isolation) setUp(workDir, rootDir, apiAddr, podCIDR string) error {
 	// The host bridge, shared by all isolated nodes.
 	if _, err := os.Stat("/sys/class/net/" + HostBridge); err != nil {
 		if err := run("ip", "link", "add", HostBridge, "type", "bridge"); err != nil {
@@ -176,6 +176,10 @@ func (iso *Isolation) setUp(workDir, rootDir, apiAddr string) error {
 		steps = append(steps, []string{"ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-A", chain,
 			"-d", kubernetesService + "/32", "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", apiAddr})
 	}
+	// Pod to pod across nodes: the host routes the node's pod network to
+	// the node (hostState puts ip_forward back when the last node stops).
+	steps = append(steps, []string{"ip", "route", "replace", podCIDR, "via", iso.IP, "dev", HostBridge},
+		[]string{"sysctl", "-qw", "net.ipv4.ip_forward=1"})
 	for _, s := range steps {
 		if err := run(s[0], s[1:]...); err != nil {
 			return fmt.Errorf("node %s: network: %w", iso.Name, err)
@@ -264,6 +268,11 @@ func (iso *Isolation) tearDown(last bool) error {
 	}
 	if _, err := os.Stat("/sys/class/net/" + iso.veth()); err == nil {
 		errs = append(errs, run("ip", "link", "delete", iso.veth()))
+	}
+	// The route to the pod network goes with the bridge; a node that
+	// stops while others run drops it.
+	if out, err := exec.Command("ip", "route", "show", "via", iso.IP).Output(); err == nil && len(out) > 0 {
+		errs = append(errs, run("ip", "route", "flush", "via", iso.IP))
 	}
 	if last {
 		if _, err := os.Stat("/sys/class/net/" + HostBridge); err == nil {

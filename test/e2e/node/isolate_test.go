@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -148,6 +149,53 @@ spec:
 		}
 	}
 
+	// Pod to pod across nodes: a pod on node a reaches a pod on node b at
+	// its pod IP (the host routes each node's pod network to the node).
+	server := fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata:
+  name: listener-b
+spec:
+  nodeName: %s
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "while true; do echo from-pod-on-b | nc -l -p 9000; done"]
+`, nodes[1].NodeName())
+	if _, err := c.Apply(ctx, []byte(server)); err != nil {
+		t.Fatal(err)
+	}
+	srv := waitPod(ctx, t, client, "listener-b", func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
+	})
+	dialer := fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata:
+  name: dialer-a
+spec:
+  nodeName: %s
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.36
+    imagePullPolicy: Never
+    command: ["sh", "-c", "for i in 1 2 3 4 5; do nc -w 5 %s 9000 </dev/null && exit 0; sleep 1; done; exit 1"]
+`, nodes[0].NodeName(), srv.Status.PodIP)
+	if _, err := c.Apply(ctx, []byte(dialer)); err != nil {
+		t.Fatal(err)
+	}
+	p := waitPod(ctx, t, client, "dialer-a", func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	})
+	logs, _ := client.CoreV1().Pods("default").GetLogs("dialer-a", &corev1.PodLogOptions{}).DoRaw(ctx)
+	if p.Status.Phase != corev1.PodSucceeded || !strings.Contains(string(logs), "from-pod-on-b") {
+		t.Errorf("pod dialer-a on %s -> %s:9000 on %s: phase %s, logs %q: want the other node's pod reachable",
+			nodes[0].NodeName(), srv.Status.PodIP, nodes[1].NodeName(), p.Status.Phase, logs)
+	}
+
 	// Node a stops; node b keeps running pods.
 	if err := nodes[0].Stop(); err != nil {
 		t.Errorf("Stop %s: %v", nodes[0].NodeName(), err)
@@ -180,6 +228,9 @@ spec:
 		if m := mountsUnder(k.cfg.WorkDir); len(m) > 0 {
 			t.Errorf("mounts left under %s: %v", k.cfg.WorkDir, m)
 		}
+	}
+	if out, _ := exec.Command("ip", "route", "show", "via", cfgs[0].Isolated.IP).Output(); len(out) > 0 {
+		t.Errorf("host route left after the nodes stopped: %s", out)
 	}
 	if after := readTunables(); fmt.Sprint(after) != fmt.Sprint(tunablesBefore) {
 		t.Errorf("sysctls changed: before %v, after %v", tunablesBefore, after)

@@ -370,7 +370,7 @@ func Start(ctx context.Context, cfg Config) (k *Kubelet, err error) {
 		if err := nodeKubeconfig(cfg.Kubeconfig, addr, kubeconfig); err != nil {
 			return k, fmt.Errorf("node: %w", err)
 		}
-		if err := iso.setUp(cfg.WorkDir, cfg.RootDir, addr); err != nil {
+		if err := iso.setUp(cfg.WorkDir, cfg.RootDir, addr, cfg.PodCIDR); err != nil {
 			return k, err
 		}
 	} else if ents, err := os.ReadDir(cfg.RootDir); err == nil && len(ents) > 0 {
