@@ -100,6 +100,24 @@ func TestPodDeployed(t *testing.T) {
 		}
 		return p.podReads("clone-reader", "mysql-clone-pvc", nodeA, verify, sum)
 	})
+	p.step("restore mysql-snapshot-demo for a pod pinned to node B: node B's agent copies the snapshot from node A's, the pod reads the same bytes", func() error {
+		if err := p.claim("mysql-restore-b-pvc", storageClass, "1Gi", snapshotSource("mysql-snapshot-demo"), false); err != nil {
+			return err
+		}
+		if err := p.podReads("restore-reader-b", "mysql-restore-b-pvc", nodeB, verify, sum); err != nil {
+			return err
+		}
+		return p.pvOnNode("mysql-restore-b-pvc", nodeB)
+	})
+	p.step("clone mysql-pvc (in use by pod mysql on node A) for a pod pinned to node B: it reads the same bytes", func() error {
+		if err := p.claim("mysql-clone-b-pvc", storageClass, "1Gi", &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "mysql-pvc"}, false); err != nil {
+			return err
+		}
+		if err := p.podReads("clone-reader-b", "mysql-clone-b-pvc", nodeB, verify, sum); err != nil {
+			return err
+		}
+		return p.pvOnNode("mysql-clone-b-pvc", nodeB)
+	})
 	p.step("expand the detached clone to 2Gi: the next pod sees ~2Gi and the data", func() error {
 		if err := p.patchSize("mysql-clone-pvc", "2Gi"); err != nil {
 			return err
