@@ -88,13 +88,14 @@ e2e: deps tools
 e2e-node: deps tools
 	CAIRN_E2E=1 CAIRN_E2E_NODE=1 $(GO) test -tags=$(TESTTAGS) -count=1 -v -timeout 60m -run 'TestRealNode|TestPodRuns|TestTwoIsolatedNodes|TestPodDeployed|TestExternalStorage' ./test/e2e/...
 
-# The official suite alone on the real node, any selection of
-# hack/e2e-suite.sh (default, more, slow, all); not part of make test past
-# default. Example: make e2e-suite SELECTION=slow E2E_PROCS=2. With
-# E2E_CLUSTER=pods the suite runs against Cairn in pods (its images, helm
-# install) on two isolated nodes instead (docs/E2E-SUITE.md).
+# The official suite alone, any selection of hack/e2e-suite.sh (default,
+# more, slow, all); not part of make test past default. It runs against
+# Cairn in pods (its images, helm install) on two isolated nodes; with
+# E2E_CLUSTER=host against Cairn as host processes on one real node
+# (docs/E2E-SUITE.md). E2E_PROCS: ginkgo processes (default 2 on the pod
+# cluster, 1 on the host one). Example: make e2e-suite SELECTION=slow.
 SELECTION ?= default
-E2E_PROCS ?= 1
+E2E_PROCS ?=
 E2E_CLUSTER ?=
 e2e-suite: deps tools
 	CAIRN_E2E=1 CAIRN_E2E_NODE=1 E2E_SELECTION=$(SELECTION) E2E_PROCS=$(E2E_PROCS) E2E_CLUSTER=$(E2E_CLUSTER) \

@@ -111,7 +111,7 @@ never=(
   '\((ntfs|ext3)\)'                                       # file systems Cairn does not format
   'ROX mode'                                              # no ReadOnlyMany
   'multiple PV pointing to the same storage'              # multiplePVsSameID: false
-  'on different node|topologies that conflict'            # one node, one topology segment
+  'on different node'                                     # singleNodeVolume: a volume stays on its node
   'any volume data source'                                # needs the hello-populator image + CRD
   'volumeLimits|volume-lifecycle-performance|pvc-deletion-performance' # no limits, no perf options
   # Runtime skips of the suites themselves, left out so the counts are exact:
@@ -127,8 +127,14 @@ selection() { # sets focus, skip, timeout for $1
   local IFS='|'
   skip="${never[*]}"
   timeout=1h
+  local suites='provisioning|snapshottable|volume-expand|volumeMode'
+  if [ "${E2E_NODES:-1}" -ge 2 ]; then
+    suites="$suites|topology"  # two topology segments: the topology suite runs whole
+  else
+    skip="$skip|topologies that conflict"  # needs a second topology segment
+  fi
   case "$1" in
-    default) focus='External.Storage.*\] (provisioning|snapshottable|volume-expand|volumeMode) '; skip="$skip|$slowish" ;;
+    default) focus="External.Storage.*\\] ($suites) "; skip="$skip|$slowish" ;;
     more) focus='External.Storage.*\] (volumes|subPath|ephemeral|fsgroupchangepolicy|capacity|topology|read-write-once-pod|multiVolume) '; skip="$skip|$slowish" ;;
     slow) focus="External.Storage.*($slowish)"; timeout=3h ;;
     all) focus='External.Storage'; timeout=3h ;;

@@ -11,16 +11,20 @@ import (
 	"time"
 )
 
+// defaultPodProcs is the suite's parallelism against the two-node pod
+// cluster unless E2E_PROCS says otherwise.
+const defaultPodProcs = "2"
+
 // TestExternalStorage runs the official Kubernetes e2e storage suite's
 // "External Storage" specs (e2e.test from k8s.io/kubernetes v1.36.3, driver
-// definition test/e2e/storage/testdriver.yaml) against Cairn on the real
-// node, with the selection hack/e2e-suite.sh calls "default": the
-// provisioning, snapshottable, volume-expand and volumeMode suites
-// (E2E_SELECTION picks another: more, slow, all). What is left out and why:
-// docs/E2E-SUITE.md. With E2E_CLUSTER=pods it runs instead against Cairn
-// deployed as users deploy it — its images, helm install — on two
-// isolated real nodes (TestPodDeployed's cluster; opt-in, see
-// docs/E2E-SUITE.md for what fails there and why).
+// definition test/e2e/storage/testdriver.yaml) against Cairn deployed as
+// users deploy it — its images, helm install — on two isolated real nodes
+// (TestPodDeployed's cluster), with the selection hack/e2e-suite.sh calls
+// "default": the provisioning, snapshottable, volume-expand, volumeMode
+// and (two nodes) topology suites (E2E_SELECTION picks another: more,
+// slow, all). E2E_CLUSTER=host runs it instead against Cairn as host
+// processes on one real node (TestRealNode's). What is left out and why:
+// docs/E2E-SUITE.md.
 func TestExternalStorage(t *testing.T) {
 	if _, err := exec.LookPath("containerd"); err != nil && os.Getenv("CAIRN_E2E_NODE") != "1" {
 		t.Skip("containerd not installed; `make e2e-node` (CAIRN_E2E_NODE=1) installs it with hack/node-deps.sh")
@@ -38,8 +42,17 @@ func TestExternalStorage(t *testing.T) {
 	}
 	e := newEnvNamed(t, "e2e-suite", true, timeout)
 	var pods *podCluster
-	if os.Getenv("E2E_CLUSTER") == "pods" {
+	env := []string{"E2E_REPORT_DIR=" + filepath.Join(e.root, "_out", "e2e-suite", selection)}
+	switch c := os.Getenv("E2E_CLUSTER"); c {
+	case "", "pods":
 		pods = &podCluster{env: e, suiteImages: true}
+		env = append(env, "E2E_NODES=2")
+		if os.Getenv("E2E_PROCS") == "" {
+			env = append(env, "E2E_PROCS="+defaultPodProcs)
+		}
+	case "host":
+	default:
+		t.Fatalf("E2E_CLUSTER=%q: want pods (the default) or host", c)
 	}
 	suite := filepath.Join(e.root, "hack/e2e-suite.sh")
 	if exec.Command("bash", suite, "--check").Run() != nil {
@@ -64,8 +77,7 @@ func TestExternalStorage(t *testing.T) {
 	e.step("e2e.test External Storage, selection "+selection, func() error {
 		cmd := exec.CommandContext(e.ctx, "bash", suite, "run", selection)
 		cmd.Dir = e.root
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+e.c.AdminKubeconfig(),
-			"E2E_REPORT_DIR="+filepath.Join(e.root, "_out", "e2e-suite", selection))
+		cmd.Env = append(append(os.Environ(), env...), "KUBECONFIG="+e.c.AdminKubeconfig())
 		var err error
 		out, err = cmd.CombinedOutput()
 		os.WriteFile(filepath.Join(e.logs, "e2e.test.log"), out, 0o644)
