@@ -139,7 +139,7 @@ func (e *Engine) initLayout() error {
 func (e *Engine) Root() string { return e.root }
 
 // layoutDirs are the directories the engine keeps under the data root.
-var layoutDirs = []string{volumesDir, snapshotsDir, backupsDir, tmpDir, trashDir}
+var layoutDirs = []string{volumesDir, snapshotsDir, groupsDir, backupsDir, tmpDir, trashDir}
 
 // OwnsPath reports whether the absolute, clean path p is the data root or
 // inside what the engine keeps there (its metadata file and layoutDirs):
@@ -287,32 +287,69 @@ func (e *Engine) copyData(ctx context.Context, src, dst string) error {
 // is frozen for the copy (bounded by FreezeTimeout, thawed on every path),
 // a staged block device is flushed first.
 func (e *Engine) copyConsistent(ctx context.Context, vol *VolumeMeta, dst string) error {
-	src := e.volumeData(vol.ID)
-	st := vol.Stage
-	if st == nil || st.State != stateStaged {
-		return e.copyData(ctx, src, dst)
-	}
-	// A staging path that is no longer a mount point must not be frozen:
-	// FIFREEZE would freeze whatever file system holds the directory (the
-	// host's, or the data root, deadlocking the copy until the timeout).
-	if st.Block || st.ReadOnly || !e.isMounted(st.Path) {
-		if err := e.flushLoop(vol.ID); err != nil {
-			return err
+	_, err := e.copyConsistentSet(ctx, []*VolumeMeta{vol}, []string{dst})
+	return err
+}
+
+// copyConsistentSet copies each of vols to the dst of the same index at
+// one point in time: staged block devices are flushed, then every staged
+// and mounted file system is frozen, all are copied, and all are thawed —
+// one freeze window for the set, bounded by FreezeTimeout as a whole (at
+// the bound everything is thawed and the copies are discarded) and thawed
+// on every path. It returns how long the file systems were frozen.
+func (e *Engine) copyConsistentSet(ctx context.Context, vols []*VolumeMeta, dsts []string) (time.Duration, error) {
+	var freeze []*VolumeMeta
+	for _, vol := range vols {
+		st := vol.Stage
+		if st == nil || st.State != stateStaged {
+			continue
 		}
-		return e.copyData(ctx, src, dst)
+		// A staging path that is no longer a mount point must not be
+		// frozen: FIFREEZE would freeze whatever file system holds the
+		// directory (the host's, or the data root, deadlocking the copy
+		// until the timeout).
+		if st.Block || st.ReadOnly || !e.isMounted(st.Path) {
+			if err := e.flushLoop(vol.ID); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		freeze = append(freeze, vol)
 	}
+	copyAll := func(ctx context.Context) error {
+		for i, vol := range vols {
+			if err := e.copyData(ctx, e.volumeData(vol.ID), dsts[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(freeze) == 0 {
+		return 0, copyAll(ctx)
+	}
+
 	start := time.Now()
-	if err := fsops.Freeze(st.Path); err != nil {
-		return fmt.Errorf("freeze %s before copying volume %s: %w", st.Path, vol.ID, err)
-	}
 	var (
-		thawOnce sync.Once
+		mu       sync.Mutex // orders freezes against the thaw
+		thawed   bool
+		frozen   []string
 		thawErr  error
 		timedOut atomic.Bool
 	)
-	thaw := func() { thawOnce.Do(func() { thawErr = fsops.Thaw(st.Path) }) }
+	thaw := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if thawed {
+			return
+		}
+		thawed = true
+		for _, p := range frozen {
+			if err := fsops.Thaw(p); err != nil && thawErr == nil {
+				thawErr = fmt.Errorf("thaw %s: %w", p, err)
+			}
+		}
+	}
 	defer thaw()
-	faults.Point("freeze:frozen")
 	fctx, cancel := context.WithTimeout(ctx, e.freezeTimeout)
 	defer cancel()
 	go func() {
@@ -320,23 +357,40 @@ func (e *Engine) copyConsistent(ctx context.Context, vol *VolumeMeta, dst string
 		if errors.Is(fctx.Err(), context.DeadlineExceeded) {
 			timedOut.Store(true)
 		}
-		thaw() // bounded freeze: thaw at the deadline even if the copy hangs
+		thaw() // bounded freeze: thaw at the deadline even if a copy hangs
 	}()
-	err := e.copyData(fctx, src, dst)
+	for _, vol := range freeze {
+		mu.Lock()
+		var err error
+		if !thawed {
+			if err = fsops.Freeze(vol.Stage.Path); err == nil {
+				frozen = append(frozen, vol.Stage.Path)
+			}
+		}
+		mu.Unlock()
+		if err != nil {
+			return 0, fmt.Errorf("freeze %s before copying volume %s: %w", vol.Stage.Path, vol.ID, err)
+		}
+	}
+	faults.Point("freeze:frozen")
+	err := copyAll(fctx)
 	thaw()
-	frozen := time.Since(start)
-	klog.V(4).InfoS("Copied frozen volume", "volumeID", vol.ID, "frozenFor", frozen)
+	window := time.Since(start)
+	klog.V(4).InfoS("Copied frozen volumes", "volumes", len(vols), "frozen", len(frozen), "frozenFor", window)
 	if timedOut.Load() {
-		os.Remove(dst)
-		return model.Errorf(model.ErrUnavailable, "copy of mounted volume %s took longer than the freeze bound %s; file system thawed, copy discarded", vol.ID, e.freezeTimeout)
+		for _, d := range dsts {
+			os.Remove(d)
+		}
+		ids := make([]string, len(vols))
+		for i, v := range vols {
+			ids[i] = v.ID
+		}
+		return window, model.Errorf(model.ErrUnavailable, "copy of mounted volume(s) %s took longer than the freeze bound %s; file systems thawed, copies discarded", strings.Join(ids, ", "), e.freezeTimeout)
 	}
 	if err != nil {
-		return err
+		return window, err
 	}
-	if thawErr != nil {
-		return fmt.Errorf("thaw %s: %w", st.Path, thawErr)
-	}
-	return nil
+	return window, thawErr
 }
 
 // allocate checks that size bytes fit into the data root's available

@@ -22,11 +22,13 @@ const (
 	rootMetaFile = "cairn.json"
 	volumesDir   = "volumes"
 	snapshotsDir = "snapshots"
+	groupsDir    = "groups"
 	tmpDir       = "tmp"
 	trashDir     = "trash"
 	dataFile     = "data.img"
 	volumeMeta   = "volume.json"
 	snapshotMeta = "snapshot.json"
+	groupMeta    = "group.json"
 )
 
 // Stage states recorded before and after the work they describe.
@@ -90,6 +92,8 @@ type SnapshotMeta struct {
 	FsType         string            `json:"fsType,omitempty"`
 	Parameters     map[string]string `json:"parameters,omitempty"`
 	CreatedAt      time.Time         `json:"createdAt"`
+	// GroupSnapshotID names the group snapshot this is a member of.
+	GroupSnapshotID string `json:"groupSnapshotId,omitempty"`
 }
 
 func (e *Engine) volumeDir(id string) string   { return filepath.Join(e.root, volumesDir, id) }

@@ -13,7 +13,8 @@ import (
 )
 
 // reconcile repairs what a crash may have left: half-built objects in tmp/
-// and half-deleted ones in trash/ are removed, interrupted expansions are
+// and half-deleted ones in trash/ are removed, so are the members of group
+// snapshots that were not committed, interrupted expansions are
 // finished, interrupted stages are rolled back, frozen file systems are
 // thawed, publish records without a mount are dropped, and loop devices
 // backed by our files that no staged volume needs are detached.
@@ -33,6 +34,9 @@ func (e *Engine) reconcile(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	if err := e.reconcileGroups(); err != nil {
+		return err
 	}
 	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
 	if err != nil {

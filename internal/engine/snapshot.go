@@ -93,6 +93,7 @@ func (e *Engine) describeSnapshot(m *SnapshotMeta) *model.Snapshot {
 	return &model.Snapshot{
 		ID: m.ID, Name: m.Name, SourceVolumeID: m.SourceVolumeID, SizeBytes: m.SizeBytes, Block: m.Block,
 		FsType: m.FsType, Parameters: m.Parameters, CreatedAt: m.CreatedAt, AllocatedBytes: alloc,
+		GroupSnapshotID: m.GroupSnapshotID,
 	}
 }
 

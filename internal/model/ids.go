@@ -14,6 +14,7 @@ var (
 	volumeIDRe   = regexp.MustCompile(`^v-[0-9a-f]{32}$`)
 	snapshotIDRe = regexp.MustCompile(`^s-[0-9a-f]{32}$`)
 	backupIDRe   = regexp.MustCompile(`^b-[0-9a-f]{32}$`)
+	groupIDRe    = regexp.MustCompile(`^g-[0-9a-f]{32}$`)
 	// A backup store keys a volume's backups by the ID of the volume they
 	// were made from; that may be another driver's or tool's ID (the
 	// `cairn backup` CLI backs up files), so the store accepts any DNS-like
@@ -32,6 +33,20 @@ func VolumeIDForName(name string) string { return deriveID("v-", "volume", name)
 
 // SnapshotIDForName returns the ID a local snapshot created with name gets.
 func SnapshotIDForName(name string) string { return deriveID("s-", "snapshot", name) }
+
+// GroupSnapshotIDForName returns the ID a group snapshot created with name
+// gets.
+func GroupSnapshotIDForName(name string) string { return deriveID("g-", "group", name) }
+
+// GroupMemberSnapshotID returns the ID of the member snapshot that the
+// group snapshot named group takes of volumeID: derived apart from
+// SnapshotIDForName, so no member collides with a CreateSnapshot name.
+func GroupMemberSnapshotID(group, volumeID string) string {
+	return deriveID("s-", "group-member", group+"/"+volumeID)
+}
+
+// ValidGroupSnapshotID reports whether id is a well-formed group snapshot ID.
+func ValidGroupSnapshotID(id string) bool { return groupIDRe.MatchString(id) }
 
 // BackupIDForName returns the ID a backup made for the snapshot name gets.
 func BackupIDForName(name string) string { return deriveID("b-", "backup", name) }

@@ -45,6 +45,20 @@ type Snapshot struct {
 	CreatedAt      time.Time
 	AllocatedBytes int64
 	Node           string // as Volume.Node
+	// GroupSnapshotID names the group snapshot this one is a member of.
+	GroupSnapshotID string
+}
+
+// GroupSnapshot describes a group snapshot: its members were taken at one
+// point in time.
+type GroupSnapshot struct {
+	ID        string
+	Name      string
+	Members   []*Snapshot // sorted by source volume ID
+	CreatedAt time.Time
+	// Frozen is how long the members' file systems were frozen.
+	Frozen time.Duration
+	Node   string // as Volume.Node
 }
 
 // BackupInfo describes a backup snapshot.
