@@ -215,11 +215,12 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csipb.Create
 
 func csiSnapshot(snap *model.Snapshot) *csipb.Snapshot {
 	return &csipb.Snapshot{
-		SnapshotId:     snap.ID,
-		SourceVolumeId: snap.SourceVolumeID,
-		SizeBytes:      snap.SizeBytes,
-		CreationTime:   timestamppb.New(snap.CreatedAt),
-		ReadyToUse:     true,
+		SnapshotId:      snap.ID,
+		SourceVolumeId:  snap.SourceVolumeID,
+		SizeBytes:       snap.SizeBytes,
+		CreationTime:    timestamppb.New(snap.CreatedAt),
+		ReadyToUse:      true,
+		GroupSnapshotId: snap.GroupSnapshotID,
 	}
 }
 

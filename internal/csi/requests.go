@@ -81,6 +81,25 @@ func createSnapshotRequest(req *csipb.CreateSnapshotRequest) error {
 	return required(req.GetSourceVolumeId(), "source_volume_id")
 }
 
+func createGroupSnapshotRequest(req *csipb.CreateVolumeGroupSnapshotRequest) error {
+	if err := required(req.GetName(), "name"); err != nil {
+		return err
+	}
+	if len(req.GetSourceVolumeIds()) == 0 {
+		return invalid("source_volume_ids: at least one volume is required")
+	}
+	for i, id := range req.GetSourceVolumeIds() {
+		if id == "" {
+			return invalid("source_volume_ids[%d] is empty", i)
+		}
+	}
+	if req.GetParameters()[paramSnapshotType] == "backup" {
+		return invalid("parameters.type \"backup\": a group snapshot is taken as local snapshots; back up its members' VolumeSnapshots afterwards")
+	}
+	_, err := checkSnapshotParameters(req.GetParameters(), nil)
+	return err
+}
+
 func controllerExpandRequest(req *csipb.ControllerExpandVolumeRequest) error {
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
 		return err

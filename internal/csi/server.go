@@ -61,6 +61,9 @@ func (s *Services) Register(srv *grpc.Server, controller, node bool) {
 	csipb.RegisterIdentityServer(srv, &identityServer{s: s, controller: controller})
 	if controller {
 		csipb.RegisterControllerServer(srv, &controllerServer{s: s})
+		if g, ok := s.groups(); ok {
+			csipb.RegisterGroupControllerServer(srv, &groupControllerServer{g: g})
+		}
 	}
 	if node {
 		csipb.RegisterNodeServer(srv, &nodeServer{s: s})
@@ -142,6 +145,9 @@ func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPlugin
 	}
 	if i.controller {
 		caps = append([]*csipb.PluginCapability{svc(csipb.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
+		if _, ok := i.s.groups(); ok {
+			caps = append(caps, svc(csipb.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
+		}
 	}
 	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }

@@ -17,7 +17,10 @@ type Backend struct {
 	Node   string
 }
 
-var _ csi.ControllerBackend = Backend{}
+var (
+	_ csi.ControllerBackend = Backend{}
+	_ csi.GroupBackend      = Backend{}
+)
 
 func (l Backend) Health(context.Context) error { return l.Engine.Health() }
 
@@ -113,4 +116,27 @@ func (l Backend) GetBackup(ctx context.Context, handle string) (*model.BackupInf
 
 func (l Backend) ListBackups(ctx context.Context) ([]*model.BackupInfo, error) {
 	return l.Engine.ListBackups(ctx)
+}
+
+func (l Backend) group(g *model.GroupSnapshot, err error) (*model.GroupSnapshot, error) {
+	if err != nil {
+		return nil, err
+	}
+	g.Node = l.Node
+	for _, m := range g.Members {
+		m.Node = l.Node
+	}
+	return g, nil
+}
+
+func (l Backend) CreateGroupSnapshot(ctx context.Context, name string, volumeIDs []string, params map[string]string) (*model.GroupSnapshot, error) {
+	return l.group(l.Engine.CreateGroupSnapshot(ctx, name, volumeIDs, params))
+}
+
+func (l Backend) DeleteGroupSnapshot(ctx context.Context, id string, snapshotIDs []string) error {
+	return l.Engine.DeleteGroupSnapshot(ctx, id, snapshotIDs)
+}
+
+func (l Backend) GetGroupSnapshot(ctx context.Context, id string, snapshotIDs []string) (*model.GroupSnapshot, error) {
+	return l.group(l.Engine.GetGroupSnapshot(ctx, id, snapshotIDs))
 }
