@@ -763,7 +763,7 @@ func TestManifestsDecode(t *testing.T) {
 	})
 
 	t.Run("CRDs", func(t *testing.T) {
-		want := []string{"backuptargets", "snapshots", "storagenodes", "volumes"}
+		want := []string{"backuptargets", "groupsnapshots", "snapshots", "storagenodes", "volumes"}
 		var got []string
 		for _, o := range crds {
 			crd, ok := o.obj.(*apiextensionsv1.CustomResourceDefinition)
@@ -781,7 +781,7 @@ func TestManifestsDecode(t *testing.T) {
 			t.Errorf("CRDs %v, want %v", got, want)
 		}
 		// The chart's copies are the same files.
-		for _, f := range []string{"backuptargets", "snapshots", "storagenodes", "volumes"} {
+		for _, f := range []string{"backuptargets", "groupsnapshots", "snapshots", "storagenodes", "volumes"} {
 			name := "cairn.csi.dev_" + f + ".yaml"
 			a, err1 := os.ReadFile(filepath.Join("crds", name))
 			b, err2 := os.ReadFile(filepath.Join("helm", "cairn", "crds", name))
@@ -1061,7 +1061,7 @@ var wantPermissions = map[string]map[string]bool{
 		groupGroup+"/volumegroupsnapshotcontents: "+readWrite,
 		groupGroup+"/volumegroupsnapshotcontents/status: update,patch",
 		// cairn controller
-		crdGroup+"/volumes,snapshots: get,list,watch,create,update,patch,delete",
+		crdGroup+"/volumes,snapshots,groupsnapshots: get,list,watch,create,update,patch,delete",
 		crdGroup+"/storagenodes,backuptargets: "+read,
 	),
 	"Role/cairn-controller": grants(
@@ -1071,9 +1071,9 @@ var wantPermissions = map[string]map[string]bool{
 		"apps/replicasets: get",
 	),
 	"ClusterRole/cairn-node": grants(
-		crdGroup+"/volumes,snapshots: "+readWrite,
-		crdGroup+"/volumes,snapshots: create", // re-created from the data root
-		crdGroup+"/volumes/status,snapshots/status: get,update,patch",
+		crdGroup+"/volumes,snapshots,groupsnapshots: "+readWrite,
+		crdGroup+"/volumes,snapshots,groupsnapshots: create", // group members; re-created from the data root
+		crdGroup+"/volumes/status,snapshots/status,groupsnapshots/status: get,update,patch",
 		crdGroup+"/storagenodes: get,list,watch,create,update,patch",
 		crdGroup+"/storagenodes/status: get,update,patch",
 		crdGroup+"/backuptargets: "+read,

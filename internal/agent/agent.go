@@ -81,15 +81,16 @@ type Agent struct {
 }
 
 // CacheOptions restricts a node agent's informers to what it needs:
-// the Volumes and Snapshots labelled with its node, its own StorageNode,
+// the Volumes, Snapshots and GroupSnapshots labelled with its node, its own StorageNode,
 // and Secrets in its namespace only.
 func CacheOptions(node, namespace string) cache.Options {
 	mine := labels.SelectorFromSet(labels.Set{cairnv1.NodeLabel: node})
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&cairnv1.Volume{}:      {Label: mine},
-		&cairnv1.Snapshot{}:    {Label: mine},
-		&cairnv1.StorageNode{}: {Field: fields.OneTermEqualSelector("metadata.name", node)},
-		&corev1.Secret{}:       {Namespaces: map[string]cache.Config{namespace: {}}},
+		&cairnv1.Volume{}:        {Label: mine},
+		&cairnv1.Snapshot{}:      {Label: mine},
+		&cairnv1.GroupSnapshot{}: {Label: mine},
+		&cairnv1.StorageNode{}:   {Field: fields.OneTermEqualSelector("metadata.name", node)},
+		&corev1.Secret{}:         {Namespaces: map[string]cache.Config{namespace: {}}},
 	}}
 }
 
@@ -131,6 +132,10 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("snapshot").For(&cairnv1.Snapshot{}).WithEventFilter(mine).
 		WithOptions(opts).Complete(reconcile.Func(a.reconcileSnapshot)); err != nil {
+		return err
+	}
+	if err := ctrl.NewControllerManagedBy(mgr).Named("groupsnapshot").For(&cairnv1.GroupSnapshot{}).WithEventFilter(mine).
+		WithOptions(opts).Complete(reconcile.Func(a.reconcileGroupSnapshot)); err != nil {
 		return err
 	}
 	// Targets are re-read when they or their credential Secret change.

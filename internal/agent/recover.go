@@ -121,6 +121,8 @@ func recovered(obj metav1.Object) bool {
 // what it describes (so it is no object the controller wrote), or "".
 func snapshotNameProblem(s *cairnv1.Snapshot) string {
 	switch {
+	case s.Spec.GroupSnapshot != "":
+		return memberNameProblem(s)
 	case s.Spec.Type == cairnv1.SnapshotLocal && s.Name != model.SnapshotIDForName(s.Spec.Name):
 		return fmt.Sprintf("object name %q is not the snapshot ID of spec.name %q", s.Name, s.Spec.Name)
 	case s.Spec.Type != cairnv1.SnapshotLocal && s.Name != kube.SnapshotObjectName(s.Spec.Handle):
@@ -173,8 +175,9 @@ func (a *Agent) recoverLoop(ctx context.Context) {
 	}
 }
 
-// recoverObjects re-creates the Volume and Snapshot objects missing for
-// the volumes and local snapshots on this node's data root, and reports
+// recoverObjects re-creates the Volume, Snapshot and GroupSnapshot objects
+// missing for the volumes, local snapshots and group snapshots on this
+// node's data root, and reports
 // how many it made. Backups are not on the data root: a backup's object
 // that was deleted without a CSI delete comes back as an import when a
 // CSI call names its handle.
@@ -214,6 +217,25 @@ func (a *Agent) recoverObjects(ctx context.Context) (int, error) {
 				s := o.(*cairnv1.Snapshot)
 				setLocalSnapshotStatus(s, es)
 				setOutcome(snapshotStatus(s), s.Generation, nil, "snapshot on node "+a.Node+" (object re-created from the data root)")
+			}, nil
+		})
+		n += made
+		errs = append(errs, err)
+	}
+	groups, err := a.Engine.ListGroupSnapshots(ctx)
+	if err != nil {
+		return n, errors.Join(append(errs, fmt.Errorf("list group snapshots: %w", err))...)
+	}
+	for _, eg := range groups {
+		made, err := a.recoverOne(ctx, "GroupSnapshot", &cairnv1.GroupSnapshot{}, eg.ID, func() (client.Object, func(client.Object), error) {
+			eg, err := a.Engine.GetGroupSnapshot(ctx, eg.ID, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			return a.recoveredGroup(eg), func(o client.Object) {
+				g := o.(*cairnv1.GroupSnapshot)
+				setGroupStatus(g, eg)
+				setOutcome(groupStatus(g), g.Generation, nil, "group snapshot on node "+a.Node+" (object re-created from the data root)")
 			}, nil
 		})
 		n += made
@@ -288,6 +310,6 @@ func (a *Agent) recoveredVolume(ev *model.Volume) *cairnv1.Volume {
 func (a *Agent) recoveredSnapshot(es *model.Snapshot) *cairnv1.Snapshot {
 	return &cairnv1.Snapshot{ObjectMeta: a.recoveredMeta(es.ID), Spec: cairnv1.SnapshotSpec{
 		Name: es.Name, Type: cairnv1.SnapshotLocal, SourceVolumeID: es.SourceVolumeID,
-		NodeName: a.Node, Parameters: es.Parameters,
+		NodeName: a.Node, Parameters: es.Parameters, GroupSnapshot: es.GroupSnapshotID,
 	}}
 }

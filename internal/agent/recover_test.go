@@ -44,6 +44,10 @@ func (f *fixture) waitRecovered(obj client.Object, name string, old types.UID) {
 			if !o.Status.ReadyToUse || o.Status.CreationTime == nil || o.Status.SizeBytes == 0 {
 				return fmt.Errorf("re-created snapshot status %+v", o.Status)
 			}
+		case *cairnv1.GroupSnapshot:
+			if !o.Status.ReadyToUse || o.Status.CreationTime == nil || len(o.Status.Members) == 0 {
+				return fmt.Errorf("re-created group snapshot status %+v", o.Status)
+			}
 		}
 		return nil
 	})

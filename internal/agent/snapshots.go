@@ -37,8 +37,9 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	switch {
 	case s.Spec.Type == cairnv1.SnapshotLocal:
 		var snap *model.Snapshot
-		if recovered(&s) {
-			// Never take a new snapshot in place of one that is gone.
+		if recovered(&s) || s.Spec.GroupSnapshot != "" {
+			// Never take a new snapshot in place of one that is gone; a
+			// group member is taken only with its group.
 			snap, err = a.Engine.GetSnapshot(ctx, s.Name)
 		} else {
 			snap, err = a.Engine.CreateSnapshot(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.Parameters)

@@ -218,8 +218,9 @@ func (e *Engine) dropUncommittedMember(sid, group string) error {
 }
 
 func (e *Engine) describeGroup(g *GroupMeta) *model.GroupSnapshot {
-	out := &model.GroupSnapshot{ID: g.ID, Name: g.Name, CreatedAt: g.CreatedAt, Frozen: time.Duration(g.FrozenMillis) * time.Millisecond}
+	out := &model.GroupSnapshot{ID: g.ID, Name: g.Name, CreatedAt: g.CreatedAt, Frozen: time.Duration(g.FrozenMillis) * time.Millisecond, Parameters: maps.Clone(g.Parameters)}
 	for _, m := range g.Members {
+		out.SourceVolumeIDs = append(out.SourceVolumeIDs, m.VolumeID)
 		sm, err := e.loadSnapshot(m.SnapshotID)
 		if err != nil {
 			continue // deleted alone (or unreadable): no longer a member
@@ -227,6 +228,26 @@ func (e *Engine) describeGroup(g *GroupMeta) *model.GroupSnapshot {
 		out.Members = append(out.Members, e.describeSnapshot(sm))
 	}
 	return out
+}
+
+// ListGroupSnapshots returns all group snapshots sorted by ID.
+func (e *Engine) ListGroupSnapshots(ctx context.Context) ([]*model.GroupSnapshot, error) {
+	ids, err := e.listIDs(groupsDir, model.ValidGroupSnapshotID)
+	if err != nil {
+		return nil, err
+	}
+	var out []*model.GroupSnapshot
+	for _, id := range ids {
+		g, err := e.loadGroup(id)
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e.describeGroup(g))
+	}
+	return out, nil
 }
 
 // GetGroupSnapshot returns a group snapshot. snapshotIDs, when given,

@@ -59,6 +59,10 @@ type GroupSnapshot struct {
 	// Frozen is how long the members' file systems were frozen.
 	Frozen time.Duration
 	Node   string // as Volume.Node
+	// SourceVolumeIDs are the volumes the group was taken of, sorted (a
+	// member deleted alone leaves Members but stays here).
+	SourceVolumeIDs []string
+	Parameters      map[string]string
 }
 
 // BackupInfo describes a backup snapshot.

@@ -94,7 +94,7 @@ func (r *Remote) waitSnapshot(ctx context.Context, objName string, done func(*ca
 func snapshotInfo(s *cairnv1.Snapshot) *model.Snapshot {
 	out := &model.Snapshot{
 		ID: s.Name, Name: s.Spec.Name, SourceVolumeID: s.Spec.SourceVolumeID, SizeBytes: s.Status.SizeBytes,
-		Parameters: s.Spec.Parameters, Node: s.Spec.NodeName,
+		Parameters: s.Spec.Parameters, Node: s.Spec.NodeName, GroupSnapshotID: s.Spec.GroupSnapshot,
 	}
 	if s.Status.CreationTime != nil {
 		out.CreatedAt = s.Status.CreationTime.Time

@@ -77,10 +77,10 @@ external-snapshotter v8.7.0, narrowed to what the flags used here need.
   verbs: ["update", "patch"]
 {{- end }}
 
-{{/* cairn controller: writes Volume and Snapshot objects, reads the rest. */}}
+{{/* cairn controller: writes Volume, Snapshot and GroupSnapshot objects, reads the rest. */}}
 {{- define "cairn.rules.controller" -}}
 - apiGroups: ["cairn.csi.dev"]
-  resources: ["volumes", "snapshots"]
+  resources: ["volumes", "snapshots", "groupsnapshots"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["cairn.csi.dev"]
   resources: ["storagenodes", "backuptargets"]
@@ -111,16 +111,17 @@ namespace, owned by the Deployment (found through pod -> ReplicaSet).
 {{- end }}
 
 {{/*
-cairn node agent: carries out Volumes and Snapshots, reports its node. It
-creates Volumes and Snapshots too: it re-creates those deleted without a
-CSI delete for what its data root holds (docs/FORMAT.md).
+cairn node agent: carries out Volumes, Snapshots and GroupSnapshots, reports
+its node. It creates Volumes, Snapshots and GroupSnapshots too: it records a
+group's members, and re-creates objects deleted without a CSI delete for what
+its data root holds (docs/FORMAT.md).
 */}}
 {{- define "cairn.rules.node" -}}
 - apiGroups: ["cairn.csi.dev"]
-  resources: ["volumes", "snapshots"]
+  resources: ["volumes", "snapshots", "groupsnapshots"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: ["cairn.csi.dev"]
-  resources: ["volumes/status", "snapshots/status"]
+  resources: ["volumes/status", "snapshots/status", "groupsnapshots/status"]
   verbs: ["get", "update", "patch"]
 - apiGroups: ["cairn.csi.dev"]
   resources: ["storagenodes"]

@@ -23,5 +23,5 @@ var (
 
 func init() {
 	SchemeBuilder.Register(&Volume{}, &VolumeList{}, &Snapshot{}, &SnapshotList{},
-		&BackupTarget{}, &BackupTargetList{}, &StorageNode{}, &StorageNodeList{})
+		&GroupSnapshot{}, &GroupSnapshotList{}, &BackupTarget{}, &BackupTargetList{}, &StorageNode{}, &StorageNodeList{})
 }

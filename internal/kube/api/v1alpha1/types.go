@@ -172,6 +172,10 @@ type SnapshotSpec struct {
 	Handle string `json:"handle,omitempty"`
 	// Parameters are the VolumeSnapshotClass parameters.
 	Parameters map[string]string `json:"parameters,omitempty"`
+	// GroupSnapshot names the GroupSnapshot a local snapshot is a member
+	// of (its object name, g-...); set by the node agent that took the
+	// group. A member's spec.name is "<group's CSI name>/<source volume>".
+	GroupSnapshot string `json:"groupSnapshot,omitempty"`
 }
 
 // SnapshotStatus is what the node agent reports.
@@ -218,6 +222,76 @@ type SnapshotList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Snapshot `json:"items"`
+}
+
+// GroupSnapshotSpec is the desired state of a group snapshot, written by
+// the controller. The object's name is the group snapshot ID (g-...).
+type GroupSnapshotSpec struct {
+	// Name is the CSI group snapshot name.
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// NodeName is the node of every source volume, which takes the group.
+	// Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nodeName is immutable"
+	NodeName string `json:"nodeName"`
+	// SourceVolumeIDs are the volumes snapshotted together, sorted.
+	// Immutable.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="sourceVolumeIDs is immutable"
+	SourceVolumeIDs []string `json:"sourceVolumeIDs"`
+	// Parameters are the VolumeGroupSnapshotClass parameters.
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
+// GroupSnapshotMember is one member of a taken group snapshot.
+type GroupSnapshotMember struct {
+	SourceVolumeID string `json:"sourceVolumeID"`
+	// SnapshotID is the member's local snapshot (and Snapshot object).
+	SnapshotID string `json:"snapshotID"`
+	SizeBytes  int64  `json:"sizeBytes,omitempty"`
+}
+
+// GroupSnapshotStatus is what the node agent reports.
+type GroupSnapshotStatus struct {
+	Phase        string                `json:"phase,omitempty"`
+	ReadyToUse   bool                  `json:"readyToUse,omitempty"`
+	CreationTime *metav1.Time          `json:"creationTime,omitempty"`
+	Members      []GroupSnapshotMember `json:"members,omitempty"`
+	// FrozenMillis is how long the members' file systems were frozen.
+	FrozenMillis       int64              `json:"frozenMillis,omitempty"`
+	Message            string             `json:"message,omitempty"`
+	Reason             string             `json:"reason,omitempty"`
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// GroupSnapshot is a group snapshot: local snapshots of several volumes
+// of one node taken at one point in time (a VolumeGroupSnapshot).
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=cgsnap
+// +kubebuilder:printcolumn:name="Name",type=string,JSONPath=`.spec.name`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Ready",type=boolean,JSONPath=`.status.readyToUse`
+// +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.message`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type GroupSnapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   GroupSnapshotSpec   `json:"spec"`
+	Status GroupSnapshotStatus `json:"status,omitempty"`
+}
+
+// GroupSnapshotList is a list of GroupSnapshots.
+//
+// +kubebuilder:object:root=true
+type GroupSnapshotList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []GroupSnapshot `json:"items"`
 }
 
 // BackupTargetSpec configures a backup store. The object's name is the
