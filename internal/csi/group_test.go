@@ -60,7 +60,9 @@ func TestGroupController(t *testing.T) {
 	a, bv := model.VolumeIDForName("a"), model.VolumeIDForName("b")
 	resp, err := gc.CreateVolumeGroupSnapshot(ctx, &csipb.CreateVolumeGroupSnapshotRequest{
 		Name: "gs", SourceVolumeIds: []string{a, bv},
-		Parameters: map[string]string{"csi.storage.k8s.io/volumegroupsnapshot/name": "x", "type": "snap"},
+		// deletionPolicy: the upstream e2e framework copies the class's
+		// field into its parameters; it is ignored.
+		Parameters: map[string]string{"csi.storage.k8s.io/volumegroupsnapshot/name": "x", "type": "snap", "deletionPolicy": "Delete"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 package csi
 
 import (
+	"maps"
+
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/cairn-csi/cairn/internal/model"
@@ -96,9 +98,19 @@ func createGroupSnapshotRequest(req *csipb.CreateVolumeGroupSnapshotRequest) err
 	if req.GetParameters()[paramSnapshotType] == "backup" {
 		return invalid("parameters.type \"backup\": a group snapshot is taken as local snapshots; back up its members' VolumeSnapshots afterwards")
 	}
-	_, err := checkSnapshotParameters(req.GetParameters(), nil)
+	params := req.GetParameters()
+	if _, ok := params[paramGroupDeletionPolicy]; ok {
+		// The class's own deletionPolicy field, which the upstream e2e
+		// framework (v1.36) also copies into its parameters: harmless.
+		params = maps.Clone(params)
+		delete(params, paramGroupDeletionPolicy)
+	}
+	_, err := checkSnapshotParameters(params, nil)
 	return err
 }
+
+// paramGroupDeletionPolicy is ignored in group snapshot parameters.
+const paramGroupDeletionPolicy = "deletionPolicy"
 
 func controllerExpandRequest(req *csipb.ControllerExpandVolumeRequest) error {
 	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
@@ -197,6 +209,22 @@ func volumePaths(id string, owned func(string) bool, fieldsAndPaths ...string) e
 
 func volumeStatsRequest(req *csipb.NodeGetVolumeStatsRequest) error {
 	return volumeAndPath(req.GetVolumeId(), req.GetVolumePath())
+}
+
+// volumeHealthRequest requires the volume ID; the paths are optional
+// and, when given, absolute and clean.
+func volumeHealthRequest(req *csipb.NodeGetVolumeHealthRequest) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	for field, p := range map[string]string{"volume_publish_path": req.GetVolumePublishPath(), "staging_target_path": req.GetStagingTargetPath()} {
+		if p != "" {
+			if err := checkPath(p, field, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func nodeExpandRequest(req *csipb.NodeExpandVolumeRequest) error {
