@@ -549,8 +549,8 @@ func TestManifestsDecode(t *testing.T) {
 		if s.RequiresRepublish == nil || *s.RequiresRepublish {
 			t.Errorf("requiresRepublish %v, want false", s.RequiresRepublish)
 		}
-		if s.SELinuxMount == nil || *s.SELinuxMount {
-			t.Errorf("seLinuxMount %v, want false", s.SELinuxMount)
+		if s.SELinuxMount == nil || !*s.SELinuxMount {
+			t.Errorf("seLinuxMount %v, want true", s.SELinuxMount)
 		}
 	})
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -510,4 +511,53 @@ func TestUnpublishUnstageTouchOnlyRecordedPaths(t *testing.T) {
 	ok(t, e.DeleteVolume(ctx, v.ID))
 	ok(t, unix.Unmount(other, 0))
 	ok(t, os.RemoveAll(kubePath(e)))
+}
+
+// TestSELinuxContextMountOption: kubelet on an SELinux node (CSIDriver
+// seLinuxMount: true) adds the pod's label as a mount option to NodeStage
+// and NodePublish. The option, quoted because the label holds a comma,
+// must reach mount(8) whole on both: a wrapper first in PATH records each
+// mount(8) command line. (This kernel has no SELinux; libmount drops the
+// option then, but a split option would reach the kernel and fail.)
+func TestSELinuxContextMountOption(t *testing.T) {
+	requireRoot(t)
+	real, err := exec.LookPath("mount")
+	if err != nil {
+		t.Skip("no mount(8)")
+	}
+	bin := t.TempDir()
+	log := filepath.Join(bin, "mount.log")
+	script := "#!/bin/sh\nprintf '%s\\n' \"$*\" >>" + log + "\nexec " + real + " \"$@\"\n"
+	ok(t, os.WriteFile(filepath.Join(bin, "mount"), []byte(script), 0o755))
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	const label = `context="system_u:object_r:container_file_t:s0:c12,c34"`
+	e := newTestEngine(t, "xfs")
+	ctx := context.Background()
+	for _, fsType := range []string{"ext4", "xfs"} {
+		v := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "selinux-" + fsType, RequiredBytes: fsVolumeSize(fsType), FsType: fsType}))(t)
+		staging := kubePath(e, "staging", v.Name)
+		target := kubePath(e, "pods", v.Name, "mount")
+		ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: v.ID, StagingPath: staging, FsType: fsType, MountFlags: []string{label}}))
+		assertMounted(t, staging, fsType)
+		ok(t, e.PublishVolume(ctx, model.PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, MountFlags: []string{label}}))
+		assertMounted(t, target, fsType)
+		lines := strings.Split(string(readFile(t, log)), "\n")
+		var stageLine, publishLine string
+		for _, l := range lines {
+			if strings.HasSuffix(l, " "+staging) && !strings.Contains(l, "bind") {
+				stageLine = l
+			}
+			if strings.HasSuffix(l, " "+target) && strings.Contains(l, "bind") {
+				publishLine = l
+			}
+		}
+		for what, l := range map[string]string{"stage": stageLine, "publish": publishLine} {
+			if !strings.Contains(l, label) {
+				t.Errorf("%s %s: mount(8) ran as %q, without %s", fsType, what, l, label)
+			}
+		}
+		ok(t, e.UnpublishVolume(ctx, v.ID, target))
+		ok(t, e.UnstageVolume(ctx, v.ID, staging))
+		ok(t, e.DeleteVolume(ctx, v.ID))
+	}
 }
