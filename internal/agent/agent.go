@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,6 +177,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err := a.report(ctx); err != nil && ctx.Err() == nil {
 			klog.ErrorS(err, "Reporting the storage node status failed", "node", a.Node)
 		}
+		if err := a.checkHealth(ctx); err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "Checking volume health failed", "node", a.Node)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -224,6 +228,23 @@ func (a *Agent) report(ctx context.Context) error {
 	sn.Status.HeartbeatTime = metav1.Now()
 	sn.Status.Transfer = a.transferStatus()
 	meta.SetStatusCondition(&sn.Status.Conditions, ready)
+	healthy := metav1.Condition{Type: cairnv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: "Healthy", Message: "data root " + a.Engine.Root() + ": no problems found"}
+	if problems := a.Engine.StorageHealth(ctx); len(problems) > 0 {
+		var msgs []string
+		for _, p := range problems {
+			msgs = append(msgs, string(p.Kind)+": "+p.Message)
+		}
+		healthy.Status, healthy.Reason, healthy.Message = metav1.ConditionFalse, problems[0].Reason, strings.Join(msgs, "; ")
+	}
+	if old := meta.FindStatusCondition(sn.Status.Conditions, cairnv1.ConditionHealthy); old == nil || old.Message != healthy.Message {
+		switch {
+		case healthy.Status == metav1.ConditionFalse:
+			a.event(&sn, nil, true, "StorageUnhealthy", "%s", healthy.Message)
+		case old != nil:
+			a.event(&sn, nil, false, "StorageHealthy", "%s", healthy.Message)
+		}
+	}
+	meta.SetStatusCondition(&sn.Status.Conditions, healthy)
 	return a.client.Status().Patch(ctx, &sn, patch)
 }
 

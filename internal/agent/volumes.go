@@ -39,6 +39,10 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 	created := false
 	if errors.Is(err, model.ErrNotFound) && recovered(&v) {
 		err = model.Errorf(model.ErrNotFound, "volume %s was re-created from node %s's data root, whose data is now gone; nothing is made in its place", v.Name, a.Node)
+	} else if errors.Is(err, model.ErrNotFound) && orig.Status.SizeBytes > 0 {
+		// It existed (its status says how big) and its data is gone from
+		// the data root: an empty volume in its place would hide the loss.
+		err = model.Errorf(model.ErrFailedPrecondition, "volume %s existed on node %s but its data is gone from the data root; nothing is made in its place (its health says DataLoss: restore it from a snapshot or backup)", v.Name, a.Node)
 	} else if errors.Is(err, model.ErrNotFound) {
 		if err = a.prepareSource(ctx, v.Spec.Source); err == nil {
 			cctx := ctx

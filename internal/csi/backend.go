@@ -27,6 +27,9 @@ type ControllerBackend interface {
 	GetVolume(ctx context.Context, id string) (*model.Volume, error)
 	ListVolumes(ctx context.Context) ([]*model.Volume, error)
 	ExpandVolume(ctx context.Context, id string, required, limit int64) (*model.ExpandResult, error)
+	// VolumeHealth lists a volume's health problems (none: healthy);
+	// ErrNotFound for an unknown volume.
+	VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error)
 
 	CreateSnapshot(ctx context.Context, name, volumeID string, params map[string]string, where model.Placement) (*model.Snapshot, error)
 	DeleteSnapshot(ctx context.Context, id string) error
@@ -56,4 +59,8 @@ type NodeBackend interface {
 	UnpublishVolume(ctx context.Context, id, target string) error
 	VolumeStats(ctx context.Context, id, path string) (*model.VolumeStats, error)
 	NodeExpandVolume(ctx context.Context, id, volumePath string, required int64) (int64, error)
+	// VolumeHealth lists a volume's health problems on this node.
+	VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error)
+	// StorageHealth lists the data root's health problems.
+	StorageHealth(ctx context.Context) []model.HealthProblem
 }

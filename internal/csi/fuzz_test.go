@@ -152,6 +152,9 @@ func (b fakeBackend) GetBackup(context.Context, string) (*model.BackupInfo, erro
 func (b fakeBackend) ExpandVolume(context.Context, string, int64, int64) (*model.ExpandResult, error) {
 	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
+func (b fakeBackend) VolumeHealth(context.Context, string) ([]model.HealthProblem, error) {
+	return nil, model.Errorf(model.ErrNotFound, "fake")
+}
 
 // FuzzControllerRequests sends controller requests built from arbitrary
 // names, IDs, handles, parameters, node names and sizes: no panic, and

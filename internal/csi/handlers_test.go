@@ -20,6 +20,7 @@ type recordingNode struct {
 	calls   int
 	err     error
 	owned   string
+	health  []model.HealthProblem // VolumeHealth and StorageHealth answer it
 }
 
 func (n *recordingNode) Health() error              { return n.err }
@@ -50,6 +51,11 @@ func (n *recordingNode) NodeExpandVolume(_ context.Context, _, _ string, req int
 	n.calls++
 	return req, n.err
 }
+func (n *recordingNode) VolumeHealth(context.Context, string) ([]model.HealthProblem, error) {
+	n.calls++
+	return n.health, n.err
+}
+func (n *recordingNode) StorageHealth(context.Context) []model.HealthProblem { return n.health }
 
 // The node service turns CSI requests into the backend's terms and
 // validates before it calls: a malformed request never reaches the

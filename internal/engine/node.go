@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
-	"k8s.io/mount-utils"
+	mountutils "k8s.io/mount-utils"
 
 	"github.com/cairn-csi/cairn/internal/faults"
 	"github.com/cairn-csi/cairn/internal/loop"
@@ -116,7 +116,7 @@ func (e *Engine) formatAndMount(m *VolumeMeta, dev string, req model.StageReques
 	}
 	faults.Point("stage:after-mount")
 	if fsType == model.FsXFS && !req.ReadOnly {
-		if _, err := mount.NewResizeFs(e.exec).Resize(dev, req.StagingPath); err != nil {
+		if _, err := mountutils.NewResizeFs(e.exec).Resize(dev, req.StagingPath); err != nil {
 			return fmt.Errorf("grow xfs on %s: %w", req.StagingPath, err)
 		}
 	}
@@ -385,7 +385,7 @@ func (e *Engine) NodeExpandVolume(ctx context.Context, id, volumePath string, re
 		return 0, err
 	}
 	if !st.Block && !st.ReadOnly {
-		if _, err := mount.NewResizeFs(e.exec).Resize(dev, st.Path); err != nil {
+		if _, err := mountutils.NewResizeFs(e.exec).Resize(dev, st.Path); err != nil {
 			msg := err.Error()
 			if st.FsType != model.FsXFS && strings.Contains(msg, "Permission denied") {
 				msg += " (the kernel refused online ext4 growth; it needs CAP_SYS_RESOURCE. Unstage the volume and stage it again to grow offline)"
@@ -484,9 +484,19 @@ func (e *Engine) detach(id string) error {
 	return nil
 }
 
+// isMounted reports whether something is mounted at path. When path
+// cannot be stat'ed (a file system that shut down after an error answers
+// EIO), the mount table decides, so such a mount is still unmounted.
 func (e *Engine) isMounted(path string) bool {
 	mounted, err := e.mounter.IsMountPoint(path)
-	return err == nil && mounted
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return err == nil && mounted
+	}
+	mounts, merr := mountutils.ParseMountInfo("/proc/self/mountinfo")
+	if merr != nil {
+		return false
+	}
+	return slices.ContainsFunc(mounts, func(m mountutils.MountInfo) bool { return m.MountPoint == path })
 }
 
 func (e *Engine) unmountIfMounted(path string) error {

@@ -127,3 +127,21 @@ type VolumeStats struct {
 	TotalBytes, AvailableBytes, UsedBytes int64
 	TotalInodes, FreeInodes, UsedInodes   int64
 }
+
+// HealthKind is how bad a health problem is (the CSI VolumeHealthErrorType
+// and StorageHealthErrorType).
+type HealthKind string
+
+const (
+	HealthDegraded     HealthKind = "Degraded"     // usable, not as it should be
+	HealthInaccessible HealthKind = "Inaccessible" // cannot be used now
+	HealthDataLoss     HealthKind = "DataLoss"     // data is lost or about to be
+)
+
+// HealthProblem is one abnormal condition of a volume or of a data root:
+// Reason is a CamelCase word, Message says what to do about it.
+type HealthProblem struct {
+	Kind    HealthKind
+	Reason  string
+	Message string
+}

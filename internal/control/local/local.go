@@ -140,3 +140,7 @@ func (l Backend) DeleteGroupSnapshot(ctx context.Context, id string, snapshotIDs
 func (l Backend) GetGroupSnapshot(ctx context.Context, id string, snapshotIDs []string) (*model.GroupSnapshot, error) {
 	return l.group(l.Engine.GetGroupSnapshot(ctx, id, snapshotIDs))
 }
+
+func (l Backend) VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error) {
+	return l.Engine.VolumeHealth(ctx, id)
+}

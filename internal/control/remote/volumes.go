@@ -176,6 +176,11 @@ func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit in
 	if err != nil {
 		return nil, err
 	}
+	for _, h := range v.Status.Health {
+		if h.Type == string(model.HealthDataLoss) {
+			return nil, model.Errorf(model.ErrFailedPrecondition, "volume %s cannot be expanded: %s", id, h.Message)
+		}
+	}
 	if size > v.Spec.RequiredBytes {
 		patch := client.MergeFrom(v.DeepCopy())
 		v.Spec.RequiredBytes = size

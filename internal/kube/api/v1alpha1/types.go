@@ -34,6 +34,8 @@ const (
 	RecoveredAnnotation = "cairn.csi.dev/recovered"
 	// ConditionReady is True once the object is usable.
 	ConditionReady = "Ready"
+	// ConditionHealthy is False while a Volume has health problems.
+	ConditionHealthy = "Healthy"
 )
 
 // DataDeletionRequested tells whether deleting obj may delete its data:
@@ -116,6 +118,21 @@ type VolumeStatus struct {
 	// ObservedGeneration is the spec generation the status describes.
 	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
 	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	// Health lists the problems the node agent's last health check found
+	// (docs/HEALTH.md); empty when healthy. The Healthy condition sums it
+	// up.
+	Health []HealthProblem `json:"health,omitempty"`
+	// HealthChangedTime is when the node agent last found the volume's
+	// health changed (it checks every heartbeat, writes on change only).
+	HealthChangedTime *metav1.Time `json:"healthChangedTime,omitempty"`
+}
+
+// HealthProblem is one abnormal condition of a volume.
+type HealthProblem struct {
+	// Type is Degraded, Inaccessible or DataLoss.
+	Type    string `json:"type"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
 }
 
 // Volume is one Cairn volume: a sparse file on one node's data root.

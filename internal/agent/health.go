@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
+)
+
+// checkHealth runs the engine's health checks over this node's volumes
+// (docs/HEALTH.md) and, for each Volume whose health changed, records it
+// in the status (health, the Healthy condition) and as an event on the
+// Volume and its PVC. A Volume whose data is gone from the data root is
+// DataLoss: the object says the volume should exist.
+func (a *Agent) checkHealth(ctx context.Context) error {
+	var list cairnv1.VolumeList
+	if err := a.client.List(ctx, &list, client.MatchingLabels{cairnv1.NodeLabel: a.Node}); err != nil {
+		return err
+	}
+	all, err := a.Engine.AllVolumeHealth(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range list.Items {
+		v := &list.Items[i]
+		if v.Spec.NodeName != a.Node || !v.DeletionTimestamp.IsZero() || v.Status.Phase != cairnv1.PhaseReady {
+			continue // not ours, going, or not made yet
+		}
+		problems, ok := all[v.Name]
+		if !ok {
+			if _, err := a.Engine.GetVolume(ctx, v.Name); model.KindOf(err) == model.ErrNotFound {
+				problems = []model.HealthProblem{{Kind: model.HealthDataLoss, Reason: "VolumeMissing",
+					Message: fmt.Sprintf("the volume's directory is gone from node %s's data root %s (deleted by hand?): its data is lost; restore it from a snapshot or backup into a new PVC, then delete this one", a.Node, a.Engine.Root())}}
+			}
+		}
+		if err := a.recordHealth(ctx, v, problems); err != nil {
+			klog.ErrorS(err, "Recording volume health failed", "volume", v.Name)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []model.HealthProblem) error {
+	var health []cairnv1.HealthProblem
+	for _, p := range problems {
+		health = append(health, cairnv1.HealthProblem{Type: string(p.Kind), Reason: p.Reason, Message: p.Message})
+	}
+	known := meta.FindStatusCondition(v.Status.Conditions, cairnv1.ConditionHealthy) != nil
+	if known && slices.Equal(health, v.Status.Health) {
+		return nil
+	}
+	orig := v.DeepCopy()
+	v.Status.Health = health
+	v.Status.HealthChangedTime = &metav1.Time{Time: metav1.Now().Time}
+	cond := metav1.Condition{Type: cairnv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: "Healthy", Message: "no problems found on node " + a.Node, ObservedGeneration: v.Generation}
+	if len(health) > 0 {
+		var reasons, msgs []string
+		for _, h := range health {
+			reasons = append(reasons, h.Reason)
+			msgs = append(msgs, h.Type+": "+h.Message)
+		}
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, reasons[0], strings.Join(msgs, "; ")
+	}
+	meta.SetStatusCondition(&v.Status.Conditions, cond)
+	if err := a.client.Status().Patch(ctx, v, client.MergeFrom(orig)); err != nil {
+		return err
+	}
+	switch {
+	case len(health) > 0:
+		klog.InfoS("Volume unhealthy", "volume", v.Name, "problems", cond.Message)
+		a.event(v, v.Spec.Parameters, true, "VolumeUnhealthy", "%s", cond.Message)
+	case known:
+		klog.InfoS("Volume healthy again", "volume", v.Name)
+		a.event(v, v.Spec.Parameters, false, "VolumeHealthy", "The volume's health problems are gone")
+	}
+	return nil
+}

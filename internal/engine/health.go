@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	mountutils "k8s.io/mount-utils"
+
+	"github.com/cairn-csi/cairn/internal/fsops"
+	"github.com/cairn-csi/cairn/internal/loop"
+	"github.com/cairn-csi/cairn/internal/model"
+)
+
+// NearlyFullPercent is the free share of the data root below which the
+// data root is reported degraded (docs/HEALTH.md).
+const NearlyFullPercent = 5
+
+// VolumeHealth checks one volume on this node and returns its problems,
+// none when healthy (docs/HEALTH.md lists the checks). A volume whose
+// metadata is gone is ErrNotFound: the caller decides whether it should
+// exist (in Kubernetes mode its Volume object says so).
+func (e *Engine) VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error) {
+	m, err := e.loadVolume(id)
+	if err != nil {
+		return nil, err
+	}
+	var mounts []mountutils.MountInfo
+	if m.Stage != nil && !m.Stage.Block {
+		if mounts, err = mountutils.ParseMountInfo("/proc/self/mountinfo"); err != nil {
+			return nil, fmt.Errorf("read mounts: %w", err)
+		}
+	}
+	c, cerr := e.Capacity()
+	if cerr != nil {
+		c = Capacity{}
+	}
+	return e.volumeHealth(m, mounts, c), nil
+}
+
+// AllVolumeHealth checks every volume (one read of the mount table and
+// of the capacity for all), keyed by volume ID; unhealthy ones only.
+func (e *Engine) AllVolumeHealth(ctx context.Context) (map[string][]model.HealthProblem, error) {
+	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := mountutils.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	c, cerr := e.Capacity()
+	if cerr != nil {
+		c = Capacity{}
+	}
+	out := map[string][]model.HealthProblem{}
+	for _, id := range ids {
+		m, err := e.loadVolume(id)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		if p := e.volumeHealth(m, mounts, c); len(p) > 0 {
+			out[id] = p
+		}
+	}
+	return out, nil
+}
+
+func (e *Engine) volumeHealth(m *VolumeMeta, mounts []mountutils.MountInfo, c Capacity) []model.HealthProblem {
+	var out []model.HealthProblem
+	add := func(kind model.HealthKind, reason, format string, args ...any) {
+		out = append(out, model.HealthProblem{Kind: kind, Reason: reason, Message: fmt.Sprintf(format, args...)})
+	}
+	data := e.volumeData(m.ID)
+	staged := m.Stage != nil && m.Stage.State == stateStaged
+	devs, _ := loop.FindByBackingFile(data)
+	fi, err := os.Stat(data)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if len(devs) > 0 {
+			add(model.HealthDataLoss, "DataFileMissing", "the volume's data file %s was deleted; loop device %s still holds it until the volume is unstaged: copy the data off now (from the running pod), it is lost once the pod stops", data, devs[0].Path)
+		} else {
+			add(model.HealthDataLoss, "DataFileMissing", "the volume's data file %s is missing from the data root: its data is lost; restore it from a snapshot or backup into a new volume", data)
+		}
+		return out
+	case err != nil:
+		add(model.HealthInaccessible, "DataFileUnreadable", "the volume's data file %s cannot be read: %v; check the data root's disk", data, err)
+		return out
+	case fi.Size() < m.SizeBytes:
+		add(model.HealthDataLoss, "DataFileTruncated", "the volume's data file %s is %d bytes, the volume %d: the data past byte %d is lost; restore from a snapshot or backup", data, fi.Size(), m.SizeBytes, fi.Size())
+	}
+	if err := readProbe(data, fi.Size()); err != nil {
+		add(model.HealthInaccessible, "DataFileUnreadable", "reading the volume's data file %s failed: %v; check the data root's disk (dmesg)", data, err)
+	}
+	if staged && len(devs) == 0 {
+		add(model.HealthInaccessible, "LoopDeviceDetached", "the volume is staged at %s but no loop device is attached to its data file (detached by hand?); stop the pods using it and start them again to re-stage it", m.Stage.Path)
+	}
+	if staged && !m.Stage.Block && len(devs) > 0 {
+		out = append(out, fsHealth(m, mounts, devs[0])...)
+	}
+	if alloc, err := fsops.AllocatedBytes(data); err == nil && c.TotalBytes > 0 {
+		if need := m.SizeBytes - alloc; need > 0 && c.ReservedBytes > c.FreeBytes {
+			add(model.HealthDegraded, "ReservationNotMet", "the volume may still write %d bytes it has not allocated, but the data root has %d bytes free for %d bytes its volumes were promised: writes may fail with no space left; free space on the data root", need, c.FreeBytes, c.ReservedBytes)
+		}
+	}
+	return out
+}
+
+// fsHealth checks the mounted file system of a staged volume: mounted,
+// writable as staged, no errors recorded, answering statfs.
+func fsHealth(m *VolumeMeta, mounts []mountutils.MountInfo, dev loop.Device) []model.HealthProblem {
+	var out []model.HealthProblem
+	path := m.Stage.Path
+	var mi *mountutils.MountInfo
+	for i := range mounts {
+		if mounts[i].MountPoint == path {
+			mi = &mounts[i]
+		}
+	}
+	if mi == nil {
+		return append(out, model.HealthProblem{Kind: model.HealthInaccessible, Reason: "NotMounted",
+			Message: fmt.Sprintf("the volume is staged at %s but nothing is mounted there (unmounted by hand?); stop the pods using it and start them again to re-stage it", path)})
+	}
+	if !m.Stage.ReadOnly && (slices.Contains(mi.MountOptions, "ro") || slices.Contains(mi.SuperOptions, "ro")) {
+		out = append(out, model.HealthProblem{Kind: model.HealthDegraded, Reason: "FileSystemReadOnly",
+			Message: fmt.Sprintf("the %s file system on %s (mounted at %s) went read-only, most likely after an error: writes fail; stop the pods, then check it with fsck or xfs_repair on the volume's data file", mi.FsType, dev.Path, path)})
+	}
+	if mi.FsType == "ext4" {
+		if b, err := os.ReadFile(filepath.Join("/sys/fs/ext4", filepath.Base(dev.Path), "errors_count")); err == nil {
+			if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n > 0 {
+				out = append(out, model.HealthProblem{Kind: model.HealthDegraded, Reason: "FileSystemErrors",
+					Message: fmt.Sprintf("the ext4 file system on %s (mounted at %s) recorded %d errors: stop the pods and run e2fsck on it", dev.Path, path, n)})
+			}
+		}
+	}
+	if err := answers(path); err != nil {
+		out = append(out, model.HealthProblem{Kind: model.HealthInaccessible, Reason: "FileSystemShutDown",
+			Message: fmt.Sprintf("the %s file system mounted at %s does not answer (%v): it has shut down after an error; stop the pods, then repair it", mi.FsType, path, err)})
+	}
+	return out
+}
+
+// answers is whether a mounted file system still serves: statfs and
+// reading the first entry of its root (a shut-down XFS fails the latter
+// with EIO).
+func answers(path string) error {
+	var sf unix.Statfs_t
+	if err := unix.Statfs(path, &sf); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// readProbe reads the first and the last 4 KiB of a file.
+func readProbe(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for _, off := range []int64{0, max(0, size-int64(len(buf)))} {
+		if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+	}
+	return nil
+}
+
+// StorageHealth checks the data root: present and writable, not nearly
+// full, and able to hold what its volumes were promised.
+func (e *Engine) StorageHealth(ctx context.Context) []model.HealthProblem {
+	if err := e.Health(); err != nil {
+		return []model.HealthProblem{{Kind: model.HealthInaccessible, Reason: "DataRootUnavailable",
+			Message: err.Error() + "; volumes on this node cannot be created, staged or written"}}
+	}
+	c, err := e.Capacity()
+	if err != nil {
+		return []model.HealthProblem{{Kind: model.HealthInaccessible, Reason: "DataRootUnavailable", Message: err.Error()}}
+	}
+	var out []model.HealthProblem
+	if c.TotalBytes > 0 && c.FreeBytes*100 < c.TotalBytes*NearlyFullPercent {
+		out = append(out, model.HealthProblem{Kind: model.HealthDegraded, Reason: "DataRootNearlyFull",
+			Message: fmt.Sprintf("data root %s has %d of %d bytes free (under %d%%): new volumes and snapshots of copy-mode roots will fail; delete volumes or snapshots, or grow the data root", e.root, c.FreeBytes, c.TotalBytes, NearlyFullPercent)})
+	}
+	if c.ReservedBytes > c.FreeBytes {
+		out = append(out, model.HealthProblem{Kind: model.HealthDegraded, Reason: "ReservationNotMet",
+			Message: fmt.Sprintf("data root %s has %d bytes free, but its volumes may still write %d bytes they were promised (something else filled it?): volume writes may fail with no space left; free space on the data root", e.root, c.FreeBytes, c.ReservedBytes)})
+	}
+	return out
+}
