@@ -33,13 +33,14 @@
 #    `go run ./hack/images` (busybox.tar, pause.tar and every e2e-*.tar).
 #
 #    SELECTION   what                                          specs
-#    default     provisioning, snapshottable, volume-expand,    26
-#                volumeMode, volumegroupsnapshottable (the
-#                second driver definition); no [Slow]/[Serial]
-#                (E2E_NODES=2 adds the topology suite: 30)
-#    more        volumes, subPath, ephemeral, fsgroupchange-    38
+#    default     provisioning, snapshottable, volume-expand,    23
+#                volumeMode, one volumegroupsnapshottable spec
+#                (the second driver definition); no [Slow]/[Serial]
+#                (E2E_NODES=2 adds the topology suite: 27)
+#    more        volumes, subPath, ephemeral, fsgroupchange-    41
 #                policy, capacity, topology, read-write-once-
-#                pod, multiVolume; no [Slow]/[Serial]
+#                pod, multiVolume, the other three group
+#                snapshot specs; no [Slow]/[Serial]
 #    slow        every [Slow] or [Serial] spec that can run     50
 #                (4 of them group snapshot specs)
 #    all         default + more + slow                         114
@@ -139,10 +140,13 @@ selection() { # sets focus, skip, timeout for $1
   fi
   # Two driver definitions: testdriver.yaml for everything but group
   # snapshots, testdriver-groups.yaml for the group snapshot suites only.
+  # The default takes one group snapshot spec (a dynamic group, delete
+  # policy, ~150 s); more takes the other three (~190 s each).
   local main='External.Storage \[Driver: cairn\.csi\.dev\] .*\]' groups='External.Storage \[Driver: cairn\.csi\.dev-groups\] .*\] volumegroupsnapshot'
+  local group1='External.Storage \[Driver: cairn\.csi\.dev-groups\] \[Testpattern:  \(delete policy\)\] volumegroupsnapshottable'
   case "$1" in
-    default) focus="$main ($suites) |$groups"; skip="$skip|$slowish" ;;
-    more) focus="$main (volumes|subPath|ephemeral|fsgroupchangepolicy|capacity|topology|read-write-once-pod|multiVolume) "; skip="$skip|$slowish" ;;
+    default) focus="$main ($suites) |$group1"; skip="$skip|$slowish" ;;
+    more) focus="$main (volumes|subPath|ephemeral|fsgroupchangepolicy|capacity|topology|read-write-once-pod|multiVolume) |$groups"; skip="$skip|$slowish|$group1" ;;
     slow) focus="($main|$groups).*($slowish)"; timeout=3h ;;
     all) focus="$main|$groups"; timeout=3h ;;
     *) echo "unknown selection $1 (default, more, slow, all)" >&2; exit 2 ;;

@@ -538,3 +538,39 @@ func TestS3TargetFromSecret(t *testing.T) {
 	}
 	t.Logf("wrong credentials reported as: %s", snap.Status.Message)
 }
+
+// TestExpansionRecovery: an expansion beyond what the node can hold is
+// OutOfRange (Kubernetes records ControllerResizeInfeasible) and changes
+// nothing; the smaller size the user then asks for (not below the current
+// one) is carried out, though the Volume still records the larger request.
+func TestExpansionRecovery(t *testing.T) {
+	f := newFixture(t)
+	vol, err := f.create("grow-too-far", 512*mib, onlyNode(testNode), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.remote.ExpandVolume(f.ctx, vol.ID, 64*gib, 0)
+	if !errors.Is(err, model.ErrOutOfRange) || !strings.Contains(err.Error(), "ask for less") {
+		t.Fatalf("expansion beyond the node's space: %v, want OutOfRange saying what to do", err)
+	}
+	if ev, _ := f.eng.GetVolume(f.ctx, vol.ID); ev == nil || ev.SizeBytes != 512*mib {
+		t.Fatalf("the refused expansion changed the volume: %+v", ev)
+	}
+	res, err := f.remote.ExpandVolume(f.ctx, vol.ID, gib, 0)
+	if err != nil || res.SizeBytes != gib {
+		t.Fatalf("smaller expansion after the refused one: %+v %v", res, err)
+	}
+	var obj cairnv1.Volume
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: vol.ID}, &obj); err != nil {
+		t.Fatal(err)
+	}
+	if obj.Spec.RequiredBytes != gib || obj.Status.SizeBytes != gib || obj.Status.Phase != cairnv1.PhaseReady {
+		t.Errorf("volume after recovery: spec %d, status %+v", obj.Spec.RequiredBytes, obj.Status)
+	}
+	if ev, _ := f.eng.GetVolume(f.ctx, vol.ID); ev == nil || ev.SizeBytes != gib {
+		t.Errorf("engine after recovery: %+v", ev)
+	}
+	if _, err := f.remote.ExpandVolume(f.ctx, vol.ID, 768*mib, 0); err != nil {
+		t.Errorf("a request below the current size after growth: %v (answers the current size)", err)
+	}
+}

@@ -33,7 +33,10 @@ func (b *groupBackend) CreateGroupSnapshot(_ context.Context, name string, vols 
 	return g, nil
 }
 
-func (b *groupBackend) DeleteGroupSnapshot(context.Context, string, []string) error { b.calls++; return nil }
+func (b *groupBackend) DeleteGroupSnapshot(context.Context, string, []string) error {
+	b.calls++
+	return nil
+}
 
 func (b *groupBackend) GetGroupSnapshot(context.Context, string, []string) (*model.GroupSnapshot, error) {
 	b.calls++

@@ -83,4 +83,3 @@ func TestHealthHandlers(t *testing.T) {
 		t.Errorf("controller health of an unknown volume: %v, want NotFound", err)
 	}
 }
-

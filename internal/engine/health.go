@@ -42,7 +42,11 @@ func (e *Engine) VolumeHealth(ctx context.Context, id string) ([]model.HealthPro
 	if cerr != nil {
 		c = Capacity{}
 	}
-	return e.volumeHealth(m, mounts, c), nil
+	loops, err := loop.List()
+	if err != nil {
+		return nil, err
+	}
+	return e.volumeHealth(m, mounts, loops, c), nil
 }
 
 // AllVolumeHealth checks every volume (one read of the mount table and
@@ -56,6 +60,10 @@ func (e *Engine) AllVolumeHealth(ctx context.Context) (map[string][]model.Health
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
+	loops, err := loop.List()
+	if err != nil {
+		return nil, err
+	}
 	c, cerr := e.Capacity()
 	if cerr != nil {
 		c = Capacity{}
@@ -66,21 +74,23 @@ func (e *Engine) AllVolumeHealth(ctx context.Context) (map[string][]model.Health
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		if p := e.volumeHealth(m, mounts, c); len(p) > 0 {
+		if p := e.volumeHealth(m, mounts, loops, c); len(p) > 0 {
 			out[id] = p
 		}
 	}
 	return out, nil
 }
 
-func (e *Engine) volumeHealth(m *VolumeMeta, mounts []mountutils.MountInfo, c Capacity) []model.HealthProblem {
+// volumeHealth checks m against the mount table, the attached loop devices
+// and the data root's capacity, each read once for all volumes.
+func (e *Engine) volumeHealth(m *VolumeMeta, mounts []mountutils.MountInfo, loops []loop.Device, c Capacity) []model.HealthProblem {
 	var out []model.HealthProblem
 	add := func(kind model.HealthKind, reason, format string, args ...any) {
 		out = append(out, model.HealthProblem{Kind: kind, Reason: reason, Message: fmt.Sprintf(format, args...)})
 	}
 	data := e.volumeData(m.ID)
 	staged := m.Stage != nil && m.Stage.State == stateStaged
-	devs, _ := loop.FindByBackingFile(data)
+	devs := loop.Match(loops, data)
 	fi, err := os.Stat(data)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-csi/cairn/internal/loop"
@@ -75,7 +77,8 @@ func TestVolumeHealth(t *testing.T) {
 	ok(t, e.UnstageVolume(ctx, x.ID, xstaging))
 
 	// A staged block volume whose loop device is detached by hand.
-	b := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "health-block", RequiredBytes: 64 * mib, Block: true}))(t)
+	b := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "health-block", RequiredBytes: 64 * mib, Block: true,
+		Parameters: map[string]string{"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "shop"}}))(t)
 	bstaging := kubePath(e, "staging", "health-block")
 	ok(t, e.StageVolume(ctx, model.StageRequest{VolumeID: b.ID, StagingPath: bstaging, Block: true}))
 	wantHealth(t, e, b.ID)
@@ -91,6 +94,25 @@ func TestVolumeHealth(t *testing.T) {
 	data := e.volumeData(b.ID)
 	ok(t, os.Truncate(data, 32*mib))
 	wantHealth(t, e, b.ID, "DataLoss/DataFileTruncated")
+	// The metric names the volume, its PVC and the problem.
+	reg := prometheus.NewRegistry()
+	RegisterMetrics(reg, e)
+	var series []string
+	for _, mf := range must(reg.Gather())(t) {
+		if mf.GetName() != "cairn_volume_health_problem" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			series = append(series, fmt.Sprintf("%s %s/%s %s/%s %v", l["volume_id"], l["pvc_namespace"], l["pvc_name"], l["type"], l["reason"], m.GetGauge().GetValue()))
+		}
+	}
+	if want := b.ID + " shop/data DataLoss/DataFileTruncated 1"; !slices.Equal(series, []string{want}) {
+		t.Errorf("cairn_volume_health_problem series %v, want [%s]", series, want)
+	}
 	ok(t, os.Remove(data))
 	wantHealth(t, e, b.ID, "DataLoss/DataFileMissing")
 	ok(t, os.RemoveAll(e.volumeDir(b.ID)))

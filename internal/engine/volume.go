@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -312,6 +313,12 @@ func (e *Engine) growVolume(m *VolumeMeta, size int64) error {
 	})
 	if err != nil {
 		m.PendingSizeBytes = 0
+		if errors.Is(err, model.ErrResourceExhausted) {
+			// OutOfRange, which Kubernetes records as
+			// ControllerResizeInfeasible: the user may then ask for less
+			// (recovery from expansion failure).
+			return model.Errorf(model.ErrOutOfRange, "capacity_range: volume %s cannot grow to %d bytes on this node: %v; ask for less (not below %d bytes)", m.ID, size, err, m.SizeBytes)
+		}
 		return err
 	}
 	faults.Point("expand:after-intent")

@@ -326,12 +326,18 @@ func TestCapacity(t *testing.T) {
 		wantErr(t, err, model.ErrNotFound, "refused volume")
 		assertNoLeftovers(t, e)
 
-		// Growing past what is available is refused and records no intent.
+		// Growing past what is available is refused (OutOfRange, which
+		// Kubernetes records as infeasible) and records no intent; a
+		// smaller request then succeeds (recovery from expansion failure).
 		_, err = e.ExpandVolume(ctx, v.ID, gib+c2.AvailableBytes+64*mib, 0)
-		wantErr(t, err, model.ErrResourceExhausted, "expand beyond available")
+		wantErr(t, err, model.ErrOutOfRange, "expand beyond available")
 		if got := must(e.loadVolume(v.ID))(t); got.SizeBytes != gib || got.PendingSizeBytes != 0 || fileSize(t, e.volumeData(v.ID)) != gib {
 			t.Fatalf("refused expansion changed the volume: size %d, pending %d", got.SizeBytes, got.PendingSizeBytes)
 		}
+		if res := must(e.ExpandVolume(ctx, v.ID, gib+64*mib, 0))(t); res.SizeBytes != gib+64*mib {
+			t.Fatalf("smaller retry after a refused expansion: %+v", res)
+		}
+		c2 = must(e.Capacity())(t)
 
 		// What is available can be taken, and then nothing more.
 		rest := (c2.AvailableBytes - 16*mib) / mib * mib

@@ -233,6 +233,12 @@ func FindByBackingFile(file string) ([]Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Match(all, file), nil
+}
+
+// Match returns the devices of all (a List) attached to file, as
+// FindByBackingFile does; for callers that look up many files at once.
+func Match(all []Device, file string) []Device {
 	var st unix.Stat_t
 	known := unix.Stat(file, &st) == nil
 	var out []Device
@@ -241,7 +247,7 @@ func FindByBackingFile(file string) ([]Device, error) {
 			out = append(out, d)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // FindUnder returns the devices whose backing file is a regular file

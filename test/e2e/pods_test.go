@@ -130,6 +130,12 @@ func TestPodDeployed(t *testing.T) {
 		}
 		return p.podReads("clone-grown", "mysql-clone-pvc", nodeA, verify+` && df -k /data | tail -1 | awk '{print "size-kib", $2}'`, sum, "size-kib 2")
 	})
+	p.step("expand the clone to 64Gi, more than node A holds: ControllerResizeInfeasible; lower it to 2560Mi: done, allocatedResources 2560Mi", func() error {
+		if err := p.recoverExpansion("mysql-clone-pvc", "64Gi", "2560Mi"); err != nil {
+			return err
+		}
+		return p.podReads("clone-recovered", "mysql-clone-pvc", nodeA, verify+` && df -k /data | tail -1 | awk '{print "size-kib", $2}'`, sum, "size-kib 2")
+	})
 	p.step("expand mysql-pvc to 2Gi while pod mysql runs: the pod sees the larger file system, no restart", func() error {
 		return p.growOnline("mysql", "mysql-pvc", "2Gi")
 	})

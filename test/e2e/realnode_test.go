@@ -205,6 +205,48 @@ func (e *env) pvGrown(pvc, size string) error {
 	})
 }
 
+// recoverExpansion asks for more than the volume's node can hold: the
+// PVC must record ControllerResizeInfeasible with the size unchanged; then
+// it lowers the request to size (recovery from expansion failure), which
+// must be carried out, with allocatedResources settling at size and no
+// resize status left.
+func (e *env) recoverExpansion(pvc, tooBig, size string) error {
+	if err := e.patchSize(pvc, tooBig); err != nil {
+		return err
+	}
+	var before resource.Quantity
+	err := e.eventually(2*time.Minute, func() error {
+		c, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, pvc, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		before = c.Status.Capacity[corev1.ResourceStorage]
+		if st := c.Status.AllocatedResourceStatuses[corev1.ResourceStorage]; st != corev1.PersistentVolumeClaimControllerResizeInfeasible {
+			return fmt.Errorf("allocatedResourceStatuses %q, want ControllerResizeInfeasible%s", st, e.lastEvent("PersistentVolumeClaim", pvc))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := e.patchSize(pvc, size); err != nil {
+		return fmt.Errorf("lower the request to %s (capacity %s): %w", size, before.String(), err)
+	}
+	want := resource.MustParse(size)
+	return e.eventually(2*time.Minute, func() error {
+		c, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, pvc, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		got, alloc := c.Status.Capacity[corev1.ResourceStorage], c.Status.AllocatedResources[corev1.ResourceStorage]
+		st, stSet := c.Status.AllocatedResourceStatuses[corev1.ResourceStorage]
+		if got.Cmp(want) != 0 || alloc.Cmp(want) != 0 || stSet {
+			return fmt.Errorf("capacity %s, allocatedResources %s, allocatedResourceStatuses %q; want %s, %s and none%s", got.String(), alloc.String(), st, size, size, e.lastEvent("PersistentVolumeClaim", pvc))
+		}
+		return nil
+	})
+}
+
 // growOnline patches the PVC of a running pod to size and waits until the
 // pod sees the larger file system, without a restart.
 func (e *env) growOnline(pod, pvc, size string) error {

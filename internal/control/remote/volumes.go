@@ -181,7 +181,10 @@ func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit in
 			return nil, model.Errorf(model.ErrFailedPrecondition, "volume %s cannot be expanded: %s", id, h.Message)
 		}
 	}
-	if size > v.Spec.RequiredBytes {
+	// A larger request, or a smaller one in place of a larger one that was
+	// never reached (recovery from a failed expansion: ExpandSize keeps it
+	// at or above the current size).
+	if size > v.Spec.RequiredBytes || (size < v.Spec.RequiredBytes && v.Status.SizeBytes < v.Spec.RequiredBytes) {
 		patch := client.MergeFrom(v.DeepCopy())
 		v.Spec.RequiredBytes = size
 		v.Spec.LimitBytes = limit
