@@ -70,7 +70,7 @@ func (r *Remote) CreateGroupSnapshot(ctx context.Context, name string, volumeIDs
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &g); err != nil {
 			return absent(err)
 		}
-		return r.judge(&g, g.Status.ObservedGeneration, g.Status.Phase, g.Status.Reason, g.Status.Message, func() bool { return g.Status.ReadyToUse })
+		return r.judge(&g, g.Generation, g.Status.ObservedGeneration, g.Status.Phase, g.Status.Reason, g.Status.Message, func() bool { return g.Status.ReadyToUse })
 	}, "group snapshot "+id)
 	if err != nil {
 		return nil, err

@@ -79,14 +79,16 @@ func (f *finalFailure) Unwrap() error { return f.err }
 
 // waitVolume polls a Volume until done says so for a status that describes
 // its current spec, a final failure, or the context's deadline (Aborted,
-// so the sidecar retries and the retry picks up the same object).
-func (r *Remote) waitVolume(ctx context.Context, id string, done func(*cairnv1.Volume) bool) (*cairnv1.Volume, error) {
+// so the sidecar retries and the retry picks up the same object). wrote is
+// the generation this call's own write produced (0: none): a cached read
+// older than it, with the status of the spec before, is waited out.
+func (r *Remote) waitVolume(ctx context.Context, id string, wrote int64, done func(*cairnv1.Volume) bool) (*cairnv1.Volume, error) {
 	var v cairnv1.Volume
 	err := r.wait(ctx, func() (bool, string, error) {
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
 			return absent(err)
 		}
-		return r.judge(&v, v.Status.ObservedGeneration, v.Status.Phase, v.Status.Reason, v.Status.Message, func() bool { return done(&v) })
+		return r.judge(&v, max(v.Generation, wrote), v.Status.ObservedGeneration, v.Status.Phase, v.Status.Reason, v.Status.Message, func() bool { return done(&v) })
 	}, "volume "+id)
 	return &v, err
 }
@@ -102,8 +104,8 @@ func absent(err error) (bool, string, error) {
 }
 
 // judge decides from a reported status whether a wait is over.
-func (r *Remote) judge(obj client.Object, observed int64, phase, reason, msg string, done func() bool) (bool, string, error) {
-	if observed < obj.GetGeneration() {
+func (r *Remote) judge(obj client.Object, generation, observed int64, phase, reason, msg string, done func() bool) (bool, string, error) {
+	if observed < generation {
 		return false, "waiting for node agent on " + obj.GetLabels()[cairnv1.NodeLabel], nil
 	}
 	if phase == cairnv1.PhaseFailed {

@@ -79,7 +79,7 @@ func (r *Remote) waitSnapshot(ctx context.Context, objName string, done func(*ca
 		if err := r.Client.Get(ctx, client.ObjectKey{Name: objName}, &s); err != nil {
 			return absent(err)
 		}
-		return r.judge(&s, s.Status.ObservedGeneration, s.Status.Phase, s.Status.Reason, s.Status.Message, func() bool { return done(&s) })
+		return r.judge(&s, s.Generation, s.Status.ObservedGeneration, s.Status.Phase, s.Status.Reason, s.Status.Message, func() bool { return done(&s) })
 	}, "snapshot "+objName)
 	if err != nil {
 		var failed *finalFailure

@@ -32,7 +32,7 @@ func (r *Remote) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 	case err != nil:
 		return nil, apiError("get volume "+id, err)
 	}
-	v, err := r.waitVolume(ctx, id, func(v *cairnv1.Volume) bool { return v.Status.Phase == cairnv1.PhaseReady })
+	v, err := r.waitVolume(ctx, id, 0, func(v *cairnv1.Volume) bool { return v.Status.Phase == cairnv1.PhaseReady })
 	if err != nil {
 		var failed *finalFailure
 		if errors.As(err, &failed) {
@@ -184,6 +184,7 @@ func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit in
 	// A larger request, or a smaller one in place of a larger one that was
 	// never reached (recovery from a failed expansion: ExpandSize keeps it
 	// at or above the current size).
+	var wrote int64
 	if size > v.Spec.RequiredBytes || (size < v.Spec.RequiredBytes && v.Status.SizeBytes < v.Spec.RequiredBytes) {
 		patch := client.MergeFrom(v.DeepCopy())
 		v.Spec.RequiredBytes = size
@@ -191,9 +192,10 @@ func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit in
 		if err := r.Client.Patch(ctx, &v, patch); err != nil {
 			return nil, apiError("expand volume "+id, err)
 		}
+		wrote = v.Generation
 		klog.InfoS("Volume expansion recorded", "volumeID", id, "size", size, "node", v.Spec.NodeName)
 	}
-	got, err := r.waitVolume(ctx, id, func(v *cairnv1.Volume) bool {
+	got, err := r.waitVolume(ctx, id, wrote, func(v *cairnv1.Volume) bool {
 		return v.Status.Phase == cairnv1.PhaseReady && v.Status.SizeBytes >= size
 	})
 	if err != nil {
