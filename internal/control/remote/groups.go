@@ -133,8 +133,12 @@ func (r *Remote) GetGroupSnapshot(ctx context.Context, id string, snapshotIDs []
 	return r.describeGroup(ctx, g)
 }
 
-// DeleteGroupSnapshot deletes the GroupSnapshot (its node deletes the
-// group and its members' data), then its members' Snapshot objects.
+// DeleteGroupSnapshot deletes the group's member Snapshots (their nodes
+// delete the data), then the GroupSnapshot (its node deletes the group).
+// Members go first, so a crash between the two leaves a group the retry
+// finds, not member objects without a group. The members are derived from
+// the spec (name and volumes), never from the node-written status, and
+// each must say it belongs to this group on its node.
 func (r *Remote) DeleteGroupSnapshot(ctx context.Context, id string, snapshotIDs []string) error {
 	g, err := r.getGroupObject(ctx, id)
 	if model.KindOf(err) == model.ErrNotFound {
@@ -148,13 +152,24 @@ func (r *Remote) DeleteGroupSnapshot(ctx context.Context, id string, snapshotIDs
 			return err
 		}
 	}
-	if err := r.deleteData(ctx, g); err != nil {
-		return err
-	}
-	for _, m := range g.Status.Members {
-		if err := r.deleteData(ctx, &cairnv1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: m.SnapshotID}}); err != nil {
-			return err
+	if g.Name == model.GroupSnapshotIDForName(g.Spec.Name) {
+		for _, v := range g.Spec.SourceVolumeIDs {
+			mid := model.GroupMemberSnapshotID(g.Spec.Name, v)
+			s, err := r.getSnapshotObject(ctx, mid)
+			if model.KindOf(err) == model.ErrNotFound {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if s.Spec.GroupSnapshot != g.Name || s.Spec.Type != cairnv1.SnapshotLocal || s.Spec.NodeName != g.Spec.NodeName || s.Spec.SourceVolumeID != v {
+				klog.InfoS("Snapshot object with a member's name is not this group's member; left alone", "object", mid, "groupSnapshot", g.Name)
+				continue
+			}
+			if err := r.deleteData(ctx, s); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	return r.deleteData(ctx, g)
 }

@@ -35,9 +35,11 @@ func (r *Remote) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 	v, err := r.waitVolume(ctx, id, 0, func(v *cairnv1.Volume) bool { return v.Status.Phase == cairnv1.PhaseReady })
 	if err != nil {
 		var failed *finalFailure
-		if errors.As(err, &failed) {
-			// Nothing usable was made: drop the object (the node agent's
-			// finalizer removes any partial data) so a retry starts over.
+		if errors.As(err, &failed) && v.Status.SizeBytes == 0 {
+			// Nothing usable was made: drop the object so a retry starts
+			// over. An object whose status once recorded a size is a
+			// volume that existed: it stays, so nothing new is made in
+			// its place.
 			r.deleteObject(ctx, failed.obj)
 		}
 		return nil, err
