@@ -254,9 +254,10 @@ func (r *Repo) quarantined(ctx context.Context) (map[badLoc]bool, error) {
 }
 
 func parseQuarantineKey(key string) (badLoc, bool) {
-	pack, file, ok := strings.Cut(strings.TrimPrefix(key, quarantinePrefix), "/")
+	rest, under := strings.CutPrefix(key, quarantinePrefix)
+	pack, file, ok := strings.Cut(rest, "/")
 	off, err := strconv.ParseInt(strings.TrimSuffix(file, ".json"), 10, 64)
-	if !ok || err != nil || !ValidHash(pack) || off < 0 || !strings.HasSuffix(file, ".json") {
+	if !under || !ok || err != nil || !ValidHash(pack) || off < 0 || !strings.HasSuffix(file, ".json") {
 		return badLoc{}, false
 	}
 	return badLoc{pack, off}, true

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"regexp"
+	"strings"
 )
 
 // IDs are derived from the caller's name with a hash, so a retried create
@@ -62,8 +63,11 @@ func ValidSnapshotID(id string) bool { return snapshotIDRe.MatchString(id) }
 func ValidBackupID(id string) bool { return backupIDRe.MatchString(id) }
 
 // ValidStoreVolumeID reports whether id can name a volume in a backup
-// store (see storeVolumeRe).
-func ValidStoreVolumeID(id string) bool { return storeVolumeRe.MatchString(id) }
+// store (see storeVolumeRe; no "..", so no part of a key or path looks
+// like a parent directory).
+func ValidStoreVolumeID(id string) bool {
+	return storeVolumeRe.MatchString(id) && !strings.Contains(id, "..")
+}
 
 // ValidTargetName reports whether name can name a backup target.
 func ValidTargetName(name string) bool { return targetNameRe.MatchString(name) }
