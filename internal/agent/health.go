@@ -25,7 +25,7 @@ func (a *Agent) checkHealth(ctx context.Context) error {
 	if err := a.client.List(ctx, &list, client.MatchingLabels{cairnv1.NodeLabel: a.Node}); err != nil {
 		return err
 	}
-	all, err := a.Engine.AllVolumeHealth(ctx)
+	all, err := a.Engine.AllVolumeHealth(ctx, 0)
 	if err != nil {
 		return err
 	}
@@ -36,7 +36,7 @@ func (a *Agent) checkHealth(ctx context.Context) error {
 		}
 		problems, ok := all[v.Name]
 		if !ok {
-			if _, err := a.Engine.GetVolume(ctx, v.Name); model.KindOf(err) == model.ErrNotFound {
+			if _, err := a.Engine.GetVolume(ctx, v.Name); model.KindOf(err) == model.ErrNotFound && a.stillWanted(ctx, v) {
 				problems = []model.HealthProblem{{Kind: model.HealthDataLoss, Reason: "VolumeMissing",
 					Message: fmt.Sprintf("the volume's directory is gone from node %s's data root %s (deleted by hand?): its data is lost; restore it from a snapshot or backup into a new PVC, then delete this one", a.Node, a.Engine.Root())}}
 			}
@@ -82,4 +82,15 @@ func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []
 		a.event(v, v.Spec.Parameters, false, "VolumeHealthy", "The volume's health problems are gone")
 	}
 	return nil
+}
+
+// stillWanted re-reads a Volume from the API server (the cache may lag a
+// deletion that has just removed its data): only a volume still present,
+// not being deleted, with the same UID is missing rather than deleted.
+func (a *Agent) stillWanted(ctx context.Context, v *cairnv1.Volume) bool {
+	var live cairnv1.Volume
+	if err := a.reader.Get(ctx, client.ObjectKeyFromObject(v), &live); err != nil {
+		return false
+	}
+	return live.UID == v.UID && live.DeletionTimestamp.IsZero()
 }

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -87,8 +88,10 @@ func TestGroupController(t *testing.T) {
 		"empty volume":  {Name: "x", SourceVolumeIds: []string{a, ""}},
 		"backup type":   {Name: "x", SourceVolumeIds: []string{a}, Parameters: map[string]string{"type": "backup"}},
 		"unknown param": {Name: "x", SourceVolumeIds: []string{a}, Parameters: map[string]string{"tpye": "snap"}},
+		"listed twice":  {Name: "x", SourceVolumeIds: []string{a, a}},
+		"too many":      {Name: "x", SourceVolumeIds: manyIDs(model.MaxGroupMembers + 1)},
 	} {
-		if _, err := gc.CreateVolumeGroupSnapshot(ctx, req); status.Code(err) != codes.InvalidArgument {
+		if _, err := gc.CreateVolumeGroupSnapshot(ctx, req); status.Code(err) != codes.InvalidArgument || (req.Name != "" && !strings.Contains(err.Error(), "parameters") && !strings.Contains(err.Error(), "source_volume_ids")) {
 			t.Errorf("%s: %v, want InvalidArgument", what, err)
 		}
 	}
@@ -104,4 +107,12 @@ func TestGroupController(t *testing.T) {
 	if _, err := gc.GetVolumeGroupSnapshot(ctx, &csipb.GetVolumeGroupSnapshotRequest{GroupSnapshotId: "g-x"}); status.Code(err) != codes.NotFound {
 		t.Errorf("get of a missing group: %v, want NotFound", err)
 	}
+}
+
+func manyIDs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("v-%d", i)
+	}
+	return out
 }

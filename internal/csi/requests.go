@@ -87,13 +87,8 @@ func createGroupSnapshotRequest(req *csipb.CreateVolumeGroupSnapshotRequest) err
 	if err := required(req.GetName(), "name"); err != nil {
 		return err
 	}
-	if len(req.GetSourceVolumeIds()) == 0 {
-		return invalid("source_volume_ids: at least one volume is required")
-	}
-	for i, id := range req.GetSourceVolumeIds() {
-		if id == "" {
-			return invalid("source_volume_ids[%d] is empty", i)
-		}
+	if err := model.CheckGroupMembers(req.GetSourceVolumeIds()); err != nil {
+		return toStatus(err)
 	}
 	if req.GetParameters()[paramSnapshotType] == "backup" {
 		return invalid("parameters.type \"backup\": a group snapshot is taken as local snapshots; back up its members' VolumeSnapshots afterwards")

@@ -58,6 +58,7 @@ type Engine struct {
 	exec          utilexec.Interface
 	trashSeq      atomic.Int64
 	bk            backups
+	health        healthCache
 }
 
 // Open prepares the data root (creating the layout on first use), detects

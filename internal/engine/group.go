@@ -67,16 +67,11 @@ func (e *Engine) CreateGroupSnapshot(ctx context.Context, name string, volumeIDs
 	if name == "" {
 		return nil, model.Errorf(model.ErrInvalidArgument, "name is required")
 	}
-	if len(volumeIDs) == 0 {
-		return nil, model.Errorf(model.ErrInvalidArgument, "source_volume_ids: at least one volume is required")
+	if err := model.CheckGroupMembers(volumeIDs); err != nil {
+		return nil, err
 	}
 	vols := slices.Clone(volumeIDs)
 	slices.Sort(vols)
-	for i := 1; i < len(vols); i++ {
-		if vols[i] == vols[i-1] {
-			return nil, model.Errorf(model.ErrInvalidArgument, "source_volume_ids: volume %q is listed twice", vols[i])
-		}
-	}
 	id := model.GroupSnapshotIDForName(name)
 	members := make([]GroupMember, len(vols))
 	keys := []string{id}

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	mountutils "k8s.io/mount-utils"
@@ -32,41 +34,75 @@ func (e *Engine) VolumeHealth(ctx context.Context, id string) ([]model.HealthPro
 	if err != nil {
 		return nil, err
 	}
-	var mounts []mountutils.MountInfo
-	if m.Stage != nil && !m.Stage.Block {
-		if mounts, err = mountutils.ParseMountInfo("/proc/self/mountinfo"); err != nil {
-			return nil, fmt.Errorf("read mounts: %w", err)
+	return boundedCheck(ctx, func() ([]model.HealthProblem, error) {
+		in, err := e.healthInputs()
+		if err != nil {
+			return nil, err
 		}
-	}
-	c, cerr := e.Capacity()
-	if cerr != nil {
-		c = Capacity{}
-	}
-	loops, err := loop.List()
-	if err != nil {
-		return nil, err
-	}
-	return e.volumeHealth(m, mounts, loops, c), nil
+		return e.volumeHealth(m, in), nil
+	})
 }
 
-// AllVolumeHealth checks every volume (one read of the mount table and
-// of the capacity for all), keyed by volume ID; unhealthy ones only.
-func (e *Engine) AllVolumeHealth(ctx context.Context) (map[string][]model.HealthProblem, error) {
+// HealthCheckTimeout bounds one pass of the health checks: a disk that
+// hangs makes the pass fail with a timeout rather than block its caller.
+const HealthCheckTimeout = 30 * time.Second
+
+// AllVolumeHealth checks every volume (one read of the mount table, the
+// loop devices and the capacity for all), keyed by volume ID; unhealthy
+// ones only. One pass runs at a time: a caller arriving during a pass
+// shares its result, and a result younger than maxAge is answered from
+// memory (the metrics scrape passes the heartbeat's age, the heartbeat 0).
+func (e *Engine) AllVolumeHealth(ctx context.Context, maxAge time.Duration) (map[string][]model.HealthProblem, error) {
+	h := &e.health
+	h.mu.Lock()
+	if h.done != nil && time.Since(h.at) <= maxAge {
+		all, err := h.all, h.err
+		h.mu.Unlock()
+		return all, err
+	}
+	pass := h.running
+	if pass == nil {
+		pass = make(chan struct{})
+		h.running = pass
+		go func() {
+			all, err := e.allVolumeHealth()
+			h.mu.Lock()
+			h.all, h.err, h.at, h.done, h.running = all, err, time.Now(), pass, nil
+			h.mu.Unlock()
+			close(pass)
+		}()
+	}
+	h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, HealthCheckTimeout)
+	defer cancel()
+	select {
+	case <-pass:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("health checks of data root %s did not finish (a hung disk?): %w", e.root, ctx.Err())
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.all, h.err
+}
+
+// healthCache is the last pass of AllVolumeHealth and the one running.
+type healthCache struct {
+	mu      sync.Mutex
+	running chan struct{} // closed when the running pass ends; nil: none
+	done    chan struct{} // the pass that produced all/err; nil: none yet
+	at      time.Time
+	all     map[string][]model.HealthProblem
+	err     error
+}
+
+func (e *Engine) allVolumeHealth() (map[string][]model.HealthProblem, error) {
 	ids, err := e.listIDs(volumesDir, model.ValidVolumeID)
 	if err != nil {
 		return nil, err
 	}
-	mounts, err := mountutils.ParseMountInfo("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	loops, err := loop.List()
+	in, err := e.healthInputs()
 	if err != nil {
 		return nil, err
-	}
-	c, cerr := e.Capacity()
-	if cerr != nil {
-		c = Capacity{}
 	}
 	out := map[string][]model.HealthProblem{}
 	for _, id := range ids {
@@ -74,16 +110,62 @@ func (e *Engine) AllVolumeHealth(ctx context.Context) (map[string][]model.Health
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		if p := e.volumeHealth(m, mounts, loops, c); len(p) > 0 {
+		if p := e.volumeHealth(m, in); len(p) > 0 {
 			out[id] = p
 		}
 	}
 	return out, nil
 }
 
-// volumeHealth checks m against the mount table, the attached loop devices
-// and the data root's capacity, each read once for all volumes.
-func (e *Engine) volumeHealth(m *VolumeMeta, mounts []mountutils.MountInfo, loops []loop.Device, c Capacity) []model.HealthProblem {
+// boundedCheck runs one check, giving up on it (it may stay blocked in
+// the kernel) after HealthCheckTimeout or when ctx ends.
+func boundedCheck[T any](ctx context.Context, check func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := check()
+		ch <- result{v, err}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, HealthCheckTimeout)
+	defer cancel()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("health check did not finish (a hung disk?): %w", ctx.Err())
+	}
+}
+
+// healthView is what every volume's check reads once per pass: the mount
+// table, the attached loop devices and the data root's capacity.
+type healthView struct {
+	mounts []mountutils.MountInfo
+	loops  []loop.Device
+	cap    Capacity
+}
+
+func (e *Engine) healthInputs() (healthView, error) {
+	var in healthView
+	var err error
+	if in.mounts, err = mountutils.ParseMountInfo("/proc/self/mountinfo"); err != nil {
+		return in, fmt.Errorf("read mounts: %w", err)
+	}
+	if in.loops, err = loop.List(); err != nil {
+		return in, err
+	}
+	if c, err := e.Capacity(); err == nil {
+		in.cap = c
+	}
+	return in, nil
+}
+
+// volumeHealth checks m against the view of the node read for this pass.
+func (e *Engine) volumeHealth(m *VolumeMeta, in healthView) []model.HealthProblem {
+	mounts, loops, c := in.mounts, in.loops, in.cap
 	var out []model.HealthProblem
 	add := func(kind model.HealthKind, reason, format string, args ...any) {
 		out = append(out, model.HealthProblem{Kind: kind, Reason: reason, Message: fmt.Sprintf(format, args...)})
@@ -195,6 +277,15 @@ func readProbe(path string, size int64) error {
 // StorageHealth checks the data root: present and writable, not nearly
 // full, and able to hold what its volumes were promised.
 func (e *Engine) StorageHealth(ctx context.Context) []model.HealthProblem {
+	out, err := boundedCheck(ctx, func() ([]model.HealthProblem, error) { return e.storageHealth(), nil })
+	if err != nil {
+		return []model.HealthProblem{{Kind: model.HealthInaccessible, Reason: "DataRootNotAnswering",
+			Message: fmt.Sprintf("data root %s: %v; check its disk (dmesg)", e.root, err)}}
+	}
+	return out
+}
+
+func (e *Engine) storageHealth() []model.HealthProblem {
 	if err := e.Health(); err != nil {
 		return []model.HealthProblem{{Kind: model.HealthInaccessible, Reason: "DataRootUnavailable",
 			Message: err.Error() + "; volumes on this node cannot be created, staged or written"}}

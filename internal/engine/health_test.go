@@ -42,7 +42,7 @@ func wantHealth(t *testing.T, e *Engine, id string, want ...string) {
 			t.Errorf("message too short to act on: %q", p.Message)
 		}
 	}
-	all, err := e.AllVolumeHealth(context.Background())
+	all, err := e.AllVolumeHealth(context.Background(), 0)
 	if err != nil || !slices.Equal(reasons(all[id]), want) {
 		t.Errorf("AllVolumeHealth[%s] = %v (%v), want %v", id, reasons(all[id]), err, want)
 	}
@@ -114,6 +114,11 @@ func TestVolumeHealth(t *testing.T) {
 		t.Errorf("cairn_volume_health_problem series %v, want [%s]", series, want)
 	}
 	ok(t, os.Remove(data))
+	// A scrape within HealthCacheAge answers from the last pass; the
+	// heartbeat's pass (maxAge 0) sees the change.
+	if all, err := e.AllVolumeHealth(ctx, time.Hour); err != nil || !slices.Equal(reasons(all[b.ID]), []string{"DataLoss/DataFileTruncated"}) {
+		t.Errorf("cached health: %v (%v), want the last pass's DataFileTruncated", reasons(all[b.ID]), err)
+	}
 	wantHealth(t, e, b.ID, "DataLoss/DataFileMissing")
 	ok(t, os.RemoveAll(e.volumeDir(b.ID)))
 	if _, err := e.VolumeHealth(ctx, b.ID); !errors.Is(err, model.ErrNotFound) {
@@ -153,5 +158,22 @@ func waitNoLoop(t *testing.T, e *Engine, id string) {
 	t.Helper()
 	for i := 0; i < 100 && len(loopsOf(t, e, id)) > 0; i++ {
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHealthCheckBounded: a check that blocks (a hung disk) fails its
+// caller when the context ends instead of blocking it.
+func TestHealthCheckBounded(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := boundedCheck(ctx, func() (int, error) { <-block; return 1, nil })
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("blocked check: %v after %v, want a deadline error at once", err, time.Since(start))
+	}
+	if v, err := boundedCheck(context.Background(), func() (int, error) { return 7, nil }); v != 7 || err != nil {
+		t.Fatalf("quick check: %v %v", v, err)
 	}
 }

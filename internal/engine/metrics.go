@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -43,7 +44,12 @@ var (
 		[]string{"type", "reason"}, nil)
 )
 
-// healthCollector runs the health checks at each scrape.
+// HealthCacheAge is how old a pass of the volume health checks a metrics
+// scrape may answer from (the node agent runs a pass every heartbeat, 30 s
+// by default); an older one is run again.
+const HealthCacheAge = 30 * time.Second
+
+// healthCollector answers from the last pass of the health checks.
 type healthCollector struct{ e *Engine }
 
 func (c healthCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -56,7 +62,7 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.e.StorageHealth(ctx) {
 		ch <- prometheus.MustNewConstMetric(storageHealthDesc, prometheus.GaugeValue, 1, string(p.Kind), p.Reason)
 	}
-	all, err := c.e.AllVolumeHealth(ctx)
+	all, err := c.e.AllVolumeHealth(ctx, HealthCacheAge)
 	if err != nil {
 		return
 	}

@@ -46,6 +46,34 @@ func GroupMemberSnapshotID(group, volumeID string) string {
 	return deriveID("s-", "group-member", group+"/"+volumeID)
 }
 
+// MaxGroupMembers bounds the volumes of one group snapshot: every member
+// is frozen in the same window, and its record is one small file (the
+// GroupSnapshot CRD's sourceVolumeIDs carries the same maxItems).
+const MaxGroupMembers = 256
+
+// CheckGroupMembers validates a group snapshot's source volume IDs: at
+// least one, at most MaxGroupMembers, none empty, none twice. The message
+// names the field source_volume_ids.
+func CheckGroupMembers(ids []string) error {
+	if len(ids) == 0 {
+		return Errorf(ErrInvalidArgument, "source_volume_ids: at least one volume is required")
+	}
+	if len(ids) > MaxGroupMembers {
+		return Errorf(ErrInvalidArgument, "source_volume_ids: %d volumes, at most %d can be snapshotted together", len(ids), MaxGroupMembers)
+	}
+	seen := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		if id == "" {
+			return Errorf(ErrInvalidArgument, "source_volume_ids[%d] is empty", i)
+		}
+		if seen[id] {
+			return Errorf(ErrInvalidArgument, "source_volume_ids: volume %q is listed twice", id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
 // ValidGroupSnapshotID reports whether id is a well-formed group snapshot ID.
 func ValidGroupSnapshotID(id string) bool { return groupIDRe.MatchString(id) }
 

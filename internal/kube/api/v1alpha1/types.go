@@ -255,6 +255,7 @@ type GroupSnapshotSpec struct {
 	// SourceVolumeIDs are the volumes snapshotted together, sorted.
 	// Immutable.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="sourceVolumeIDs is immutable"
 	SourceVolumeIDs []string `json:"sourceVolumeIDs"`
 	// Parameters are the VolumeGroupSnapshotClass parameters.
