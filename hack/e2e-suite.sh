@@ -110,7 +110,7 @@ build() {
 # whatever the selection (see docs/E2E-SUITE.md, "What is left out"):
 never=(
   '\[Disruptive\]'                                        # stop/start kubelet over SSH + systemctl
-  '\[Feature:(Windows|VolumeAttributesClass|SELinux|snapshotmetadata)\]'
+  '\[Feature:(Windows|SELinux|snapshotmetadata)\]'
   '\[Driver: cairn\.csi\.dev\] .*\[Feature:volumegroupsnapshot\]' # group snapshots run with testdriver-groups.yaml
   '\[Testpattern: (Pre-provisioned PV|Inline-volume|CSI Ephemeral-volume)' # an external driver has none
   '\((ntfs|ext3)\)'                                       # file systems Cairn does not format
@@ -144,9 +144,12 @@ selection() { # sets focus, skip, timeout for $1
   # policy, ~150 s); more takes the other three (~190 s each).
   local main='External.Storage \[Driver: cairn\.csi\.dev\] .*\]' groups='External.Storage \[Driver: cairn\.csi\.dev-groups\] .*\] volumegroupsnapshot'
   local group1='External.Storage \[Driver: cairn\.csi\.dev-groups\] \[Testpattern:  \(delete policy\)\] volumegroupsnapshottable'
+  # The default takes one volume-modify spec (a real ControllerModifyVolume
+  # on a running pod's volume); more takes the others.
+  local modify1='External.Storage \[Driver: cairn\.csi\.dev\] \[Testpattern: Dynamic PV \(default fs\)\] volume-modify .*should modify volume with no VAC'
   case "$1" in
-    default) focus="$main ($suites) |$group1"; skip="$skip|$slowish" ;;
-    more) focus="$main (volumes|subPath|ephemeral|fsgroupchangepolicy|capacity|topology|read-write-once-pod|multiVolume) |$groups"; skip="$skip|$slowish|$group1" ;;
+    default) focus="$main ($suites) |$group1|$modify1"; skip="$skip|$slowish" ;;
+    more) focus="$main (volumes|subPath|ephemeral|fsgroupchangepolicy|capacity|topology|read-write-once-pod|multiVolume|volume-modify) |$groups"; skip="$skip|$slowish|$group1|$modify1" ;;
     slow) focus="($main|$groups).*($slowish)"; timeout=3h ;;
     all) focus="$main|$groups"; timeout=3h ;;
     *) echo "unknown selection $1 (default, more, slow, all)" >&2; exit 2 ;;

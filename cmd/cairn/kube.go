@@ -113,6 +113,7 @@ func runNode(args []string) error {
 	dataRoot := fs.String("data-root", "/var/lib/cairn", "directory holding volumes and snapshots")
 	namespace := fs.String("namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of backup target credential Secrets ($POD_NAMESPACE overrides the default when set)")
 	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
+	cgroupFS := fs.String("cgroup-fs", "/sys/fs/cgroup", "where the host's cgroup file systems are mounted, to enforce volumes' I/O limits (iops, throughput); \"none\" turns limits off")
 	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	heartbeat := fs.Duration("heartbeat-interval", 30*time.Second, "how often the StorageNode status (capacity, health) is refreshed")
@@ -135,7 +136,7 @@ func runNode(args []string) error {
 	if err != nil {
 		return err
 	}
-	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy})
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, CgroupRoot: *cgroupFS})
 	if err != nil {
 		return err
 	}

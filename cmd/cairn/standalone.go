@@ -35,6 +35,7 @@ func runStandalone(args []string) error {
 	nodeID := fs.String("node-id", "", "this node's ID, reported by NodeGetInfo and used as topology (required)")
 	httpEndpoint := fs.String("http-endpoint", "", "address for /healthz and /metrics, e.g. 127.0.0.1:9808 (off if empty)")
 	freezeTimeout := fs.Duration("freeze-timeout", 10*time.Second, "longest a mounted file system stays frozen for a snapshot or clone")
+	cgroupFS := fs.String("cgroup-fs", "/sys/fs/cgroup", "where the host's cgroup file systems are mounted, to enforce volumes' I/O limits (iops, throughput); \"none\" turns limits off")
 	maxVolumes := fs.Int64("max-volumes", 0, "volumes per node reported to the scheduler (0: no limit)")
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	var targets targetFlags
@@ -59,7 +60,7 @@ func runStandalone(args []string) error {
 	if err != nil {
 		return err
 	}
-	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, BackupTargets: stores})
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, BackupTargets: stores, CgroupRoot: *cgroupFS})
 	if err != nil {
 		return err
 	}

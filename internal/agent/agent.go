@@ -223,6 +223,7 @@ func (a *Agent) report(ctx context.Context) error {
 		sn.Status.AvailableBytes = 0
 	}
 	sn.Status.CloneMode = string(a.Engine.CloneMode())
+	sn.Status.IOLimits = a.Engine.IOLimitsSupport()
 	sn.Status.BackupTargets = a.Engine.BackupTargets()
 	sn.Status.Version = a.Version
 	sn.Status.HeartbeatTime = metav1.Now()

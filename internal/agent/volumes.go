@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
 )
@@ -83,6 +84,15 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 				a.event(&v, v.Spec.Parameters, false, "Expanded", "Volume expanded to %d bytes (file system growth by the node: %t)", res.SizeBytes, res.NodeExpansionRequired)
 			}
 		}
+		if want := kube.IOLimits(v.Spec.IOLimits); err == nil && ev.IOLimits != want {
+			if ev, err = a.Engine.ModifyVolume(ctx, v.Name, want); err == nil {
+				msg = fmt.Sprintf("I/O limits %s on node %s", want, a.Node)
+				a.event(&v, v.Spec.Parameters, false, "Modified", "Volume I/O limits set: %s", want)
+			}
+		}
+		if err == nil {
+			v.Status.IOLimits = kube.IOLimitsObject(ev.IOLimits)
+		}
 	}
 	setOutcome(volumeStatus(&v), v.Generation, err, msg)
 	switch {
@@ -113,6 +123,7 @@ func createRequest(v *cairnv1.Volume) model.CreateVolumeRequest {
 	r := model.CreateVolumeRequest{
 		Name: v.Spec.Name, RequiredBytes: v.Spec.RequiredBytes, LimitBytes: v.Spec.LimitBytes,
 		Block: v.Spec.Block, FsType: v.Spec.FsType, Parameters: v.Spec.Parameters,
+		IOLimits: kube.IOLimits(v.Spec.IOLimits),
 	}
 	if s := v.Spec.Source; s != nil {
 		if s.Kind == cairnv1.SourceVolume {

@@ -27,6 +27,9 @@ type ControllerBackend interface {
 	GetVolume(ctx context.Context, id string) (*model.Volume, error)
 	ListVolumes(ctx context.Context) ([]*model.Volume, error)
 	ExpandVolume(ctx context.Context, id string, required, limit int64) (*model.ExpandResult, error)
+	// ModifyVolume changes the volume's I/O limits by the mutable
+	// parameters (validated; a key left out keeps its limit).
+	ModifyVolume(ctx context.Context, id string, params map[string]string) error
 	// VolumeHealth lists a volume's health problems (none: healthy);
 	// ErrNotFound for an unknown volume.
 	VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error)

@@ -173,6 +173,7 @@ func (c *controllerServer) ControllerGetCapabilities(context.Context, *csipb.Con
 		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csipb.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 		csipb.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csipb.ControllerServiceCapability_RPC_MODIFY_VOLUME,
 	} {
 		caps = append(caps, &csipb.ControllerServiceCapability{Type: &csipb.ControllerServiceCapability_Rpc{Rpc: &csipb.ControllerServiceCapability_RPC{Type: t}}})
 	}
@@ -336,4 +337,16 @@ func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csip
 		return nil, toStatus(err)
 	}
 	return &csipb.ControllerExpandVolumeResponse{CapacityBytes: res.SizeBytes, NodeExpansionRequired: res.NodeExpansionRequired}, nil
+}
+
+// ControllerModifyVolume changes a volume's mutable parameters (a
+// VolumeAttributesClass): its I/O limits. A key left out keeps its value.
+func (c *controllerServer) ControllerModifyVolume(ctx context.Context, req *csipb.ControllerModifyVolumeRequest) (*csipb.ControllerModifyVolumeResponse, error) {
+	if err := modifyVolumeRequest(req); err != nil {
+		return nil, err
+	}
+	if err := c.s.backend.ModifyVolume(ctx, req.GetVolumeId(), req.GetMutableParameters()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.ControllerModifyVolumeResponse{}, nil
 }

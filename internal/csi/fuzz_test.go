@@ -152,6 +152,12 @@ func (b fakeBackend) GetBackup(context.Context, string) (*model.BackupInfo, erro
 func (b fakeBackend) ExpandVolume(context.Context, string, int64, int64) (*model.ExpandResult, error) {
 	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
+func (b fakeBackend) ModifyVolume(_ context.Context, _ string, params map[string]string) error {
+	if _, err := (model.IOLimits{}).With(params, "mutable_parameters", true); err != nil {
+		b.t.Fatalf("ModifyVolume passed on %v: %v", params, err)
+	}
+	return model.Errorf(model.ErrNotFound, "fake")
+}
 func (b fakeBackend) VolumeHealth(context.Context, string) ([]model.HealthProblem, error) {
 	return nil, model.Errorf(model.ErrNotFound, "fake")
 }
@@ -186,6 +192,8 @@ func FuzzControllerRequests(f *testing.F) {
 		_, err = c.ControllerExpandVolume(ctx, &csipb.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: capRange})
 		errs = append(errs, err)
 		_, err = c.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: id})
+		errs = append(errs, err)
+		_, err = c.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: id, MutableParameters: map[string]string{typ: target, "iops": name}})
 		errs = append(errs, err)
 		_, err = c.GetCapacity(ctx, &csipb.GetCapacityRequest{AccessibleTopology: &csipb.Topology{Segments: map[string]string{TopologyKey: node}}})
 		errs = append(errs, err)

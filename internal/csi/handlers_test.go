@@ -72,11 +72,16 @@ func TestNodeHandlers(t *testing.T) {
 	if got := b.stage[0]; got.VolumeID != "v-1" || got.StagingPath != "/staging/v-1" || got.Block || got.FsType != "xfs" || !got.ReadOnly || len(got.MountFlags) != 1 {
 		t.Errorf("stage request %+v", got)
 	}
+	uid := "0b8f7f52-2a5c-4c39-9f5e-3a0d61b8f1e2"
 	if _, err := n.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "v-1", StagingTargetPath: "/staging/v-1", TargetPath: "/pods/p/v", Readonly: true,
-		VolumeCapability: blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER)}); err != nil {
+		VolumeCapability: blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER), VolumeContext: map[string]string{"csi.storage.k8s.io/pod.uid": uid}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.publish[0]; got.TargetPath != "/pods/p/v" || !got.Block || !got.ReadOnly || !got.SingleWriter {
+	if _, err := n.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "v-1", StagingTargetPath: "/staging/v-1", TargetPath: "/pods/p/v",
+		VolumeCapability: blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), VolumeContext: map[string]string{"csi.storage.k8s.io/pod.uid": "../../kubepods"}}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "pod.uid") {
+		t.Errorf("publish with a path as pod UID: %v", err)
+	}
+	if got := b.publish[0]; got.TargetPath != "/pods/p/v" || !got.Block || !got.ReadOnly || !got.SingleWriter || got.PodUID != uid || len(b.publish) != 1 {
 		t.Errorf("publish request %+v", got)
 	}
 	stats, err := n.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: "v-1", VolumePath: "/pods/p/v"})
@@ -209,5 +214,53 @@ func TestControllerCreateAndDescribe(t *testing.T) {
 	}
 	if b.got != nil {
 		t.Errorf("an invalid request reached the backend: %+v", b.got)
+	}
+}
+
+// TestControllerModify: a VolumeAttributesClass's parameters reach the
+// create request as I/O limits, over the StorageClass's; a modify with an
+// unknown key or a bad value is INVALID_ARGUMENT naming the field and
+// never reaches the backend.
+func TestControllerModify(t *testing.T) {
+	ctx := context.Background()
+	b := &volumeBackend{fakeBackend: fakeBackend{t: t}, vol: &model.Volume{ID: model.VolumeIDForName("pvc"), SizeBytes: 1 << 30, CreatedAt: time.Now()}}
+	c := &controllerServer{s: New(nil, b, Options{})}
+	_, err := c.CreateVolume(ctx, &csipb.CreateVolumeRequest{
+		Name: "pvc", VolumeCapabilities: []*csipb.VolumeCapability{blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)},
+		Parameters:        map[string]string{"iops": "100", "throughput": "20"},
+		MutableParameters: map[string]string{"iops": "300"},
+	})
+	if err != nil || b.got.IOLimits != (model.IOLimits{IOPS: 300, ThroughputMiBps: 20}) {
+		t.Fatalf("create: %v, limits %+v", err, b.got)
+	}
+	for what, req := range map[string]*csipb.CreateVolumeRequest{
+		"bad class value":   {Name: "x", Parameters: map[string]string{"iops": "lots"}},
+		"unknown VAC key":   {Name: "x", MutableParameters: map[string]string{"fsType": "xfs"}},
+		"VAC value too big": {Name: "x", MutableParameters: map[string]string{"throughput": "99999999"}},
+	} {
+		req.VolumeCapabilities = []*csipb.VolumeCapability{blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)}
+		if _, err := c.CreateVolume(ctx, req); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "parameters") {
+			t.Errorf("%s: %v, want InvalidArgument naming the parameters", what, err)
+		}
+	}
+	for what, req := range map[string]*csipb.ControllerModifyVolumeRequest{
+		"no volume":   {MutableParameters: map[string]string{"iops": "1"}},
+		"unknown key": {VolumeId: "v-1", MutableParameters: map[string]string{"xxInvalidParameterKey": "xxInvalidParameterValue"}},
+		"bad value":   {VolumeId: "v-1", MutableParameters: map[string]string{"iops": "-1"}},
+	} {
+		if _, err := c.ControllerModifyVolume(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", what, err)
+		}
+	}
+	if _, err := c.ControllerModifyVolume(ctx, &csipb.ControllerModifyVolumeRequest{VolumeId: "v-1", MutableParameters: map[string]string{"iops": "5"}}); status.Code(err) != codes.NotFound {
+		t.Errorf("modify of a missing volume: %v, want NotFound", err)
+	}
+	caps, _ := c.ControllerGetCapabilities(ctx, &csipb.ControllerGetCapabilitiesRequest{})
+	found := false
+	for _, cp := range caps.GetCapabilities() {
+		found = found || cp.GetRpc().GetType() == csipb.ControllerServiceCapability_RPC_MODIFY_VOLUME
+	}
+	if !found {
+		t.Error("MODIFY_VOLUME not advertised")
 	}
 }

@@ -37,6 +37,15 @@ func createVolumeRequest(req *csipb.CreateVolumeRequest) (model.CreateVolumeRequ
 	if fsType == "" {
 		fsType = paramFs
 	}
+	// StorageClass parameters may set I/O limits; a VolumeAttributesClass's
+	// (mutable_parameters) override them.
+	limits, err := model.IOLimits{}.With(req.GetParameters(), "parameters", false)
+	if err == nil {
+		limits, err = limits.With(req.GetMutableParameters(), "mutable_parameters", true)
+	}
+	if err != nil {
+		return out, model.Placement{}, toStatus(err)
+	}
 	out = model.CreateVolumeRequest{
 		Name:          req.GetName(),
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
@@ -44,6 +53,7 @@ func createVolumeRequest(req *csipb.CreateVolumeRequest) (model.CreateVolumeRequ
 		Block:         caps.Block,
 		FsType:        fsType,
 		Parameters:    req.GetParameters(),
+		IOLimits:      limits,
 	}
 	if src := req.GetVolumeContentSource(); src != nil {
 		switch {
@@ -181,7 +191,27 @@ func publishRequest(req *csipb.NodePublishVolumeRequest, owned func(string) bool
 	if m := vc.GetMount(); m != nil {
 		out.MountFlags = m.GetMountFlags()
 	}
+	if uid, ok := req.GetVolumeContext()[contextPodUID]; ok {
+		if !model.ValidPodUID(uid) {
+			return out, invalid("volume_context[%q] %q is not a pod UID", contextPodUID, uid)
+		}
+		out.PodUID = uid
+	}
 	return out, nil
+}
+
+// contextPodUID is set by kubelet with the CSIDriver's podInfoOnMount.
+const contextPodUID = "csi.storage.k8s.io/pod.uid"
+
+// modifyVolumeRequest checks ControllerModifyVolume: a volume and only
+// mutable parameters Cairn knows, with values in range, so that nothing
+// is applied from a request that is refused.
+func modifyVolumeRequest(req *csipb.ControllerModifyVolumeRequest) error {
+	if err := required(req.GetVolumeId(), "volume_id"); err != nil {
+		return err
+	}
+	_, err := model.IOLimits{}.With(req.GetMutableParameters(), "mutable_parameters", true)
+	return toStatus(err)
 }
 
 func unpublishRequest(req *csipb.NodeUnpublishVolumeRequest, owned func(string) bool) error {

@@ -112,8 +112,12 @@ func checkVolumeParameters(params map[string]string) (string, error) {
 			}
 			fs = v
 		case strings.HasPrefix(k, kubernetesPrefix):
+		case slices.Contains(model.MutableParameterKeys, k):
+			if _, err := (model.IOLimits{}).With(map[string]string{k: v}, "parameters", true); err != nil {
+				return "", toStatus(err)
+			}
 		default:
-			return "", invalid("parameters: unknown key %q (Cairn knows %s and %s*)", k, paramFsType, kubernetesPrefix)
+			return "", invalid("parameters: unknown key %q (Cairn knows %s, %s, %s*)", k, paramFsType, strings.Join(model.MutableParameterKeys, ", "), kubernetesPrefix)
 		}
 	}
 	return fs, nil

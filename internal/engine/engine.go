@@ -45,6 +45,10 @@ type Config struct {
 	ForceCopy bool
 	// BackupTargets are the object stores backups can go to, by name.
 	BackupTargets map[string]objstore.Store
+	// CgroupRoot is where the host's cgroup file systems are mounted, for
+	// volumes' I/O limits (--cgroup-fs; "" = /sys/fs/cgroup; "none": no
+	// limits can be set on this node).
+	CgroupRoot string
 }
 
 // Engine is the storage engine over one data root.
@@ -59,6 +63,7 @@ type Engine struct {
 	trashSeq      atomic.Int64
 	bk            backups
 	health        healthCache
+	limits        ioLimiter
 }
 
 // Open prepares the data root (creating the layout on first use), detects
@@ -109,6 +114,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
 	e.resumeBackups()
+	e.startLimits(bg, cfg.CgroupRoot)
 	return e, nil
 }
 

@@ -58,6 +58,9 @@ type PublishInfo struct {
 	Target       string `json:"target"`
 	ReadOnly     bool   `json:"readOnly,omitempty"`
 	SingleWriter bool   `json:"singleWriter,omitempty"`
+	// PodUID is the pod the target was published for (its cgroups get
+	// the volume's I/O limits); empty outside Kubernetes.
+	PodUID string `json:"podUID,omitempty"`
 }
 
 // VolumeMeta is <root>/volumes/<id>/volume.json.
@@ -76,9 +79,12 @@ type VolumeMeta struct {
 	// node (transfer.go); empty when it is this one.
 	SourceNode string            `json:"sourceNode,omitempty"`
 	Parameters map[string]string `json:"parameters,omitempty"`
-	CreatedAt  time.Time         `json:"createdAt"`
-	Stage      *StageInfo        `json:"stage,omitempty"`
-	Published  []PublishInfo     `json:"published,omitempty"`
+	// IOLimits are enforced on the volume's loop device while staged
+	// (docs/IOLIMITS.md); zero: none.
+	IOLimits  model.IOLimits `json:"ioLimits,omitzero"`
+	CreatedAt time.Time      `json:"createdAt"`
+	Stage     *StageInfo     `json:"stage,omitempty"`
+	Published []PublishInfo  `json:"published,omitempty"`
 }
 
 // SnapshotMeta is <root>/snapshots/<id>/snapshot.json.

@@ -78,6 +78,10 @@ func (e *Engine) StageVolume(ctx context.Context, req model.StageRequest) (err e
 	if err := e.saveVolume(m); err != nil {
 		return err
 	}
+	// Also clears what a crash left on a reused loop device.
+	if err := e.enforceLimits(m); err != nil {
+		klog.ErrorS(err, "Enforcing volume I/O limits failed; retried every few seconds", "volumeID", m.ID)
+	}
 	klog.InfoS("Volume staged", "volumeID", m.ID, "path", req.StagingPath, "device", dev, "block", req.Block)
 	return nil
 }
@@ -186,6 +190,7 @@ func (e *Engine) rollbackStage(m *VolumeMeta) error {
 			return err
 		}
 	}
+	e.clearLimits(m)
 	if err := e.detach(m.ID); err != nil {
 		return err
 	}
@@ -220,6 +225,7 @@ func (e *Engine) UnstageVolume(ctx context.Context, id, stagingPath string) erro
 		}
 	}
 	faults.Point("unstage:after-unmount")
+	e.clearLimits(m)
 	if err := e.detach(id); err != nil {
 		return err
 	}
@@ -269,7 +275,7 @@ func (e *Engine) PublishVolume(ctx context.Context, req model.PublishRequest) er
 		}
 	}
 	// Record first: reconciliation drops records whose mount never happened.
-	m.Published = append(m.Published, PublishInfo{Target: req.TargetPath, ReadOnly: req.ReadOnly, SingleWriter: req.SingleWriter})
+	m.Published = append(m.Published, PublishInfo{Target: req.TargetPath, ReadOnly: req.ReadOnly, SingleWriter: req.SingleWriter, PodUID: req.PodUID})
 	if err := e.saveVolume(m); err != nil {
 		return err
 	}
@@ -303,6 +309,12 @@ func (e *Engine) PublishVolume(ctx context.Context, req model.PublishRequest) er
 			return fmt.Errorf("bind mount %s at %s: %w", source, req.TargetPath, err)
 		}
 	}
+	if !m.IOLimits.Zero() {
+		if err := e.enforceLimits(m); err != nil {
+			klog.ErrorS(err, "Enforcing volume I/O limits failed; retried every few seconds", "volumeID", m.ID)
+		}
+		e.limitsChanged(m.ID) // watch the pod's cgroup for its containers
+	}
 	klog.InfoS("Volume published", "volumeID", m.ID, "target", req.TargetPath, "readOnly", req.ReadOnly)
 	return nil
 }
@@ -329,6 +341,11 @@ func (e *Engine) UnpublishVolume(ctx context.Context, id, target string) error {
 	}
 	if err := e.cleanupTarget(target); err != nil {
 		return err
+	}
+	for _, p := range m.Published {
+		if p.Target == target && p.PodUID != "" && !slices.ContainsFunc(m.Published, func(o PublishInfo) bool { return o.Target != target && o.PodUID == p.PodUID }) {
+			e.clearLimits(m, p.PodUID)
+		}
 	}
 	m.Published = slices.DeleteFunc(m.Published, func(p PublishInfo) bool { return p.Target == target })
 	if err := e.saveVolume(m); err != nil {

@@ -107,7 +107,7 @@ func (e *Engine) runRestore(ctx context.Context, req model.CreateVolumeRequest, 
 	}
 	meta := &VolumeMeta{
 		FormatVersion: FormatVersion, ID: id, Name: req.Name, SizeBytes: size, Block: req.Block, FsType: fsType,
-		Source: src, Parameters: req.Parameters, CreatedAt: time.Now().UTC(),
+		Source: src, Parameters: req.Parameters, IOLimits: req.IOLimits, CreatedAt: time.Now().UTC(),
 	}
 	start := time.Now()
 	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {

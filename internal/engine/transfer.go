@@ -260,6 +260,9 @@ type Fetch func(ctx context.Context) (io.ReadCloser, error)
 // reaches its deadline gets Aborted with the progress, and a retry waits
 // for the same copy. A bad or broken stream leaves nothing behind.
 func (e *Engine) ImportVolume(ctx context.Context, req model.CreateVolumeRequest, sourceNode string, fetch Fetch) (*model.Volume, error) {
+	if err := e.canLimit(req.IOLimits); err != nil {
+		return nil, err
+	}
 	src := req.RequestedSource()
 	if src == nil || src.Kind == model.SourceBackup {
 		return nil, model.Errorf(model.ErrInvalidArgument, "volume_content_source: a copy from another node needs a snapshot or volume source")
@@ -296,7 +299,7 @@ func (e *Engine) runImport(ctx context.Context, req model.CreateVolumeRequest, s
 	}
 	meta := &VolumeMeta{
 		FormatVersion: FormatVersion, ID: id, Name: req.Name, SizeBytes: size, Block: req.Block, FsType: fsType,
-		Source: &src, SourceNode: sourceNode, Parameters: req.Parameters, CreatedAt: time.Now().UTC(),
+		Source: &src, SourceNode: sourceNode, Parameters: req.Parameters, IOLimits: req.IOLimits, CreatedAt: time.Now().UTC(),
 	}
 	start := time.Now()
 	err = e.commitNew(ctx, volumesDir, id, func(dir string) error {

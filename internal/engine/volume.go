@@ -26,6 +26,9 @@ func (e *Engine) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 	if req.SourceSnapshotID != "" && req.SourceVolumeID != "" {
 		return nil, model.Errorf(model.ErrInvalidArgument, "volume_content_source: name a snapshot or a volume, not both")
 	}
+	if err := e.canLimit(req.IOLimits); err != nil {
+		return nil, err
+	}
 	if model.IsBackupHandle(req.SourceSnapshotID) {
 		return e.restoreVolume(ctx, req)
 	}
@@ -71,6 +74,7 @@ func (e *Engine) CreateVolume(ctx context.Context, req model.CreateVolumeRequest
 		FsType:        fsType,
 		Source:        src.source,
 		Parameters:    maps.Clone(req.Parameters),
+		IOLimits:      req.IOLimits,
 		CreatedAt:     time.Now().UTC(),
 	}
 	start := time.Now()
@@ -191,7 +195,7 @@ func (e *Engine) describe(m *VolumeMeta) *model.Volume {
 	alloc, _ := fsops.AllocatedBytes(e.volumeData(m.ID))
 	return &model.Volume{
 		ID: m.ID, Name: m.Name, SizeBytes: m.SizeBytes, Block: m.Block, FsType: m.FsType,
-		Source: m.Source, Parameters: m.Parameters, CreatedAt: m.CreatedAt, AllocatedBytes: alloc,
+		Source: m.Source, Parameters: m.Parameters, IOLimits: m.IOLimits, CreatedAt: m.CreatedAt, AllocatedBytes: alloc,
 	}
 }
 

@@ -38,3 +38,19 @@ func SnapshotObjectName(snapshotID string) string {
 	sum := sha256.Sum256([]byte("cairn/backup-handle/" + snapshotID))
 	return "b-" + hex.EncodeToString(sum[:16])
 }
+
+// IOLimits converts a Volume's limits (nil: none) to the model's.
+func IOLimits(l *cairnv1.IOLimits) model.IOLimits {
+	if l == nil {
+		return model.IOLimits{}
+	}
+	return model.IOLimits{IOPS: l.IOPS, ThroughputMiBps: l.ThroughputMiBps}
+}
+
+// IOLimitsObject converts the model's limits to a Volume's (nil: none).
+func IOLimitsObject(l model.IOLimits) *cairnv1.IOLimits {
+	if l.Zero() {
+		return nil
+	}
+	return &cairnv1.IOLimits{IOPS: l.IOPS, ThroughputMiBps: l.ThroughputMiBps}
+}

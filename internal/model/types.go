@@ -10,6 +10,8 @@ type CreateVolumeRequest struct {
 	Block         bool
 	FsType        string // for filesystem volumes; "" means DefaultFsType
 	Parameters    map[string]string
+	// IOLimits are enforced on the volume's device while it is staged.
+	IOLimits IOLimits
 	// At most one source. A bs:// snapshot ID names a backup.
 	SourceSnapshotID string
 	SourceVolumeID   string
@@ -24,6 +26,7 @@ type Volume struct {
 	FsType     string // "" for block volumes
 	Source     *Source
 	Parameters map[string]string
+	IOLimits   IOLimits
 	CreatedAt  time.Time
 	// AllocatedBytes is what the volume's file occupies on disk (0 where
 	// the backend does not know it).
@@ -119,6 +122,9 @@ type PublishRequest struct {
 	ReadOnly     bool
 	MountFlags   []string
 	SingleWriter bool // SINGLE_NODE_SINGLE_WRITER: one target at most
+	// PodUID is the pod the target is for ("" outside Kubernetes): its
+	// cgroups get the volume's I/O limits.
+	PodUID string
 }
 
 // VolumeStats is what NodeGetVolumeStats reports.

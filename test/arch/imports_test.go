@@ -23,12 +23,13 @@ var allowed = map[string][]string{
 	"internal/model":             {},
 	"internal/fsops":             {},
 	"internal/loop":              {},
+	"internal/iolimit":           {"internal/model"},
 	"internal/faults":            {},
 	"internal/registrar":         {},
 	"internal/objstore":          {},
 	"internal/kube/api/v1alpha1": {},
 	"internal/backup":            {"internal/model", "internal/objstore", "internal/fsops", "internal/faults"},
-	"internal/engine":            {"internal/model", "internal/backup", "internal/objstore", "internal/fsops", "internal/loop", "internal/faults"},
+	"internal/engine":            {"internal/model", "internal/backup", "internal/objstore", "internal/fsops", "internal/loop", "internal/iolimit", "internal/faults"},
 	"internal/csi":               {"internal/model"},
 	"internal/kube":              {"internal/model", "internal/kube/api/v1alpha1"},
 	"internal/control/local":     {"internal/csi", "internal/model", "internal/engine"},
@@ -41,7 +42,7 @@ var allowed = map[string][]string{
 // storage is what the controller side must not link, even indirectly: the
 // disk engine, its platform code, the backup store and mount-utils.
 var storage = []string{
-	module + "internal/engine", module + "internal/loop", module + "internal/fsops", module + "internal/faults",
+	module + "internal/engine", module + "internal/loop", module + "internal/iolimit", module + "internal/fsops", module + "internal/faults",
 	module + "internal/backup", module + "internal/objstore", "k8s.io/mount-utils",
 }
 

@@ -144,3 +144,16 @@ func (l Backend) GetGroupSnapshot(ctx context.Context, id string, snapshotIDs []
 func (l Backend) VolumeHealth(ctx context.Context, id string) ([]model.HealthProblem, error) {
 	return l.Engine.VolumeHealth(ctx, id)
 }
+
+func (l Backend) ModifyVolume(ctx context.Context, id string, params map[string]string) error {
+	v, err := l.Engine.GetVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	limits, err := v.IOLimits.With(params, "mutable_parameters", true)
+	if err != nil {
+		return err
+	}
+	_, err = l.Engine.ModifyVolume(ctx, id, limits)
+	return err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,6 +57,7 @@ func (r *Remote) createVolumeObject(ctx context.Context, id string, req model.Cr
 	spec := cairnv1.VolumeSpec{
 		Name: req.Name, RequiredBytes: req.RequiredBytes, LimitBytes: req.LimitBytes,
 		Block: req.Block, FsType: req.FsType, Parameters: req.Parameters,
+		IOLimits: kube.IOLimitsObject(req.IOLimits),
 	}
 	var (
 		node    string
@@ -110,7 +112,7 @@ func volumeInfo(v *cairnv1.Volume) *model.Volume {
 	out := &model.Volume{
 		ID: v.Name, Name: v.Spec.Name, SizeBytes: v.Status.SizeBytes, Block: v.Spec.Block,
 		FsType: v.Spec.FsType, Parameters: v.Spec.Parameters, CreatedAt: v.CreationTimestamp.Time,
-		Node: v.Spec.NodeName,
+		Node: v.Spec.NodeName, IOLimits: kube.IOLimits(v.Status.IOLimits),
 	}
 	if s := v.Spec.Source; s != nil {
 		out.Source = &model.Source{Kind: model.SourceKind(s.Kind), ID: s.ID}
@@ -204,4 +206,41 @@ func (r *Remote) ExpandVolume(ctx context.Context, id string, required, limit in
 		return nil, err
 	}
 	return &model.ExpandResult{SizeBytes: got.Status.SizeBytes, NodeExpansionRequired: got.Status.NodeExpansionRequired}, nil
+}
+
+// ModifyVolume records the volume's new I/O limits (the mutable
+// parameters over the current ones) and waits for its node to enforce
+// them. A node that cannot limit I/O refuses before anything is written.
+func (r *Remote) ModifyVolume(ctx context.Context, id string, params map[string]string) error {
+	var v cairnv1.Volume
+	if !model.ValidVolumeID(id) {
+		return model.Errorf(model.ErrNotFound, "volume %q not found", id)
+	}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
+		return notFoundOr(err, "volume %q not found", id)
+	}
+	want, err := kube.IOLimits(v.Spec.IOLimits).With(params, "mutable_parameters", true)
+	if err != nil {
+		return err
+	}
+	if !want.Zero() {
+		var sn cairnv1.StorageNode
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: v.Spec.NodeName}, &sn); err == nil && strings.HasPrefix(sn.Status.IOLimits, "unsupported") {
+			return model.Errorf(model.ErrInvalidArgument, "mutable_parameters: I/O limits (%s) cannot be enforced on node %s: %s", want, v.Spec.NodeName, sn.Status.IOLimits)
+		}
+	}
+	var wrote int64
+	if kube.IOLimits(v.Spec.IOLimits) != want {
+		patch := client.MergeFrom(v.DeepCopy())
+		v.Spec.IOLimits = kube.IOLimitsObject(want)
+		if err := r.Client.Patch(ctx, &v, patch); err != nil {
+			return apiError("modify volume "+id, err)
+		}
+		wrote = v.Generation
+		klog.InfoS("Volume I/O limits recorded", "volumeID", id, "limits", want.String(), "node", v.Spec.NodeName)
+	}
+	_, err = r.waitVolume(ctx, id, wrote, func(v *cairnv1.Volume) bool {
+		return v.Status.Phase == cairnv1.PhaseReady && kube.IOLimits(v.Status.IOLimits) == want
+	})
+	return err
 }

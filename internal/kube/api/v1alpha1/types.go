@@ -84,6 +84,21 @@ type VolumeSpec struct {
 	Parameters map[string]string `json:"parameters,omitempty"`
 	// Source is what the volume is created from, if anything.
 	Source *VolumeSource `json:"source,omitempty"`
+	// IOLimits are the volume's I/O limits (StorageClass parameters and
+	// the VolumeAttributesClass); mutable (ControllerModifyVolume).
+	IOLimits *IOLimits `json:"ioLimits,omitempty"`
+}
+
+// IOLimits limit a volume's reads and writes, each (docs/IOLIMITS.md).
+type IOLimits struct {
+	// IOPS: operations per second; 0 or absent: no limit.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10000000
+	IOPS int64 `json:"iops,omitempty"`
+	// ThroughputMiBps: MiB per second; 0 or absent: no limit.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	ThroughputMiBps int64 `json:"throughputMiBps,omitempty"`
 }
 
 // VolumeSource names a snapshot, volume or backup to create a volume from.
@@ -110,6 +125,8 @@ type VolumeStatus struct {
 	// NodeExpansionRequired is true when the last expansion must still be
 	// finished by the node service (the volume was staged).
 	NodeExpansionRequired bool `json:"nodeExpansionRequired,omitempty"`
+	// IOLimits are the limits the node enforces now.
+	IOLimits *IOLimits `json:"ioLimits,omitempty"`
 	// Message describes progress or the last error.
 	Message string `json:"message,omitempty"`
 	// Reason is a machine-readable cause for Phase Failed: an engine
@@ -355,6 +372,9 @@ type StorageNodeStatus struct {
 	AvailableBytes int64 `json:"availableBytes,omitempty"`
 	// CloneMode is reflink (O(1) snapshots and clones) or copy.
 	CloneMode string `json:"cloneMode,omitempty"`
+	// IOLimits says whether the node can enforce volumes' I/O limits
+	// ("cgroup-v1", "cgroup-v2"), or why not.
+	IOLimits string `json:"ioLimits,omitempty"`
 	// BackupTargets are the targets this node has opened.
 	BackupTargets []string `json:"backupTargets,omitempty"`
 	// Version of the node agent.
