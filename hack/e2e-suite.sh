@@ -33,17 +33,19 @@
 #    `go run ./hack/images` (busybox.tar, pause.tar and every e2e-*.tar).
 #
 #    SELECTION   what                                          specs
-#    default     provisioning, snapshottable, volume-expand,    23
+#    default     provisioning, snapshottable, volume-expand,    24
 #                volumeMode, one volumegroupsnapshottable spec
-#                (the second driver definition); no [Slow]/[Serial]
-#                (E2E_NODES=2 adds the topology suite: 27)
-#    more        volumes, subPath, ephemeral, fsgroupchange-    41
+#                (the second driver definition), one volume-
+#                modify spec; no [Slow]/[Serial]
+#                (E2E_NODES=2 adds the topology suite: 28)
+#    more        volumes, subPath, ephemeral, fsgroupchange-    50
 #                policy, capacity, topology, read-write-once-
 #                pod, multiVolume, the other three group
-#                snapshot specs; no [Slow]/[Serial]
-#    slow        every [Slow] or [Serial] spec that can run     50
-#                (4 of them group snapshot specs)
-#    all         default + more + slow                         114
+#                snapshot specs, nine volume-modify specs;
+#                no [Slow]/[Serial]
+#    slow        every [Slow] or [Serial] spec that can run     54
+#                (4 group snapshot, 4 volume-modify-stress)
+#    all         default + more + slow                         128
 #
 #    Environment: KUBECONFIG (required for run); E2E_REPORT_DIR (default
 #    _out/e2e-suite/SELECTION: JUnit XML, kubectl cache); E2E_PROCS (default

@@ -234,9 +234,16 @@ func (e *Engine) resyncLimits(ctx context.Context) []string {
 	l.mu.Unlock()
 	var dirs []string
 	for _, id := range ids {
-		unlock, err := e.locks.lock(ctx, id)
-		if err != nil {
+		// A long operation on the volume (a clone, a freeze) holds its
+		// lock: look again at the next pass rather than stall the others.
+		lctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		unlock, err := e.locks.lock(lctx, id)
+		cancel()
+		if ctx.Err() != nil {
 			return dirs
+		}
+		if err != nil {
+			continue
 		}
 		m, err := e.loadVolume(id)
 		switch {

@@ -139,6 +139,9 @@ func TestPodDeployed(t *testing.T) {
 	p.step("expand mysql-pvc to 2Gi while pod mysql runs: the pod sees the larger file system, no restart", func() error {
 		return p.growOnline("mysql", "mysql-pvc", "2Gi")
 	})
+	p.step("io-pvc of VolumeAttributesClass cairn-io-slow (iops 50): a pod's direct writes are throttled; switched to cairn-io-free while the pod runs: they are not", func() error {
+		return p.ioLimited("io-pvc", nodeA)
+	})
 	p.lifecycleFaults(nodeA, nodeB, verify, sum)
 	p.step("a pod pinned to node B with a claim larger than node B's free space is not scheduled (CSIStorageCapacity)", func() error {
 		return p.tooBigForNode("too-big", nodeB)

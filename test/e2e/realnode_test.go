@@ -521,3 +521,96 @@ func (e *env) startRealNode(allImages bool) {
 		return err
 	})
 }
+
+// ioLimited checks I/O limits from a VolumeAttributesClass on a running
+// pod: direct writes to pvc, created with a class of 50 IOPS, are
+// throttled; switching the PVC to a class without limits
+// (ControllerModifyVolume through csi-resizer) frees them, and the pod is
+// not restarted.
+func (e *env) ioLimited(pvc, node string) error {
+	for name, iops := range map[string]string{"cairn-io-slow": "50", "cairn-io-free": "0"} {
+		vac := &storagev1.VolumeAttributesClass{ObjectMeta: metav1.ObjectMeta{Name: name}, DriverName: driver,
+			Parameters: map[string]string{"iops": iops, "throughput": "0"}}
+		if _, err := e.kc.StorageV1().VolumeAttributesClasses().Create(e.ctx, vac, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	class := storageClass
+	c := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: pvc, Namespace: appNS},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:               []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName:          &class,
+			VolumeAttributesClassName: ptr("cairn-io-slow"),
+			Resources:                 corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+		},
+	}
+	if _, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Create(e.ctx, c, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	const pod = "io-writer"
+	if err := e.podOn(pod, pvc, node, "exec sleep 100000", false); err != nil {
+		return err
+	}
+	current := func(want string) error {
+		return e.eventually(3*time.Minute, func() error {
+			c, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, pvc, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if c.Status.CurrentVolumeAttributesClassName == nil || *c.Status.CurrentVolumeAttributesClassName != want || c.Status.ModifyVolumeStatus != nil {
+				return fmt.Errorf("PVC %s: current class %v, modify status %+v%s", pvc, c.Status.CurrentVolumeAttributesClassName, c.Status.ModifyVolumeStatus, e.lastEvent("PersistentVolumeClaim", pvc))
+			}
+			return nil
+		})
+	}
+	// 100 direct 4 KiB writes, timed from here (kubectl exec included).
+	writes := func() (time.Duration, error) {
+		var took time.Duration
+		err := e.eventually(2*time.Minute, func() error {
+			start := time.Now()
+			out, err := e.kubectl("exec", "-n", appNS, pod, "--", "dd", "if=/dev/zero", "of=/data/io", "bs=4k", "count=100", "oflag=direct")
+			took = time.Since(start)
+			if err != nil {
+				return fmt.Errorf("dd in pod %s: %v %s%s", pod, err, out, e.lastEvent("Pod", pod))
+			}
+			return nil
+		})
+		return took, err
+	}
+	if err := current("cairn-io-slow"); err != nil {
+		return err
+	}
+	slow, err := writes()
+	if err != nil {
+		return err
+	}
+	before, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	patch := `{"spec":{"volumeAttributesClassName":"cairn-io-free"}}`
+	if _, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Patch(e.ctx, pvc, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return err
+	}
+	if err := current("cairn-io-free"); err != nil {
+		return err
+	}
+	free, err := writes()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("e2e    100 direct writes in pod %s: %v at 50 IOPS, %v without a limit\n", pod, slow, free)
+	// 100 writes at 50 IOPS take about 2 s (the first few are free).
+	if slow < 1500*time.Millisecond || free*2 > slow {
+		return fmt.Errorf("100 direct writes took %v at 50 IOPS and %v without a limit: not throttled by the class", slow, free)
+	}
+	after, err := e.kc.CoreV1().Pods(appNS).Get(e.ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if after.UID != before.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
+		return errors.New("the pod was restarted")
+	}
+	return e.kc.CoreV1().Pods(appNS).Delete(e.ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+}
