@@ -190,6 +190,17 @@ func (a *Agent) recoverObjects(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list snapshots: %w", err)
 	}
+	// Only the members of a committed group (group.json written) are
+	// recovered: a member of a group still being taken, or being rolled
+	// back, is not a snapshot yet.
+	groups, err := a.Engine.ListGroupSnapshots(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list group snapshots: %w", err)
+	}
+	committed := map[string]bool{}
+	for _, g := range groups {
+		committed[g.ID] = true
+	}
 	n := 0
 	var errs []error
 	for _, ev := range vols {
@@ -208,6 +219,9 @@ func (a *Agent) recoverObjects(ctx context.Context) (int, error) {
 		errs = append(errs, err)
 	}
 	for _, es := range snaps {
+		if es.GroupSnapshotID != "" && !committed[es.GroupSnapshotID] {
+			continue
+		}
 		made, err := a.recoverOne(ctx, "Snapshot", &cairnv1.Snapshot{}, es.ID, func() (client.Object, func(client.Object), error) {
 			es, err := a.Engine.GetSnapshot(ctx, es.ID)
 			if err != nil {
@@ -221,10 +235,6 @@ func (a *Agent) recoverObjects(ctx context.Context) (int, error) {
 		})
 		n += made
 		errs = append(errs, err)
-	}
-	groups, err := a.Engine.ListGroupSnapshots(ctx)
-	if err != nil {
-		return n, errors.Join(append(errs, fmt.Errorf("list group snapshots: %w", err))...)
 	}
 	for _, eg := range groups {
 		made, err := a.recoverOne(ctx, "GroupSnapshot", &cairnv1.GroupSnapshot{}, eg.ID, func() (client.Object, func(client.Object), error) {
