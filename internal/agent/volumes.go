@@ -85,7 +85,9 @@ func (a *Agent) reconcileVolume(ctx context.Context, req reconcile.Request) (rec
 			}
 		}
 		if want := kube.IOLimits(v.Spec.IOLimits); err == nil && ev.IOLimits != want {
-			if ev, err = a.Engine.ModifyVolume(ctx, v.Name, want); err == nil {
+			var mv *model.Volume
+			if mv, err = a.Engine.ModifyVolume(ctx, v.Name, want); err == nil {
+				ev.IOLimits = mv.IOLimits
 				msg = fmt.Sprintf("I/O limits %s on node %s", want, a.Node)
 				a.event(&v, v.Spec.Parameters, false, "Modified", "Volume I/O limits set: %s", want)
 			}

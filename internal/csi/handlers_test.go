@@ -78,10 +78,10 @@ func TestNodeHandlers(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := n.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "v-1", StagingTargetPath: "/staging/v-1", TargetPath: "/pods/p/v",
-		VolumeCapability: blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), VolumeContext: map[string]string{"csi.storage.k8s.io/pod.uid": "../../kubepods"}}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "pod.uid") {
-		t.Errorf("publish with a path as pod UID: %v", err)
+		VolumeCapability: blockCap(csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), VolumeContext: map[string]string{"csi.storage.k8s.io/pod.uid": "../../kubepods"}}); err != nil || b.publish[1].PodUID != "" {
+		t.Errorf("publish with a path as pod UID: %v, passed on %q (want the publish, without the UID)", err, b.publish[len(b.publish)-1].PodUID)
 	}
-	if got := b.publish[0]; got.TargetPath != "/pods/p/v" || !got.Block || !got.ReadOnly || !got.SingleWriter || got.PodUID != uid || len(b.publish) != 1 {
+	if got := b.publish[0]; got.TargetPath != "/pods/p/v" || !got.Block || !got.ReadOnly || !got.SingleWriter || got.PodUID != uid || len(b.publish) != 2 {
 		t.Errorf("publish request %+v", got)
 	}
 	stats, err := n.NodeGetVolumeStats(ctx, &csipb.NodeGetVolumeStatsRequest{VolumeId: "v-1", VolumePath: "/pods/p/v"})

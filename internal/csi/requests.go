@@ -4,6 +4,7 @@ import (
 	"maps"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/model"
 )
@@ -192,10 +193,13 @@ func publishRequest(req *csipb.NodePublishVolumeRequest, owned func(string) bool
 		out.MountFlags = m.GetMountFlags()
 	}
 	if uid, ok := req.GetVolumeContext()[contextPodUID]; ok {
-		if !model.ValidPodUID(uid) {
-			return out, invalid("volume_context[%q] %q is not a pod UID", contextPodUID, uid)
+		// Only a UID names a pod's cgroup; anything else is not passed on
+		// (the publish goes ahead: the pod just gets no I/O limits).
+		if model.ValidPodUID(uid) {
+			out.PodUID = uid
+		} else {
+			klog.InfoS("Ignoring a volume_context pod UID that is not a UID", "key", contextPodUID, "value", uid, "volumeID", req.GetVolumeId())
 		}
-		out.PodUID = uid
 	}
 	return out, nil
 }

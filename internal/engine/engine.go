@@ -110,11 +110,13 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 	}
 	klog.InfoS("Data root opened", "root", root, "cloneMode", e.CloneMode())
+	// Before reconcile: the loop devices it detaches lose their limits.
+	e.openLimits(cfg.CgroupRoot)
 	if err := e.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
 	e.resumeBackups()
-	e.startLimits(bg, cfg.CgroupRoot)
+	e.startLimits(bg)
 	return e, nil
 }
 

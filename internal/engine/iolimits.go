@@ -29,7 +29,9 @@ type ioLimiter struct {
 	known map[string]bool // volumes whose limits the resync keeps
 }
 
-func (e *Engine) startLimits(ctx context.Context, cgroupRoot string) {
+// openLimits finds the block cgroup controller (before reconcile, whose
+// detaches must lift limits).
+func (e *Engine) openLimits(cgroupRoot string) {
 	l := &e.limits
 	l.kick = make(chan struct{}, 1)
 	l.known = map[string]bool{}
@@ -47,8 +49,16 @@ func (e *Engine) startLimits(ctx context.Context, cgroupRoot string) {
 		return
 	}
 	klog.InfoS("Volume I/O limits enforced through the block cgroup controller", "cgroupVersion", l.enf.Version(), "root", cgroupRoot)
-	// The first pass looks at every volume: limits recorded before a
-	// restart, and devices to clear.
+}
+
+// startLimits starts the resync. Its first pass looks at every volume
+// (limits recorded before a restart are put back, stale ones lifted) and
+// every pass lifts limits left on loop devices no longer attached.
+func (e *Engine) startLimits(ctx context.Context) {
+	l := &e.limits
+	if l.enf == nil {
+		return
+	}
 	ids, _ := e.listIDs(volumesDir, model.ValidVolumeID)
 	for _, id := range ids {
 		l.known[id] = true
@@ -93,66 +103,96 @@ func (e *Engine) ModifyVolume(ctx context.Context, id string, l model.IOLimits) 
 		}
 		klog.InfoS("Volume I/O limits set", "volumeID", id, "limits", l.String())
 	}
-	if err := e.enforceLimits(m); err != nil {
+	if err := e.enforceLimits(m, nil); err != nil {
 		return nil, err
 	}
 	return e.describe(m), nil
 }
 
 // enforceLimits writes m's limits (zero: none) for its loop devices into
-// the root cgroup and the cgroups of the pods it is published to. The
-// caller holds m's lock.
-func (e *Engine) enforceLimits(m *VolumeMeta) error {
+// the root cgroup and the cgroups of the pods it is published to; loops
+// is the list of attached devices (nil: read it). The caller holds m's
+// lock. A volume stays in the resync until its limits are written.
+func (e *Engine) enforceLimits(m *VolumeMeta, loops []loop.Device) error {
 	l := &e.limits
 	if l.enf == nil {
 		return nil
 	}
+	err := e.writeLimits(m, loops)
 	l.mu.Lock()
-	if m.IOLimits.Zero() {
-		delete(l.known, m.ID) // written once below; nothing to keep
+	if m.IOLimits.Zero() && err == nil {
+		delete(l.known, m.ID)
 	} else {
 		l.known[m.ID] = true
 	}
 	l.mu.Unlock()
+	return err
+}
+
+func (e *Engine) writeLimits(m *VolumeMeta, loops []loop.Device) error {
 	if m.Stage == nil {
 		return nil
 	}
-	devs, err := loop.FindByBackingFile(e.volumeData(m.ID))
-	if err != nil {
-		return err
+	if loops == nil {
+		var err error
+		if loops, err = loop.List(); err != nil {
+			return err
+		}
 	}
 	var errs []error
-	for _, d := range devs {
+	for _, d := range loop.Match(loops, e.volumeData(m.ID)) {
 		dev, err := iolimit.DeviceOf(d.Path)
 		if err == nil {
-			err = l.enf.Apply(dev, m.IOLimits, e.podsOf(m))
+			err = e.limits.enf.Apply(dev, m.IOLimits, e.podsOf(m))
 		}
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// clearLimits removes m's limits from its devices before they are
-// detached (a loop device is reused by the next volume attached) or from
-// one pod's cgroups when the pod stops using it. The caller holds m's lock.
-func (e *Engine) clearLimits(m *VolumeMeta, pods ...string) {
-	if e.limits.enf == nil || m.IOLimits.Zero() {
+// clearRootLimits lifts m's limits from the root cgroup (unstage: the
+// pods are gone). The caller holds m's lock.
+func (e *Engine) clearRootLimits(m *VolumeMeta) {
+	if e.limits.enf == nil {
+		return
+	}
+	devs, _ := loop.FindByBackingFile(e.volumeData(m.ID))
+	for _, d := range devs {
+		e.clearDeviceLimits(d)
+	}
+}
+
+// clearDeviceLimits lifts any limit on d's number in the root cgroup.
+func (e *Engine) clearDeviceLimits(d loop.Device) {
+	if e.limits.enf == nil {
+		return
+	}
+	dev, err := iolimit.DeviceOf(d.Path)
+	if err == nil {
+		err = e.limits.enf.ClearRoot(dev)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Lifting I/O limits from a loop device failed; the resync lifts them once it is detached", "device", d.Path)
+	}
+}
+
+// clearPodLimits lifts m's limits from one pod's cgroups (it stopped
+// using the volume). The caller holds m's lock.
+func (e *Engine) clearPodLimits(m *VolumeMeta, pod string) {
+	if e.limits.enf == nil {
 		return
 	}
 	devs, _ := loop.FindByBackingFile(e.volumeData(m.ID))
 	for _, d := range devs {
 		dev, err := iolimit.DeviceOf(d.Path)
 		if err == nil {
-			if len(pods) > 0 {
-				err = e.limits.enf.ApplyPods(dev, model.IOLimits{}, pods)
-			} else {
-				err = e.limits.enf.Apply(dev, model.IOLimits{}, e.podsOf(m))
-			}
+			err = e.limits.enf.ApplyPods(dev, model.IOLimits{}, []string{pod})
 		}
 		if err != nil {
-			klog.ErrorS(err, "Clearing volume I/O limits failed", "volumeID", m.ID, "device", d.Path)
+			klog.ErrorS(err, "Lifting I/O limits from a pod's cgroups failed", "volumeID", m.ID, "pod", pod)
 		}
 	}
+	e.limits.enf.Forget(pod)
 }
 
 func (e *Engine) podsOf(m *VolumeMeta) []string {
@@ -185,15 +225,19 @@ func (e *Engine) limitsChanged(id string) {
 // cgroup appears under a watched pod (a container started after the
 // publish), and when kicked.
 func (e *Engine) limitsLoop(ctx context.Context) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		klog.ErrorS(err, "Watching pods' cgroups failed; limits are checked every resync only")
+	var w *fsnotify.Watcher
+	if e.limits.enf.Version() == 1 { // v2's io.max holds for a pod's children
+		var err error
+		if w, err = fsnotify.NewWatcher(); err != nil {
+			klog.ErrorS(err, "Watching pods' cgroups failed; limits are checked every resync only")
+		}
 	}
 	var events chan fsnotify.Event
+	var werrs chan error
 	watched := map[string]bool{}
 	if w != nil {
 		defer w.Close()
-		events = w.Events
+		events, werrs = w.Events, w.Errors
 	}
 	t := time.NewTicker(limitsResync)
 	defer t.Stop()
@@ -212,20 +256,33 @@ func (e *Engine) limitsLoop(ctx context.Context) {
 				}
 			}
 		}
+	wait:
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-e.limits.kick:
-		case <-events:
+		case ev := <-events:
+			if !ev.Has(fsnotify.Create) {
+				goto wait // only a new cgroup (a container) needs a pass
+			}
+		case err := <-werrs:
+			klog.ErrorS(err, "Watching pods' cgroups") // the ticker still resyncs
 		}
 	}
 }
 
-// resyncLimits enforces the limits of every volume it knows of and
-// returns the pods' cgroup directories to watch.
+// resyncLimits enforces the limits of every volume it knows of, lifts
+// limits left on loop devices that are no longer attached, and returns
+// the pods' cgroup directories to watch.
 func (e *Engine) resyncLimits(ctx context.Context) []string {
 	l := &e.limits
+	loops, err := loop.List()
+	if err != nil {
+		klog.ErrorS(err, "Listing loop devices for I/O limits failed")
+		return nil
+	}
+	e.liftDetached(loops)
 	l.mu.Lock()
 	ids := make([]string, 0, len(l.known))
 	for id := range l.known {
@@ -252,7 +309,7 @@ func (e *Engine) resyncLimits(ctx context.Context) []string {
 			delete(l.known, id)
 			l.mu.Unlock()
 		default:
-			if err := e.enforceLimits(m); err != nil {
+			if err := e.enforceLimits(m, loops); err != nil {
 				klog.ErrorS(err, "Enforcing volume I/O limits failed", "volumeID", id)
 			}
 			if !m.IOLimits.Zero() && m.Stage != nil {
@@ -263,6 +320,32 @@ func (e *Engine) resyncLimits(ctx context.Context) []string {
 	}
 	return dirs
 }
+
+// liftDetached lifts root-cgroup limits from loop device numbers with no
+// device attached (a detach whose lift failed, or a crash between them):
+// the next device attached under that number is not throttled.
+func (e *Engine) liftDetached(loops []loop.Device) {
+	rules, err := e.limits.enf.RootDevices(loopMajor)
+	if err != nil {
+		return
+	}
+	attached := map[iolimit.Device]bool{}
+	for _, d := range loops {
+		if dev, err := iolimit.DeviceOf(d.Path); err == nil {
+			attached[dev] = true
+		}
+	}
+	for _, dev := range rules {
+		if !attached[dev] {
+			if err := e.limits.enf.ClearRoot(dev); err != nil {
+				klog.ErrorS(err, "Lifting I/O limits from a detached loop device failed", "device", dev.String())
+			}
+		}
+	}
+}
+
+// loopMajor is the loop driver's block major number.
+const loopMajor = 7
 
 // IOLimitsSupport says how this node enforces I/O limits ("cgroup-v1",
 // "cgroup-v2") or, prefixed "unsupported: ", why it cannot.

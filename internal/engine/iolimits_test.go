@@ -129,5 +129,19 @@ func TestIOLimits(t *testing.T) {
 	if throttleOf(t, blkio, dev) != 0 {
 		t.Errorf("root cgroup keeps the limit of a detached loop device")
 	}
+	// A rule left on a loop number with no device attached (a crash
+	// between lifting and detaching, a lift that failed) is lifted by the
+	// resync before another device gets the number.
+	if loopsOf(t, e, v.ID) == nil {
+		ok(t, os.WriteFile(filepath.Join(blkio, "blkio.throttle.write_iops_device"), []byte(dev.String()+" 7\n"), 0))
+		deadline := time.Now().Add(limitsResync + 2*time.Second)
+		for throttleOf(t, blkio, dev) != 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := throttleOf(t, blkio, dev); got != 0 {
+			ok(t, os.WriteFile(filepath.Join(blkio, "blkio.throttle.write_iops_device"), []byte(dev.String()+" 0\n"), 0))
+			t.Errorf("stale root rule on detached %s: %d, not lifted by the resync", dev, got)
+		}
+	}
 	ok(t, e.DeleteVolume(ctx, v.ID))
 }

@@ -79,7 +79,7 @@ func (e *Engine) StageVolume(ctx context.Context, req model.StageRequest) (err e
 		return err
 	}
 	// Also clears what a crash left on a reused loop device.
-	if err := e.enforceLimits(m); err != nil {
+	if err := e.enforceLimits(m, nil); err != nil {
 		klog.ErrorS(err, "Enforcing volume I/O limits failed; retried every few seconds", "volumeID", m.ID)
 	}
 	klog.InfoS("Volume staged", "volumeID", m.ID, "path", req.StagingPath, "device", dev, "block", req.Block)
@@ -185,12 +185,12 @@ func (e *Engine) extSize(dev string) (int64, error) {
 
 // rollbackStage undoes a partial stage: unmount, detach, forget.
 func (e *Engine) rollbackStage(m *VolumeMeta) error {
+	e.clearRootLimits(m)
 	if st := m.Stage; st != nil && !st.Block && e.isMounted(st.Path) {
 		if err := e.mounter.Unmount(st.Path); err != nil {
 			return err
 		}
 	}
-	e.clearLimits(m)
 	if err := e.detach(m.ID); err != nil {
 		return err
 	}
@@ -219,13 +219,16 @@ func (e *Engine) UnstageVolume(ctx context.Context, id, stagingPath string) erro
 	if len(m.Published) > 0 {
 		return model.Errorf(model.ErrFailedPrecondition, "volume %s is still published at %s", id, m.Published[0].Target)
 	}
+	// The pods are gone; lift the root cgroup's limit first so that the
+	// unmount's writeback is not throttled (cgroup v1 charges it there).
+	// A failed unstage gets it back from the resync.
+	e.clearRootLimits(m)
 	if !m.Stage.Block {
 		if err := e.unmountIfMounted(stagingPath); err != nil {
 			return err
 		}
 	}
 	faults.Point("unstage:after-unmount")
-	e.clearLimits(m)
 	if err := e.detach(id); err != nil {
 		return err
 	}
@@ -310,7 +313,7 @@ func (e *Engine) PublishVolume(ctx context.Context, req model.PublishRequest) er
 		}
 	}
 	if !m.IOLimits.Zero() {
-		if err := e.enforceLimits(m); err != nil {
+		if err := e.enforceLimits(m, nil); err != nil {
 			klog.ErrorS(err, "Enforcing volume I/O limits failed; retried every few seconds", "volumeID", m.ID)
 		}
 		e.limitsChanged(m.ID) // watch the pod's cgroup for its containers
@@ -344,7 +347,7 @@ func (e *Engine) UnpublishVolume(ctx context.Context, id, target string) error {
 	}
 	for _, p := range m.Published {
 		if p.Target == target && p.PodUID != "" && !slices.ContainsFunc(m.Published, func(o PublishInfo) bool { return o.Target != target && o.PodUID == p.PodUID }) {
-			e.clearLimits(m, p.PodUID)
+			e.clearPodLimits(m, p.PodUID)
 		}
 	}
 	m.Published = slices.DeleteFunc(m.Published, func(p PublishInfo) bool { return p.Target == target })
@@ -494,11 +497,18 @@ func (e *Engine) detach(id string) error {
 		return err
 	}
 	for _, d := range devs {
-		if err := loop.Detach(d.Path); err != nil {
+		if err := e.detachDevice(d); err != nil {
 			return fmt.Errorf("detach volume %s: %w", id, err)
 		}
 	}
 	return nil
+}
+
+// detachDevice detaches a loop device, first lifting any I/O limit on
+// its number (the kernel gives the number to the next device attached).
+func (e *Engine) detachDevice(d loop.Device) error {
+	e.clearDeviceLimits(d)
+	return loop.Detach(d.Path)
 }
 
 // isMounted reports whether something is mounted at path. When path

@@ -104,7 +104,7 @@ func (e *Engine) reconcile(ctx context.Context) error {
 	for _, d := range devs {
 		if !needed[d.Path] {
 			klog.InfoS("Detaching loop device no staged volume needs", "device", d.Path, "file", d.BackingFile)
-			if err := loop.Detach(d.Path); err != nil {
+			if err := e.detachDevice(d); err != nil {
 				return err
 			}
 		}
@@ -119,7 +119,7 @@ func (e *Engine) detachUnder(dir string) error {
 		return err
 	}
 	for _, d := range devs {
-		if err := loop.Detach(d.Path); err != nil {
+		if err := e.detachDevice(d); err != nil {
 			return err
 		}
 	}

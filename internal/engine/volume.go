@@ -268,7 +268,7 @@ func (e *Engine) deleteVolume(ctx context.Context, id string) error {
 	// A loop device left by an interrupted unstage must not outlive the file.
 	if devs, err := loop.FindByBackingFile(e.volumeData(id)); err == nil {
 		for _, d := range devs {
-			if err := loop.Detach(d.Path); err != nil {
+			if err := e.detachDevice(d); err != nil {
 				return err
 			}
 		}

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -60,9 +61,14 @@ type Enforcer struct {
 	hier string // the blkio hierarchy (v1) or the unified one (v2)
 	v2   bool
 
-	mu   sync.Mutex
-	pods map[string]string // pod UID -> its cgroup directory, once found
+	mu     sync.Mutex
+	pods   map[string]string    // pod UID -> its cgroup directory, once found
+	missed map[string]time.Time // pod UID -> when a search last found none
 }
+
+// missRetry is how long a pod whose cgroup was not found is not searched
+// for again (a search walks the hierarchy).
+const missRetry = 10 * time.Second
 
 // ErrUnsupported: the node has no block cgroup controller to enforce
 // limits with.
@@ -72,10 +78,10 @@ var ErrUnsupported = errors.New("no block I/O cgroup controller (blkio in cgroup
 // /sys/fs/cgroup; the host's, mounted into the node plugin's container).
 func New(root string) (*Enforcer, error) {
 	if _, err := os.Stat(filepath.Join(root, "blkio", v1Files[0].name)); err == nil {
-		return &Enforcer{hier: filepath.Join(root, "blkio"), pods: map[string]string{}}, nil
+		return &Enforcer{hier: filepath.Join(root, "blkio"), pods: map[string]string{}, missed: map[string]time.Time{}}, nil
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers")); err == nil && strings.Contains(" "+string(b)+" ", " io ") {
-		return &Enforcer{hier: root, v2: true, pods: map[string]string{}}, nil
+		return &Enforcer{hier: root, v2: true, pods: map[string]string{}, missed: map[string]time.Time{}}, nil
 	}
 	return nil, fmt.Errorf("%s: %w", root, ErrUnsupported)
 }
@@ -98,16 +104,22 @@ func (e *Enforcer) PodDir(uid string) string {
 	}
 	e.mu.Lock()
 	dir, ok := e.pods[uid]
+	missedAt, missed := e.missed[uid]
 	e.mu.Unlock()
 	if ok {
 		if _, err := os.Stat(dir); err == nil {
 			return dir
 		}
 	}
+	if missed && time.Since(missedAt) < missRetry {
+		return ""
+	}
 	dir = e.findPod(uid)
 	e.mu.Lock()
+	delete(e.pods, uid)
+	delete(e.missed, uid)
 	if dir == "" {
-		delete(e.pods, uid)
+		e.missed[uid] = time.Now()
 	} else {
 		e.pods[uid] = dir
 	}
@@ -115,11 +127,38 @@ func (e *Enforcer) PodDir(uid string) string {
 	return dir
 }
 
+// Forget drops what is known of a pod (it stopped using the volume).
+func (e *Enforcer) Forget(uid string) {
+	e.mu.Lock()
+	delete(e.pods, uid)
+	delete(e.missed, uid)
+	e.mu.Unlock()
+}
+
+// kubelet's pod cgroups sit directly under kubepods (Guaranteed) or under
+// its QoS class's cgroup (cgroupfs and systemd names).
+var (
+	kubepodsDirs = map[string]bool{"kubepods": true, "kubepods.slice": true}
+	qosDirs      = map[string]bool{"besteffort": true, "burstable": true, "kubepods-besteffort.slice": true, "kubepods-burstable.slice": true}
+)
+
+// kubeletPodDir reports whether p sits where kubelet puts a pod's cgroup.
+func kubeletPodDir(p string) bool {
+	parent := filepath.Dir(p)
+	if kubepodsDirs[filepath.Base(parent)] {
+		return true
+	}
+	return qosDirs[filepath.Base(parent)] && kubepodsDirs[filepath.Base(filepath.Dir(parent))]
+}
+
 // findPod walks the hierarchy (kubelet's pods are at most five levels
 // down) for uid's directory.
 func (e *Enforcer) findPod(uid string) string {
 	names := map[string]bool{"pod" + uid: true}
 	systemdSuffix := "pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
+	// The shallowest match in kubelet's layout: a directory of the same
+	// name that a pod with a writable cgroupfs makes in its own subtree is
+	// deeper than the real one.
 	var found string
 	_ = filepath.WalkDir(e.hier, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
@@ -128,9 +167,11 @@ func (e *Enforcer) findPod(uid string) string {
 		if rel, _ := filepath.Rel(e.hier, p); strings.Count(rel, string(filepath.Separator)) >= 5 {
 			return filepath.SkipDir
 		}
-		if names[d.Name()] || strings.HasSuffix(d.Name(), systemdSuffix) {
-			found = p
-			return filepath.SkipAll
+		if (names[d.Name()] || strings.HasSuffix(d.Name(), "-"+systemdSuffix)) && kubeletPodDir(p) {
+			if found == "" || strings.Count(p, string(filepath.Separator)) < strings.Count(found, string(filepath.Separator)) {
+				found = p
+			}
+			return filepath.SkipDir
 		}
 		return nil
 	})
@@ -143,6 +184,40 @@ func (e *Enforcer) findPod(uid string) string {
 // cheap and does not reset the kernel's accounting.
 func (e *Enforcer) Apply(dev Device, l model.IOLimits, podUIDs []string) error {
 	return e.apply(dev, l, podUIDs, !e.v2)
+}
+
+// ClearRoot removes dev's limits from the root cgroup (v1; v2 has none
+// there): done before a loop device is detached, since the kernel gives
+// its number to the next loop device attached.
+func (e *Enforcer) ClearRoot(dev Device) error {
+	if e.v2 {
+		return nil
+	}
+	return e.applyDir(e.hier, dev, model.IOLimits{})
+}
+
+// RootDevices lists the devices of major number major that have a limit
+// in the root cgroup (v1; none for v2).
+func (e *Enforcer) RootDevices(major uint32) ([]Device, error) {
+	if e.v2 {
+		return nil, nil
+	}
+	seen := map[Device]bool{}
+	var out []Device
+	for _, f := range v1Files {
+		b, err := os.ReadFile(filepath.Join(e.hier, f.name))
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			var d Device
+			if _, err := fmt.Sscanf(line, "%d:%d", &d.Major, &d.Minor); err == nil && d.Major == major && !seen[d] {
+				seen[d] = true
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
 }
 
 // ApplyPods is Apply on the pods' cgroups only (a pod stops using the
@@ -243,6 +318,11 @@ func applyV2(dir string, dev Device, l model.IOLimits) error {
 	}
 	want := map[string]string{"riops": val(l.IOPS), "wiops": val(l.IOPS), "rbps": val(l.ThroughputBytes()), "wbps": val(l.ThroughputBytes())}
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, derr := os.Stat(dir); derr == nil {
+			return fmt.Errorf("cgroup %s has no io.max: the io controller is not enabled for it", dir)
+		}
+	}
 	if err != nil {
 		return err
 	}

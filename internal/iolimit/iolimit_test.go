@@ -138,3 +138,49 @@ func TestV2Files(t *testing.T) {
 		t.Error("PodDir accepted a path as a UID")
 	}
 }
+
+// TestPodDirLayout: only kubelet's layout counts, the shallowest match
+// wins (a pod with a writable cgroupfs cannot plant a decoy for another
+// pod's UID inside its own subtree), and a missing pod is not searched
+// for again at once.
+func TestPodDirLayout(t *testing.T) {
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("io memory\n"), 0o644)
+	sys := func(uid string) string { return "kubepods-burstable-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice" }
+	attacker := filepath.Join(root, "kubepods.slice", "kubepods-besteffort.slice", sys("11111111-2222-3333-4444-555555555555"))
+	// The decoy sorts first and sits in kubelet-like dirs, but deeper.
+	decoy := filepath.Join(attacker, "kubepods", "besteffort", "pod"+podUID)
+	// Not in kubelet's layout at all.
+	stray := filepath.Join(root, "aaa", "pod"+podUID)
+	real := filepath.Join(root, "kubepods.slice", "kubepods-burstable.slice", sys(podUID))
+	for _, d := range []string{decoy, stray, real} {
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "io.max"), nil, 0o644)
+	}
+	e, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.PodDir(podUID); got != real {
+		t.Fatalf("PodDir = %s, want the real pod cgroup %s", got, real)
+	}
+	other := "99999999-8888-7777-6666-555555555555"
+	if e.PodDir(other) != "" {
+		t.Fatal("found a pod that has no cgroup")
+	}
+	late := filepath.Join(root, "kubepods.slice", sys(other))
+	os.MkdirAll(late, 0o755)
+	if e.PodDir(other) != "" {
+		t.Error("a missing pod was searched for again at once")
+	}
+	e.Forget(other)
+	if e.PodDir(other) != late {
+		t.Error("a forgotten pod was not searched for again")
+	}
+	// v2: a pod cgroup without io.max (io controller not enabled) is an
+	// error, not silently unlimited.
+	os.Remove(filepath.Join(real, "io.max"))
+	if err := e.Apply(Device{7, 1}, model.IOLimits{IOPS: 10}, []string{podUID}); err == nil || !strings.Contains(err.Error(), "io controller") {
+		t.Errorf("pod cgroup without io.max: %v", err)
+	}
+}

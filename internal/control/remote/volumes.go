@@ -224,9 +224,17 @@ func (r *Remote) ModifyVolume(ctx context.Context, id string, params map[string]
 		return err
 	}
 	if !want.Zero() {
+		// Refused before anything is written: a node that cannot limit
+		// I/O (or an agent too old to say) would fail the Volume.
 		var sn cairnv1.StorageNode
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: v.Spec.NodeName}, &sn); err == nil && strings.HasPrefix(sn.Status.IOLimits, "unsupported") {
-			return model.Errorf(model.ErrInvalidArgument, "mutable_parameters: I/O limits (%s) cannot be enforced on node %s: %s", want, v.Spec.NodeName, sn.Status.IOLimits)
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: v.Spec.NodeName}, &sn); err != nil {
+			return model.Errorf(model.ErrUnavailable, "volume %s: node %s's StorageNode cannot be read: %v", id, v.Spec.NodeName, err)
+		}
+		if s := sn.Status.IOLimits; s == "" || strings.HasPrefix(s, "unsupported") {
+			if s == "" {
+				s = "its agent does not report I/O limit support"
+			}
+			return model.Errorf(model.ErrInvalidArgument, "mutable_parameters: I/O limits (%s) cannot be enforced on node %s: %s", want, v.Spec.NodeName, s)
 		}
 	}
 	var wrote int64
