@@ -573,7 +573,7 @@ func TestManifestsDecode(t *testing.T) {
 			t.Errorf("cairn node container is not privileged: %+v", c.SecurityContext)
 		}
 		wantArgs := []string{"node", "--endpoint=unix:///csi/csi.sock", "--node-id=$(NODE_NAME)", "--data-root=" + dataRoot,
-			"--namespace=$(POD_NAMESPACE)", "--http-endpoint=:9809", "--transfer-endpoint=:9810", "--v=2"}
+			"--namespace=$(POD_NAMESPACE)", "--http-endpoint=:9809", "--transfer-endpoint=:9810", "--cgroup-fs=/host/sys/fs/cgroup", "--v=2"}
 		if !slices.Equal(c.Args, wantArgs) {
 			t.Errorf("cairn node args\n\t%v\nwant\n\t%v", c.Args, wantArgs)
 		}
