@@ -612,5 +612,7 @@ func (e *env) ioLimited(pvc, node string) error {
 	if after.UID != before.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
 		return errors.New("the pod was restarted")
 	}
-	return e.kc.CoreV1().Pods(appNS).Delete(e.ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+	// The pod keeps running: deleting it here would unstage io-pvc while
+	// the next steps compare node A's mounts and loop devices.
+	return nil
 }
