@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -240,46 +239,22 @@ func (r *Repo) plan(f *os.File, size int64, src Source) ([]blockPlan, map[int64]
 	for _, e := range src.Parent.Blocks {
 		parentEntries[e.Offset] = e
 	}
+	// A block is reused when no changed range touches it; everything past
+	// the parent's end is read.
+	changed := fsops.Changed(par, cur, min(size, pst.Size()))
+	c := 0
 	for n := range plan {
 		lo := int64(n) * bs
 		hi := lo + blockLen(bs, size, lo)
 		if hi > pst.Size() {
 			continue // beyond the parent: read it
 		}
-		if sameExtents(clip(cur, lo, hi), clip(par, lo, hi)) {
+		for c < len(changed) && changed[c].End() <= lo {
+			c++
+		}
+		if c == len(changed) || changed[c].Offset >= hi {
 			plan[n] = planReuse
 		}
 	}
 	return plan, parentEntries, nil
-}
-
-// clip returns the extents overlapping [lo,hi), cut to that range, with
-// physical offsets adjusted.
-func clip(exts []fsops.Extent, lo, hi int64) []fsops.Extent {
-	i := sort.Search(len(exts), func(i int) bool { return exts[i].Logical+exts[i].Length > lo })
-	var out []fsops.Extent
-	for ; i < len(exts) && exts[i].Logical < hi; i++ {
-		e := exts[i]
-		s, t := max(e.Logical, lo), min(e.Logical+e.Length, hi)
-		out = append(out, fsops.Extent{Logical: s, Physical: e.Physical + (s - e.Logical), Length: t - s, Flags: e.Flags})
-	}
-	return out
-}
-
-// sameExtents reports whether two clipped extent lists map the same bytes
-// to the same physical blocks, so the data cannot differ.
-func sameExtents(a, b []fsops.Extent) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	const unstable = fsops.FiemapExtentUnknown | fsops.FiemapExtentDelalloc
-	for i := range a {
-		if a[i].Flags&unstable != 0 || b[i].Flags&unstable != 0 {
-			return false
-		}
-		if a[i].Logical != b[i].Logical || a[i].Physical != b[i].Physical || a[i].Length != b[i].Length {
-			return false
-		}
-	}
-	return true
 }
