@@ -89,3 +89,37 @@ func recoverInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo
 	}()
 	return handler(ctx, req)
 }
+
+// streamInterceptor gives a streaming call (the SnapshotMetadata service)
+// what the unary chain gives the others: a request ID in its logger, a log
+// line, the metrics and a recovered panic.
+func streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	id := fmt.Sprintf("req-%d", requestSeq.Add(1))
+	ctx := context.WithValue(ss.Context(), requestIDKey{}, id)
+	logger := klog.FromContext(ctx).WithValues("requestID", id)
+	ctx = klog.NewContext(ctx, logger)
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			logger.Error(nil, "Panic in GRPC handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
+		}
+		d := time.Since(start)
+		rpcSeconds.WithLabelValues(info.FullMethod).Observe(d.Seconds())
+		rpcTotal.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+		if err != nil {
+			logger.Error(err, "GRPC error", "method", info.FullMethod, "duration", d)
+		} else {
+			logger.V(3).Info("GRPC stream done", "method", info.FullMethod, "duration", d)
+		}
+	}()
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+// ctxStream is a server stream with the interceptor's context.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }

@@ -64,6 +64,9 @@ func (s *Services) Register(srv *grpc.Server, controller, node bool) {
 		if g, ok := s.groups(); ok {
 			csipb.RegisterGroupControllerServer(srv, &groupControllerServer{g: g})
 		}
+		if m, ok := s.metadata(); ok {
+			csipb.RegisterSnapshotMetadataServer(srv, &snapshotMetadataServer{m: m})
+		}
 	}
 	if node {
 		csipb.RegisterNodeServer(srv, &nodeServer{s: s})
@@ -72,7 +75,8 @@ func (s *Services) Register(srv *grpc.Server, controller, node bool) {
 
 // NewGRPCServer returns a gRPC server with Cairn's interceptor chain.
 func NewGRPCServer() *grpc.Server {
-	return grpc.NewServer(grpc.ChainUnaryInterceptor(requestIDInterceptor, loggingInterceptor, metricsInterceptor, recoverInterceptor))
+	return grpc.NewServer(grpc.ChainUnaryInterceptor(requestIDInterceptor, loggingInterceptor, metricsInterceptor, recoverInterceptor),
+		grpc.ChainStreamInterceptor(streamInterceptor))
 }
 
 // Listen opens the endpoint, unix:///path or a plain path, removing a
@@ -147,6 +151,9 @@ func (i *identityServer) GetPluginCapabilities(context.Context, *csipb.GetPlugin
 		caps = append([]*csipb.PluginCapability{svc(csipb.PluginCapability_Service_CONTROLLER_SERVICE)}, caps...)
 		if _, ok := i.s.groups(); ok {
 			caps = append(caps, svc(csipb.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
+		}
+		if _, ok := i.s.metadata(); ok {
+			caps = append(caps, svc(csipb.PluginCapability_Service_SNAPSHOT_METADATA_SERVICE))
 		}
 	}
 	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil

@@ -146,7 +146,9 @@ func TestV2Files(t *testing.T) {
 func TestPodDirLayout(t *testing.T) {
 	root := t.TempDir()
 	os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("io memory\n"), 0o644)
-	sys := func(uid string) string { return "kubepods-burstable-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice" }
+	sys := func(uid string) string {
+		return "kubepods-burstable-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
+	}
 	attacker := filepath.Join(root, "kubepods.slice", "kubepods-besteffort.slice", sys("11111111-2222-3333-4444-555555555555"))
 	// The decoy sorts first and sits in kubelet-like dirs, but deeper.
 	decoy := filepath.Join(attacker, "kubepods", "besteffort", "pod"+podUID)

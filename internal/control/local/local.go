@@ -20,6 +20,7 @@ type Backend struct {
 var (
 	_ csi.ControllerBackend = Backend{}
 	_ csi.GroupBackend      = Backend{}
+	_ csi.MetadataBackend   = Backend{}
 )
 
 func (l Backend) Health(context.Context) error { return l.Engine.Health() }
@@ -156,4 +157,8 @@ func (l Backend) ModifyVolume(ctx context.Context, id string, params map[string]
 	}
 	_, err = l.Engine.ModifyVolume(ctx, id, limits)
 	return err
+}
+
+func (l Backend) SnapshotMetadata(ctx context.Context, q model.MetadataQuery, emit func(model.MetadataChunk) error) error {
+	return l.Engine.SnapshotMetadata(ctx, q, emit)
 }
