@@ -9,6 +9,8 @@
 #   csi-resizer                      hack/tools/resizer     (external-resizer/v2)
 #   csi-snapshotter snapshot-controller
 #                                    hack/tools/snapshotter (external-snapshotter/v8)
+#   csi-snapshot-metadata            hack/tools/snapshotmetadata
+#                                    (external-snapshot-metadata v1.0.0, the CBT sidecar)
 #
 # Each folder is a tools module whose go.mod requires the upstream module and
 # repeats its replace directives (local-path replaces pinned to the published
@@ -31,7 +33,7 @@ kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
 
-all=(kube provisioner resizer snapshotter)
+all=(kube provisioner resizer snapshotter snapshotmetadata)
 
 stamp_of() { cat "$root/hack/tools/$1/go.mod" "$root/hack/tools/$1/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16; }
 built() { [ -f "$bindir/.$1.stamp" ] && [ "$(cat "$bindir/.$1.stamp")" = "$(stamp_of "$1")" ]; }
@@ -55,6 +57,7 @@ for m in "${mods[@]}"; do
   echo "building $m tools into $bindir (cold: several minutes)..." >&2
   ldflags="-s -w"
   [ "$m" = kube ] && ldflags="$ldflags $kube_ldflags"
+  [ "$m" = snapshotmetadata ] && ldflags="$ldflags -X main.version=v1.0.0"
   # Every tool directive of the module, built into bindir under its own name.
   mapfile -t pkgs < <(cd "$dir" && GOWORK=off go list -m -json >/dev/null && sed -n '/^tool (/,/^)/p;/^tool [^(]/p' go.mod | grep -oE '[a-z0-9.]+\.[a-z]+/[^ )]+' )
   for p in "${pkgs[@]}"; do

@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
 )
@@ -67,7 +68,7 @@ type Agent struct {
 	TransferAddress string
 
 	reader   client.Reader // the API server, uncached: other nodes' objects
-	ident    *identity
+	ident    *kube.Identity
 	transfer net.Listener
 	client   client.Client
 	events   recorder.EventRecorder
@@ -100,7 +101,7 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	a.client = mgr.GetClient()
 	a.reader = mgr.GetAPIReader()
 	var err error
-	if a.ident, err = newIdentity(a.Node); err != nil {
+	if a.ident, err = kube.NewIdentity("cairn-node " + a.Node); err != nil {
 		return fmt.Errorf("transfer certificate: %w", err)
 	}
 	if a.TransferEndpoint != "" {

@@ -2,18 +2,10 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"strings"
@@ -23,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cairn-csi/cairn/internal/engine"
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
 )
@@ -41,51 +34,9 @@ const (
 	idleTimeout = time.Minute
 )
 
-// identity is this agent's transfer certificate and its pin.
-type identity struct {
-	cert tls.Certificate
-	pin  string
-}
-
-func newIdentity(node string) (*identity, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: "cairn-node " + node},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	return &identity{cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pin: pinOf(der)}, nil
-}
-
-func pinOf(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
-}
-
-// peerPin is the pin of the certificate the other side presented.
-func peerPin(cs *tls.ConnectionState) string {
-	if cs == nil || len(cs.PeerCertificates) == 0 {
-		return ""
-	}
-	return pinOf(cs.PeerCertificates[0].Raw)
-}
-
 // transferStatus is what the StorageNode publishes.
 func (a *Agent) transferStatus() *cairnv1.TransferEndpoint {
-	return &cairnv1.TransferEndpoint{Address: a.TransferAddress, CertificateSHA256: a.ident.pin}
+	return &cairnv1.TransferEndpoint{Address: a.TransferAddress, CertificateSHA256: a.ident.Pin}
 }
 
 // listenTransfer opens the transfer listener (SetupWithManager) so that a
@@ -105,10 +56,11 @@ func (a *Agent) listenTransfer() (net.Listener, error) {
 func (a *Agent) serveTransfer(ctx context.Context, ln net.Listener) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/volumes/{id}/source", a.serveSource)
+	mux.HandleFunc("GET /v1/snapshots/{id}/metadata", a.serveMetadata)
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{
-			MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{a.ident.cert},
+			MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{a.ident.Cert},
 			ClientAuth: tls.RequireAnyClientCert, // checked against the pin in serveSource
 		},
 		ReadHeaderTimeout: 10 * time.Second,
@@ -118,36 +70,45 @@ func (a *Agent) serveTransfer(ctx context.Context, ln net.Listener) {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	klog.InfoS("Serving cross-node copies", "listen", ln.Addr().String(), "address", a.TransferAddress, "certificateSHA256", a.ident.pin)
+	klog.InfoS("Serving cross-node copies", "listen", ln.Addr().String(), "address", a.TransferAddress, "certificateSHA256", a.ident.Pin)
 	if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		klog.ErrorS(err, "Cross-node copy server stopped")
 	}
 }
 
-// errDenied is a copy the request is not entitled to (403).
-var errDenied = errors.New("copy refused")
+// errDenied is a request the caller is not entitled to (403).
+var errDenied = errors.New("refused")
+
+// refuse answers a request refused before its body with the status for
+// err and its reason in reasonHeader, so the caller fails with the same
+// kind.
+func refuse(w http.ResponseWriter, log klog.Logger, msg string, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, errUnauthenticated):
+		code = http.StatusUnauthorized
+	case errors.Is(err, errDenied):
+		code = http.StatusForbidden
+	case errors.Is(err, model.ErrNotFound):
+		code = http.StatusNotFound
+	case model.KindOf(err) != 0:
+		code = http.StatusConflict
+	}
+	log.Info(msg, "code", code, "err", err)
+	w.Header().Set(reasonHeader, model.Reason(err))
+	http.Error(w, err.Error(), code)
+}
 
 func (a *Agent) serveSource(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	log := klog.FromContext(r.Context()).WithValues("volumeID", id, "peer", r.RemoteAddr)
-	src, err := a.authorizeCopy(r.Context(), id, peerPin(r.TLS))
+	src, err := a.authorizeCopy(r.Context(), id, kube.PeerPin(r.TLS))
 	var x *engine.Export
 	if err == nil {
 		x, err = a.Engine.OpenSource(r.Context(), *src)
 	}
 	if err != nil {
-		code := http.StatusInternalServerError
-		switch {
-		case errors.Is(err, errDenied):
-			code = http.StatusForbidden
-		case errors.Is(err, model.ErrNotFound):
-			code = http.StatusNotFound
-		case model.KindOf(err) != 0:
-			code = http.StatusConflict
-		}
-		log.Info("Cross-node copy refused", "code", code, "err", err)
-		w.Header().Set(reasonHeader, model.Reason(err))
-		http.Error(w, err.Error(), code)
+		refuse(w, log, "Cross-node copy refused", err)
 		return
 	}
 	defer x.Close()
@@ -215,17 +176,7 @@ func (a *Agent) fetchFrom(node, volumeID string) engine.Fetch {
 				}
 				return &idleConn{Conn: c}, nil
 			},
-			TLSClientConfig: &tls.Config{
-				MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{a.ident.cert},
-				// Not a CA's certificate: the pin decides.
-				InsecureSkipVerify: true,
-				VerifyConnection: func(cs tls.ConnectionState) error {
-					if got := peerPin(&cs); got != t.CertificateSHA256 {
-						return fmt.Errorf("node %s's certificate has SHA-256 %s, its StorageNode publishes %s", node, got, t.CertificateSHA256)
-					}
-					return nil
-				},
-			},
+			TLSClientConfig:       kube.PinnedClientTLS(a.ident, node, t.CertificateSHA256),
 			DisableKeepAlives:     true,
 			ResponseHeaderTimeout: 2 * time.Minute,
 		}

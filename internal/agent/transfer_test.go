@@ -141,14 +141,14 @@ func TestCrossNodeCloneAndRestore(t *testing.T) {
 	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: testNode}, &sn); err != nil || sn.Status.Transfer == nil || sn.Status.Transfer.Address == "" {
 		t.Fatalf("node-a's transfer status: %+v %v", sn.Status.Transfer, err)
 	}
-	stranger, err := newIdentity("stranger")
+	stranger, err := kube.NewIdentity("stranger")
 	if err != nil {
 		t.Fatal(err)
 	}
-	get := func(id *identity, volumeID string) (int, string) {
+	get := func(id *kube.Identity, volumeID string) (int, string) {
 		cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
 		if id != nil {
-			cfg.Certificates = []tls.Certificate{id.cert}
+			cfg.Certificates = []tls.Certificate{id.Cert}
 		}
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
 		resp, err := c.Get("https://" + sn.Status.Transfer.Address + "/v1/volumes/" + volumeID + "/source")
@@ -160,7 +160,7 @@ func TestCrossNodeCloneAndRestore(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	for what, c := range map[string]struct {
-		id     *identity
+		id     *kube.Identity
 		volume string
 		want   string
 	}{

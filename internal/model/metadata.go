@@ -4,7 +4,8 @@ package model
 // ranges that hold data (BaseSnapshotID empty: CSI GetMetadataAllocated)
 // or the ranges that changed since an older snapshot of the same volume
 // (CSI GetMetadataDelta), from StartingOffset on, at most MaxResults
-// ranges per chunk (0: DefaultMetadataChunk).
+// ranges per chunk (0: DefaultMetadataChunk; never more than
+// MaxMetadataChunk).
 type MetadataQuery struct {
 	SnapshotID     string
 	BaseSnapshotID string
@@ -29,6 +30,10 @@ type MetadataChunk struct {
 // leaves max_results at 0: about 20 KiB per gRPC message.
 const DefaultMetadataChunk = 1024
 
+// MaxMetadataChunk bounds the ranges per chunk whatever max_results asks
+// (about 80 KiB per message, inside gRPC's and the node stream's limits).
+const MaxMetadataChunk = 4096
+
 // SendRanges streams ordered, disjoint ranges of a volume of capacity
 // bytes as chunks, resuming at q.StartingOffset: ranges that end at or
 // before it are left out and one that straddles it is cut there. A
@@ -44,6 +49,7 @@ func SendRanges(ranges []BlockRange, capacity int64, q MetadataQuery, emit func(
 	if per <= 0 {
 		per = DefaultMetadataChunk
 	}
+	per = min(per, MaxMetadataChunk)
 	chunk := MetadataChunk{CapacityBytes: capacity}
 	sent := false
 	for _, r := range ranges {

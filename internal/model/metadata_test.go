@@ -42,6 +42,16 @@ func TestSendRanges(t *testing.T) {
 			t.Fatalf("starting offset %d: %v, want ErrOutOfRange", off, err)
 		}
 	}
+	// max_results beyond the cap is cut to MaxMetadataChunk.
+	many := make([]BlockRange, MaxMetadataChunk+1)
+	for i := range many {
+		many[i] = BlockRange{Offset: int64(2 * i), Length: 1}
+	}
+	var sizes []int
+	if err := SendRanges(many, int64(2*len(many)), MetadataQuery{MaxResults: 1 << 30}, func(c MetadataChunk) error { sizes = append(sizes, len(c.Ranges)); return nil }); err != nil ||
+		!reflect.DeepEqual(sizes, []int{MaxMetadataChunk, 1}) {
+		t.Fatalf("huge max_results: chunks %v %v, want [%d 1]", sizes, err, MaxMetadataChunk)
+	}
 	stop := errors.New("stop")
 	if err := SendRanges(rs, 100, MetadataQuery{MaxResults: 1}, func(MetadataChunk) error { return stop }); err != stop {
 		t.Fatalf("emit error: %v", err)

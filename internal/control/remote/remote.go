@@ -32,6 +32,8 @@ type Remote struct {
 	HeartbeatTimeout time.Duration
 	// Poll is how often a waiting call re-reads status.
 	Poll time.Duration
+
+	creds agentCreds // towards the node agents (metadata.go)
 }
 
 var _ csi.ControllerBackend = (*Remote)(nil)

@@ -120,6 +120,16 @@ func (r *Remote) DeleteSnapshot(ctx context.Context, id string) error {
 
 // GetSnapshot describes a local snapshot.
 func (r *Remote) GetSnapshot(ctx context.Context, id string) (*model.Snapshot, error) {
+	s, err := r.readySnapshot(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return snapshotInfo(s), nil
+}
+
+// readySnapshot is the ready local Snapshot object of id (NotFound
+// otherwise, as CSI answers for a snapshot it does not know).
+func (r *Remote) readySnapshot(ctx context.Context, id string) (*cairnv1.Snapshot, error) {
 	if !model.ValidSnapshotID(id) {
 		return nil, model.Errorf(model.ErrNotFound, "snapshot %q not found", id)
 	}
@@ -130,7 +140,7 @@ func (r *Remote) GetSnapshot(ctx context.Context, id string) (*model.Snapshot, e
 	if s.Spec.Type != cairnv1.SnapshotLocal || !s.Status.ReadyToUse {
 		return nil, model.Errorf(model.ErrNotFound, "snapshot %q not found", id)
 	}
-	return snapshotInfo(s), nil
+	return s, nil
 }
 
 // ListSnapshots lists the ready local snapshots.

@@ -85,6 +85,23 @@ external-snapshotter v8.7.0, narrowed to what the flags used here need.
 - apiGroups: ["cairn.csi.dev"]
   resources: ["storagenodes", "backuptargets"]
   verbs: ["get", "list", "watch"]
+# changed-block metadata from the node agents (docs/FORMAT.md): the agents
+# allow a token whose user may get snapshots/metadata; the controller learns
+# its ServiceAccount with a SelfSubjectReview
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["snapshots/metadata"]
+  verbs: ["get"]
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["selfsubjectreviews"]
+  verbs: ["create"]
+{{- end }}
+
+{{/* cairn controller, in the release namespace: its own token for the agents. */}}
+{{- define "cairn.rules.controllerToken" -}}
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  resourceNames: ["cairn-controller"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Sidecars' leader election, in the release namespace. */}}
@@ -138,6 +155,13 @@ its data root holds (docs/FORMAT.md).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get"]
+# who asks for changed-block metadata, checked on every request
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* cairn node agent, in the release namespace: backup target credentials. */}}
