@@ -18,6 +18,9 @@ Usage:
   cairn node --node-id NODE [--data-root /var/lib/cairn] [flags]
       Kubernetes mode: the CSI node service for kubelet plus the node agent
       that carries out the controller's volumes and snapshots on this node.
+  cairn snapshot-metadata-setup [--namespace NS] [--service NAME] [flags]
+      Kubernetes mode: the csi-snapshot-metadata sidecar's TLS Secret and
+      certificate files, and the SnapshotMetadataService object (docs/CBT.md).
   cairn backup list|show|verify|restore|delete|gc --target URL
       Inspect and maintain a backup store (run "cairn backup help").
   cairn version
@@ -39,6 +42,8 @@ func main() {
 		err = runController(os.Args[2:])
 	case "node":
 		err = runNode(os.Args[2:])
+	case "snapshot-metadata-setup":
+		err = runMetadataSetup(os.Args[2:])
 	case "backup":
 		os.Exit(runBackupCLI(os.Args[2:]))
 	case "version", "--version":
