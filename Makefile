@@ -37,7 +37,7 @@ build:
 IMAGE_REGISTRY ?= ghcr.io/cairn-csi
 IMAGE_TAG ?=
 images: deps
-	@bash hack/k8s-tools.sh provisioner resizer snapshotter
+	@bash hack/k8s-tools.sh provisioner resizer snapshotter snapshotmetadata
 	$(GO) run ./hack/images -product -out _out/images -registry $(IMAGE_REGISTRY) $(if $(IMAGE_TAG),-tag $(IMAGE_TAG))
 
 # Quick start: the mysql-pvc walkthrough on a loop-backed XFS data root.

@@ -992,11 +992,17 @@ func permissions(t *testing.T, what string, rules []rbacv1.PolicyRule) map[strin
 	t.Helper()
 	out := map[string]bool{}
 	for _, r := range rules {
-		if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
+		if len(r.NonResourceURLs) > 0 {
 			t.Errorf("%s: unexpected rule %+v", what, r)
+		}
+		// A rule narrowed to names reads "group/resource[name+name]".
+		names := ""
+		if len(r.ResourceNames) > 0 {
+			names = "[" + strings.Join(r.ResourceNames, "+") + "]"
 		}
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
+				res += names
 				for _, v := range r.Verbs {
 					if g == "*" || res == "*" || v == "*" {
 						t.Errorf("%s: wildcard in rule %+v", what, r)
@@ -1063,12 +1069,18 @@ var wantPermissions = map[string]map[string]bool{
 		// cairn controller
 		crdGroup+"/volumes,snapshots,groupsnapshots: get,list,watch,create,update,patch,delete",
 		crdGroup+"/storagenodes,backuptargets: "+read,
+		// changed-block metadata from the agents: what they authorize, and
+		// the controller finding its own ServiceAccount
+		crdGroup+"/snapshots/metadata: get",
+		"authentication.k8s.io/selfsubjectreviews: create",
 	),
 	"Role/cairn-controller": grants(
 		"coordination.k8s.io/leases: "+leaderVerbs,
 		storageGrp+"/csistoragecapacities: get,list,watch,create,update,patch,delete",
 		"/pods: get",
 		"apps/replicasets: get",
+		// its own token for the agents (changed-block metadata)
+		"/serviceaccounts/token[cairn-controller]: create",
 	),
 	"ClusterRole/cairn-node": grants(
 		crdGroup+"/volumes,snapshots,groupsnapshots: "+readWrite,
@@ -1079,6 +1091,9 @@ var wantPermissions = map[string]map[string]bool{
 		crdGroup+"/backuptargets: "+read,
 		"|events.k8s.io/events: create,patch",
 		"/nodes: get",
+		// who asks for changed-block metadata
+		"authentication.k8s.io/tokenreviews: create",
+		"authorization.k8s.io/subjectaccessreviews: create",
 	),
 	"Role/cairn-node": grants("/secrets: " + read),
 }
@@ -1478,5 +1493,77 @@ func TestKustomizeBuiltinRegistrarMatchesChart(t *testing.T) {
 	}
 	if g, w := spec(got), spec(want); g != w {
 		t.Errorf("the node pod of base + builtin-registrar differs from the chart's with node.registrar=builtin: %s", firstDiff(g, w))
+	}
+}
+
+// TestChartSnapshotMetadata renders snapshotMetadata.enabled: the
+// csi-snapshot-metadata sidecar on the controller's socket with the init
+// container's key pair, the Service in front of it and their RBAC.
+func TestChartSnapshotMetadata(t *testing.T) {
+	helm := helmBinary(t)
+	out, err := helmTemplate(t, helm, "snapshotMetadata:\n  enabled: true\n  audience: backup-app\n  port: 7443\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := decodeStream("helm template (snapshot metadata)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ms.get(t, "Deployment", "cairn-controller").obj.(*appsv1.Deployment).Spec.Template.Spec
+	checkPodSpec(t, "Deployment cairn-controller (snapshot metadata)", spec)
+	if len(spec.InitContainers) != 1 {
+		t.Fatalf("init containers %d, want the setup", len(spec.InitContainers))
+	}
+	setup := spec.InitContainers[0]
+	for _, a := range []string{"snapshot-metadata-setup", "--service=cairn-snapshot-metadata", "--port=7443", "--audience=backup-app", "--cert-dir=/tls", "--secret=cairn-snapshot-metadata-tls"} {
+		if !slices.Contains(setup.Args, a) {
+			t.Errorf("setup args %v lack %s", setup.Args, a)
+		}
+	}
+	var side *corev1.Container
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == "csi-snapshot-metadata" {
+			side = &spec.Containers[i]
+		}
+	}
+	if side == nil {
+		t.Fatal("no csi-snapshot-metadata container")
+	}
+	for _, a := range []string{"--csi-address=/csi/csi.sock", "--tls-cert=/tls/tls.crt", "--tls-key=/tls/tls.key", "--port=50051"} {
+		if !slices.Contains(side.Args, a) {
+			t.Errorf("sidecar args %v lack %s", side.Args, a)
+		}
+	}
+	if m := mount(t, *side, "snapshot-metadata-tls"); m.MountPath != "/tls" || !m.ReadOnly {
+		t.Errorf("sidecar's TLS mount %+v", m)
+	}
+	if m := mount(t, setup, "snapshot-metadata-tls"); m.MountPath != "/tls" {
+		t.Errorf("setup's TLS mount %+v", m)
+	}
+	if v := volume(t, spec, "snapshot-metadata-tls"); v.EmptyDir == nil || v.EmptyDir.Medium != corev1.StorageMediumMemory {
+		t.Errorf("TLS volume %+v, want an emptyDir in memory", v.VolumeSource)
+	}
+	svc := ms.get(t, "Service", "cairn-snapshot-metadata").obj.(*corev1.Service)
+	if p := svc.Spec.Ports; len(p) != 1 || p[0].Port != 7443 || p[0].TargetPort.StrVal != "snapshot-meta" {
+		t.Errorf("service ports %+v", p)
+	}
+	cr := permissions(t, "ClusterRole/cairn-snapshot-metadata", ms.get(t, "ClusterRole", "cairn-snapshot-metadata").obj.(*rbacv1.ClusterRole).Rules)
+	for _, p := range []string{"authentication.k8s.io/tokenreviews create", "authorization.k8s.io/subjectaccessreviews create",
+		"cbt.storage.k8s.io/snapshotmetadataservices create", "snapshot.storage.k8s.io/volumesnapshots get"} {
+		if !cr[p] {
+			t.Errorf("ClusterRole/cairn-snapshot-metadata lacks %s", p)
+		}
+	}
+	role := permissions(t, "Role/cairn-snapshot-metadata", ms.get(t, "Role", "cairn-snapshot-metadata").obj.(*rbacv1.Role).Rules)
+	if !role["/secrets[cairn-snapshot-metadata-tls] update"] || role["/secrets get"] {
+		t.Errorf("Role/cairn-snapshot-metadata: %v, want the TLS Secret by name only", role)
+	}
+	// Off by default: none of it.
+	out, err = helmTemplate(t, helm, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "snapshot-metadata") {
+		t.Error("the default chart renders snapshot metadata objects")
 	}
 }

@@ -11,6 +11,8 @@
 #                                    hack/tools/snapshotter (external-snapshotter/v8)
 #   csi-snapshot-metadata            hack/tools/snapshotmetadata
 #                                    (external-snapshot-metadata v1.0.0, the CBT sidecar)
+#   snapshot-metadata-lister         the same folder: a backup application's client
+#                                    (upstream pkg/iterator) for the e2e runs
 #
 # Each folder is a tools module whose go.mod requires the upstream module and
 # repeats its replace directives (local-path replaces pinned to the published
@@ -35,7 +37,8 @@ kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
 
 all=(kube provisioner resizer snapshotter snapshotmetadata)
 
-stamp_of() { cat "$root/hack/tools/$1/go.mod" "$root/hack/tools/$1/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16; }
+# A tools module's own programs (*.go) count too.
+stamp_of() { cat "$root/hack/tools/$1/go.mod" "$root/hack/tools/$1/go.sum" "${BASH_SOURCE[0]}" $(find "$root/hack/tools/$1" -name '*.go' | sort) | sha256sum | cut -c1-16; }
 built() { [ -f "$bindir/.$1.stamp" ] && [ "$(cat "$bindir/.$1.stamp")" = "$(stamp_of "$1")" ]; }
 
 if [ "${1:-}" = "--check" ]; then

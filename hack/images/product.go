@@ -11,6 +11,8 @@ package main
 //	csi-resizer.tar         REGISTRY/csi-resizer:vX     (hack/tools/resizer)
 //	csi-snapshotter.tar     REGISTRY/csi-snapshotter:vX (hack/tools/snapshotter)
 //	snapshot-controller.tar REGISTRY/snapshot-controller:vX
+//	csi-snapshot-metadata.tar REGISTRY/csi-snapshot-metadata:vX (hack/tools/snapshotmetadata;
+//	                        for the chart's snapshotMetadata.enabled)
 //
 // The sidecar images hold the static binary hack/k8s-tools.sh built in
 // .tools/bin at /<name>, its entrypoint, and tagged with the upstream
@@ -56,6 +58,7 @@ var sidecars = []struct{ name, module, upstream string }{
 	{"csi-resizer", "resizer", "github.com/kubernetes-csi/external-resizer/v2"},
 	{"csi-snapshotter", "snapshotter", "github.com/kubernetes-csi/external-snapshotter/v8"},
 	{"snapshot-controller", "snapshotter", "github.com/kubernetes-csi/external-snapshotter/v8"},
+	{"csi-snapshot-metadata", "snapshotmetadata", "github.com/kubernetes-csi/external-snapshot-metadata"},
 }
 
 const pathEnv = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

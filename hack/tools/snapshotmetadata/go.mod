@@ -86,7 +86,10 @@ require (
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
 
-tool github.com/kubernetes-csi/external-snapshot-metadata/cmd/csi-snapshot-metadata
+tool (
+	github.com/cairn-csi/cairn/hack/tools/snapshotmetadata/snapshot-metadata-lister
+	github.com/kubernetes-csi/external-snapshot-metadata/cmd/csi-snapshot-metadata
+)
 
 replace (
 	k8s.io/api => k8s.io/api v0.35.0
