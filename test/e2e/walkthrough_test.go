@@ -105,6 +105,7 @@ func TestKubernetesMode(t *testing.T) {
 		return e.restoreAndCheck("mysql-backup-restore-pvc", "1Gi", snapshotSource("mysql-backup"), data)
 	})
 	e.step("a Retain snapshot survives deletion of its VolumeSnapshot", e.retainSnapshot)
+	e.step("changed-block tracking: a backup application lists a block PVC's allocated and changed ranges through csi-snapshot-metadata", e.changedBlockTracking)
 	var drData []byte
 	var drHandle string
 	e.step("another cluster's backup (standalone driver, same target)", func() error {
@@ -174,7 +175,7 @@ func (e *env) checkCapacity() error {
 // createPVC creates a PVC of the cairn StorageClass and waits until it is
 // Bound. The class binds WaitForFirstConsumer: the scheduler's part (the
 // selected-node annotation a pod's scheduling sets) is played here.
-func (e *env) createPVC(name, size string, source *corev1.TypedLocalObjectReference) error {
+func (e *env) createPVC(name, size string, source *corev1.TypedLocalObjectReference, mods ...func(*corev1.PersistentVolumeClaim)) error {
 	sc := storageClass
 	pvc := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS, Annotations: map[string]string{"volume.kubernetes.io/selected-node": e.nodeName}},
@@ -187,6 +188,9 @@ func (e *env) createPVC(name, size string, source *corev1.TypedLocalObjectRefere
 	}
 	if source != nil && source.Kind == "VolumeSnapshot" {
 		pvc.Spec.DataSource.APIGroup = ptr("snapshot.storage.k8s.io")
+	}
+	for _, m := range mods {
+		m(pvc)
 	}
 	if _, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Create(e.ctx, pvc, metav1.CreateOptions{}); err != nil {
 		return err
