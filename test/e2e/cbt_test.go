@@ -173,8 +173,8 @@ func (e *env) changedBlockTracking() error {
 			return nil, stderr.String(), fmt.Errorf("snapshot-metadata-lister %v: %v: %s", args, err, stderr.String())
 		}
 		var records []struct {
-			Type     int    `json:"block_metadata_type"` // 2: VARIABLE_LENGTH
-			Capacity int64  `json:"volume_capacity_bytes"`
+			Type     int   `json:"block_metadata_type"` // 2: VARIABLE_LENGTH
+			Capacity int64 `json:"volume_capacity_bytes"`
 			Blocks   []struct {
 				Offset int64 `json:"byte_offset"`
 				Length int64 `json:"size_bytes"`
