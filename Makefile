@@ -23,7 +23,7 @@ TESTTAGS ?= cairnfaults
 # RACEPKGS=./internal/...
 RACEPKGS ?= $(shell $(GO) list -f '{{.ImportPath}}{{range .Deps}}{{if eq . "k8s.io/client-go/rest"}} KUBE{{end}}{{end}}{{if not .TestGoFiles}}{{if not .XTestGoFiles}} NOTESTS{{end}}{{end}}' ./internal/... | grep -v -e KUBE -e NOTESTS -e '/internal/backup$$' -e '/internal/objstore$$')
 
-.PHONY: all build images demo test race fuzz stress unit sanity integration e2e e2e-node e2e-suite bench deps tools vet generate manifests clean
+.PHONY: all build images demo test race fuzz stress unit sanity integration e2e e2e-node e2e-suite bench bench-cbt deps tools vet generate manifests clean
 
 all: build
 
@@ -106,6 +106,11 @@ e2e-suite: deps tools
 bench: deps tools
 	$(GO) run ./bench
 	$(GO) run ./bench/backup
+
+# Changed-block tracking latency and exactness at 1 and 64 GiB (results
+# in docs/CBT.md; about a minute, opt-in).
+bench-cbt: deps
+	$(GO) run ./bench/cbt
 
 # Both builds: without the tag (what ships) and with it (what tests run).
 vet:
