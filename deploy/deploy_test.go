@@ -1549,7 +1549,7 @@ func TestChartSnapshotMetadata(t *testing.T) {
 	}
 	cr := permissions(t, "ClusterRole/cairn-snapshot-metadata", ms.get(t, "ClusterRole", "cairn-snapshot-metadata").obj.(*rbacv1.ClusterRole).Rules)
 	for _, p := range []string{"authentication.k8s.io/tokenreviews create", "authorization.k8s.io/subjectaccessreviews create",
-		"cbt.storage.k8s.io/snapshotmetadataservices create", "snapshot.storage.k8s.io/volumesnapshots get"} {
+		"cbt.storage.k8s.io/snapshotmetadataservices create", "cbt.storage.k8s.io/snapshotmetadataservices[cairn.csi.dev] get", "snapshot.storage.k8s.io/volumesnapshots get"} {
 		if !cr[p] {
 			t.Errorf("ClusterRole/cairn-snapshot-metadata lacks %s", p)
 		}

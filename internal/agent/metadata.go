@@ -24,6 +24,10 @@ import (
 // errUnauthenticated is a request without a token the API server accepts.
 var errUnauthenticated = errors.New("not authenticated")
 
+// maxToken bounds a bearer token passed on to the API server (service
+// account tokens are about 1 KiB).
+const maxToken = 16 << 10
+
 func (a *Agent) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	log := klog.FromContext(r.Context()).WithValues("snapshotID", id, "peer", r.RemoteAddr)
@@ -75,13 +79,17 @@ func (a *Agent) authorizeMetadata(r *http.Request) error {
 	if !ok || token == "" {
 		return fmt.Errorf("%w: no bearer token", errUnauthenticated)
 	}
-	tr := &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{kube.MetadataAudience}}}
+	if len(token) > maxToken {
+		return fmt.Errorf("%w: a bearer token of %d bytes", errUnauthenticated, len(token))
+	}
+	aud := kube.AgentAudience(a.Node)
+	tr := &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{aud}}}
 	if err := a.client.Create(r.Context(), tr); err != nil {
 		return model.Errorf(model.ErrUnavailable, "token review: %v", err)
 	}
 	st := tr.Status
-	if !st.Authenticated || !slices.Contains(st.Audiences, kube.MetadataAudience) {
-		return fmt.Errorf("%w: the token is not valid for audience %s: %s", errUnauthenticated, kube.MetadataAudience, st.Error)
+	if !st.Authenticated || !slices.Contains(st.Audiences, aud) {
+		return fmt.Errorf("%w: the token is not valid for audience %s: %s", errUnauthenticated, aud, st.Error)
 	}
 	extra := map[string]authzv1.ExtraValue{}
 	for k, v := range st.User.Extra {

@@ -150,7 +150,12 @@ func TestSnapshotMetadataThroughAgent(t *testing.T) {
 	}
 	stranger, _ := kube.NewIdentity("stranger")
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: kube.PinnedClientTLS(stranger, testNode, sn.Status.Transfer.CertificateSHA256)}}
-	for _, token := range []string{"", "Bearer not-a-token"} {
+	// A valid token of the controller, but for another node's agent.
+	other := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{kube.AgentAudience("node-b")}}}
+	if err := f.cl.SubResource("token").Create(f.ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "cairn-controller"}}, other); err != nil {
+		t.Fatal(err)
+	}
+	for _, token := range []string{"", "Bearer not-a-token", "Bearer " + other.Status.Token, "Bearer " + strings.Repeat("x", 20<<10)} {
 		req, _ := http.NewRequest(http.MethodGet, "https://"+sn.Status.Transfer.Address+kube.MetadataPath(model.MetadataQuery{SnapshotID: target.ID}), nil)
 		if token != "" {
 			req.Header.Set("Authorization", token)
@@ -161,7 +166,7 @@ func TestSnapshotMetadataThroughAgent(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("token %q: HTTP %d, want 401", token, resp.StatusCode)
+			t.Errorf("token %.40q: HTTP %d, want 401", token, resp.StatusCode)
 		}
 	}
 

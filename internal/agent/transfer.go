@@ -61,9 +61,15 @@ func (a *Agent) serveTransfer(ctx context.Context, ln net.Listener) {
 		Handler: mux,
 		TLSConfig: &tls.Config{
 			MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{a.ident.Cert},
-			ClientAuth: tls.RequireAnyClientCert, // checked against the pin in serveSource
+			// A copy checks the client's certificate against its node's
+			// pin (serveSource); metadata requests authenticate by token.
+			ClientAuth: tls.RequireAnyClientCert,
 		},
 		ReadHeaderTimeout: 10 * time.Second,
+		// Idle keep-alive connections are closed; a request's headers
+		// (a token at most) stay small.
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
 		ErrorLog:          nil,
 	}
 	go func() {
@@ -174,7 +180,7 @@ func (a *Agent) fetchFrom(node, volumeID string) engine.Fetch {
 				if err != nil {
 					return nil, err
 				}
-				return &idleConn{Conn: c}, nil
+				return &kube.IdleConn{Conn: c, Timeout: idleTimeout}, nil
 			},
 			TLSClientConfig:       kube.PinnedClientTLS(a.ident, node, t.CertificateSHA256),
 			DisableKeepAlives:     true,
@@ -203,13 +209,4 @@ func (a *Agent) fetchFrom(node, volumeID string) engine.Fetch {
 		}
 		return nil, unavailable("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(msg)))
 	}
-}
-
-// idleConn fails a read that waits longer than idleTimeout, so that a
-// copy whose sender hangs is retried instead of waiting forever.
-type idleConn struct{ net.Conn }
-
-func (c *idleConn) Read(p []byte) (int, error) {
-	c.SetReadDeadline(time.Now().Add(idleTimeout))
-	return c.Conn.Read(p)
 }

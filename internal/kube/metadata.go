@@ -15,8 +15,6 @@ import (
 // streams JSON lines. Both ends of the format are here.
 
 const (
-	// MetadataAudience is the audience of the controller's token.
-	MetadataAudience = "cairn.csi.dev/agent"
 	// MetadataContentType is the stream's media type, version 1.
 	MetadataContentType = "application/vnd.cairn.metadata.v1+jsonl"
 	// MaxMetadataLine bounds one line of the stream.
@@ -26,6 +24,11 @@ const (
 	MetadataResource    = "snapshots"
 	MetadataSubresource = "metadata"
 )
+
+// AgentAudience is the audience of the controller's token for node's
+// agent: one per node, so an agent cannot replay a token it was sent to
+// another node's agent.
+func AgentAudience(node string) string { return "cairn.csi.dev/agent/" + node }
 
 // MetadataPath is the request path and query for q.
 func MetadataPath(q model.MetadataQuery) string {
@@ -118,24 +121,36 @@ func (m *MetadataWriter) write(l metadataLine) error {
 
 // ReadMetadata reads a stream from r, passing each chunk to emit. An error
 // line is an error of its reason's kind; a stream that ends without done,
-// a line too long or malformed, is ErrUnavailable (never a short answer).
+// a line too long or malformed, done before any chunk or carrying data,
+// an empty chunk after the first, is ErrUnavailable (never a short or
+// endless answer).
 // The chunks' contents are the caller's to check.
 func ReadMetadata(r io.Reader, emit func(model.MetadataChunk) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), MaxMetadataLine+1)
+	chunks := 0
 	for sc.Scan() {
 		var l metadataLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			return model.Errorf(model.ErrUnavailable, "metadata stream: malformed line: %v", err)
 		}
 		switch {
+		case l.Done && (l.CapacityBytes != nil || l.Ranges != nil || l.Error != ""):
+			return model.Errorf(model.ErrUnavailable, "metadata stream: a done line that carries more")
+		case l.Done && chunks == 0:
+			// Every stream has at least one chunk (the capacity).
+			return model.Errorf(model.ErrUnavailable, "metadata stream: done before any chunk")
 		case l.Done:
 			return nil
 		case l.Error != "":
 			return model.FromReason(l.Reason, l.Error)
 		case l.CapacityBytes == nil:
 			return model.Errorf(model.ErrUnavailable, "metadata stream: a line with neither capacityBytes, error nor done")
+		case chunks > 0 && len(l.Ranges) == 0:
+			// Only a stream without ranges has an empty chunk, its only one.
+			return model.Errorf(model.ErrUnavailable, "metadata stream: an empty chunk after the first")
 		}
+		chunks++
 		c := model.MetadataChunk{CapacityBytes: *l.CapacityBytes, Ranges: make([]model.BlockRange, len(l.Ranges))}
 		for i, p := range l.Ranges {
 			c.Ranges[i] = model.BlockRange{Offset: p[0], Length: p[1]}

@@ -14,7 +14,7 @@ import (
 func TestMetadataStream(t *testing.T) {
 	chunks := []model.MetadataChunk{
 		{CapacityBytes: 1 << 30, Ranges: []model.BlockRange{{Offset: 0, Length: 4096}, {Offset: 1 << 20, Length: 8192}}},
-		{CapacityBytes: 1 << 30, Ranges: []model.BlockRange{}},
+		{CapacityBytes: 1 << 30, Ranges: []model.BlockRange{{Offset: 2 << 20, Length: 4096}}},
 	}
 	read := func(body string) ([]model.MetadataChunk, error) {
 		var got []model.MetadataChunk
@@ -52,13 +52,24 @@ func TestMetadataStream(t *testing.T) {
 	}
 	// Malformed, empty and overlong lines.
 	for name, body := range map[string]string{
-		"not JSON":   "{\"capacityBytes\": 1, \n",
-		"empty line": "{}\n",
-		"too long":   `{"capacityBytes": 1, "ranges": [` + strings.Repeat("[0,1],", MaxMetadataLine/6) + "[0,1]]}\n" + `{"done":true}` + "\n",
+		"not JSON":           "{\"capacityBytes\": 1, \n",
+		"empty line":         "{}\n",
+		"done first":         `{"done":true}` + "\n",
+		"done with ranges":   `{"capacityBytes": 1, "ranges": [[0,1]]}` + "\n" + `{"done":true, "ranges": [[2,1]]}` + "\n",
+		"empty chunk second": `{"capacityBytes": 8, "ranges": [[0,1]]}` + "\n" + `{"capacityBytes": 8}` + "\n" + `{"done":true}` + "\n",
+		"too long":           `{"capacityBytes": 1, "ranges": [` + strings.Repeat("[0,1],", MaxMetadataLine/6) + "[0,1]]}\n" + `{"done":true}` + "\n",
 	} {
 		if _, err := read(body); model.KindOf(err) != model.ErrUnavailable {
 			t.Errorf("%s: %v, want ErrUnavailable", name, err)
 		}
+	}
+	// A snapshot without data: one empty chunk, then done.
+	buf.Reset()
+	w = NewMetadataWriter(&buf, nil)
+	w.Chunk(model.MetadataChunk{CapacityBytes: 5})
+	w.End(nil)
+	if got, err := read(buf.String()); err != nil || len(got) != 1 || got[0].CapacityBytes != 5 || len(got[0].Ranges) != 0 {
+		t.Fatalf("an empty stream: %+v %v", got, err)
 	}
 	stop := errors.New("stop")
 	if err := ReadMetadata(strings.NewReader(full), func(model.MetadataChunk) error { return stop }); err != stop {

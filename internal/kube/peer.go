@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"net"
 	"time"
 )
 
@@ -79,4 +80,16 @@ func PinnedClientTLS(id *Identity, node, want string) *tls.Config {
 			return nil
 		},
 	}
+}
+
+// IdleConn fails a read that waits longer than Timeout, so that a stream
+// whose sender hangs fails instead of waiting forever.
+type IdleConn struct {
+	net.Conn
+	Timeout time.Duration
+}
+
+func (c *IdleConn) Read(p []byte) (int, error) {
+	c.SetReadDeadline(time.Now().Add(c.Timeout))
+	return c.Conn.Read(p)
 }

@@ -110,22 +110,25 @@ func (c Config) ensureSecret(ctx context.Context) (*corev1.Secret, error) {
 	key := client.ObjectKey{Namespace: c.Namespace, Name: c.Secret}
 	err := c.Client.Get(ctx, key, &sec)
 	if apierrors.IsNotFound(err) {
-		ca, caKey, err := newCA(c.Now())
-		if err != nil {
-			return nil, err
+		ca, caKey, cerr := newCA(c.Now())
+		if cerr != nil {
+			return nil, cerr
 		}
 		sec = corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Secret}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{keyCACert: ca, keyCAKey: caKey}}
-		if err := c.issue(&sec); err != nil {
-			return nil, err
+		if ierr := c.issue(&sec); ierr != nil {
+			return nil, ierr
 		}
-		if err := c.Client.Create(ctx, &sec); err == nil {
+		err = c.Client.Create(ctx, &sec)
+		if err == nil {
 			klog.InfoS("Created the snapshot metadata TLS Secret", "secret", klog.KObj(&sec), "names", c.DNSNames)
 			return &sec, nil
-		} else if !apierrors.IsAlreadyExists(err) {
+		}
+		if !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("create Secret %s: %w", key, err)
 		}
 		// Another replica was first: use its.
+		sec = corev1.Secret{}
 		err = c.Client.Get(ctx, key, &sec)
 	}
 	if err != nil {

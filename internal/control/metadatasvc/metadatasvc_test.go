@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -156,10 +157,60 @@ func TestSetup(t *testing.T) {
 	if err := Setup(ctx, c); err == nil || !strings.Contains(err.Error(), c.Secret) || !strings.Contains(err.Error(), "ca.key") {
 		t.Errorf("a Secret without ca.key: %v", err)
 	}
+	// Losing the race to create the Secret: the other replica's is used.
+	var raced corev1.Secret
+	if err := cl.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: c.Secret}, &raced); err != nil {
+		t.Fatal(err)
+	}
+	lost := c
+	lost.Secret = "raced-tls"
+	lost.CertDir = filepath.Join(dir, "raced")
+	lost.Client = &raceClient{Client: cl, ctx: ctx, ns: c.Namespace, name: lost.Secret}
+	if err := Setup(ctx, lost); err != nil {
+		t.Fatalf("setup that lost the race to create the Secret: %v", err)
+	}
+	var theirs corev1.Secret
+	if err := cl.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: lost.Secret}, &theirs); err != nil {
+		t.Fatal(err)
+	}
+	if mine, _ := os.ReadFile(filepath.Join(lost.CertDir, "tls.crt")); string(mine) != string(theirs.Data["tls.crt"]) {
+		t.Error("the losing replica wrote its own certificate, not the Secret's")
+	}
 	// Refused configurations.
 	bad := c
 	bad.Address = "no-port"
 	if err := Setup(ctx, bad); err == nil || !strings.Contains(err.Error(), "address") {
 		t.Errorf("address without port: %v", err)
 	}
+}
+
+// raceClient answers the first Get of one Secret NotFound after another
+// "replica" has created it, as a create race looks to the loser.
+type raceClient struct {
+	client.Client
+	ctx      context.Context
+	ns, name string
+	done     bool
+}
+
+func (r *raceClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if key.Name == r.name && !r.done {
+		r.done = true
+		other := Config{Client: r.Client, Driver: "cairn.csi.dev", Namespace: r.ns, Secret: r.name, DNSNames: []string{"other"},
+			Address: "x:1", Audience: "a", CertDir: "/nonexistent", Now: time.Now}
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: r.ns, Name: r.name}, Data: map[string][]byte{}}
+		ca, key, err := newCA(time.Now())
+		if err != nil {
+			return err
+		}
+		sec.Data["ca.crt"], sec.Data["ca.key"] = ca, key
+		if err := other.issue(sec); err != nil {
+			return err
+		}
+		if err := r.Client.Create(r.ctx, sec); err != nil {
+			return err
+		}
+		return apierrors.NewNotFound(corev1.Resource("secrets"), r.name)
+	}
+	return r.Client.Get(ctx, key, obj, opts...)
 }

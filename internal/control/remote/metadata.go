@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -29,10 +30,14 @@ var _ csi.MetadataBackend = (*Remote)(nil)
 
 // agentCreds are the controller's credentials towards agents: a client
 // certificate (the transfer listener asks every client for one) and a
-// cached token.
+// cached token per node (each node's agent has its own audience).
 type agentCreds struct {
-	mu    sync.Mutex
-	ident *kube.Identity
+	mu     sync.Mutex
+	ident  *kube.Identity
+	tokens map[string]agentToken
+}
+
+type agentToken struct {
 	token string
 	renew time.Time
 }
@@ -58,7 +63,7 @@ func (r *Remote) SnapshotMetadata(ctx context.Context, q model.MetadataQuery, em
 	if t == nil || t.Address == "" || t.CertificateSHA256 == "" {
 		return model.Errorf(model.ErrUnavailable, "node %s's agent serves no metadata (no status.transfer: it needs --transfer-endpoint)", node)
 	}
-	ident, token, err := r.agentCredentials(ctx)
+	ident, token, err := r.agentCredentials(ctx, node)
 	if err != nil {
 		return err
 	}
@@ -69,6 +74,14 @@ func (r *Remote) SnapshotMetadata(ctx context.Context, q model.MetadataQuery, em
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", kube.MetadataContentType)
 	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// An agent that stalls mid-stream fails the call.
+			return &kube.IdleConn{Conn: c, Timeout: time.Minute}, nil
+		},
 		TLSClientConfig:       kube.PinnedClientTLS(ident, node, t.CertificateSHA256),
 		DisableKeepAlives:     true,
 		ResponseHeaderTimeout: time.Minute,
@@ -84,7 +97,7 @@ func (r *Remote) SnapshotMetadata(ctx context.Context, q model.MetadataQuery, em
 		text := fmt.Sprintf("node %s: %s", node, strings.TrimSpace(string(msg)))
 		switch resp.StatusCode {
 		case http.StatusUnauthorized:
-			r.creds.forget()
+			r.creds.forget(node)
 			return model.Errorf(model.ErrUnavailable, "metadata refused by %s (the token is renewed on the next call)", text)
 		case http.StatusForbidden:
 			return model.Errorf(model.ErrUnavailable, "metadata refused by %s (the controller's ClusterRole needs get on snapshots/metadata in cairn.csi.dev)", text)
@@ -97,7 +110,14 @@ func (r *Remote) SnapshotMetadata(ctx context.Context, q model.MetadataQuery, em
 	if ct := resp.Header.Get("Content-Type"); ct != kube.MetadataContentType {
 		return model.Errorf(model.ErrUnavailable, "metadata from node %s: content type %q, want %s", node, ct, kube.MetadataContentType)
 	}
-	return kube.ReadMetadata(resp.Body, emit)
+	// The capacity must be the snapshot's as its object records it: a
+	// stream from somewhere else is refused.
+	return kube.ReadMetadata(resp.Body, func(c model.MetadataChunk) error {
+		if size := target.Status.SizeBytes; size > 0 && c.CapacityBytes != size {
+			return model.Errorf(model.ErrUnavailable, "metadata from node %s: capacity %d, snapshot %s has %d bytes", node, c.CapacityBytes, target.Name, size)
+		}
+		return emit(c)
+	})
 }
 
 // reasonHeader is the agents' header carrying a refusal's reason.
@@ -132,10 +152,10 @@ func (r *Remote) checkBase(ctx context.Context, id string, target *cairnv1.Snaps
 	return nil
 }
 
-// agentCredentials returns the client certificate and a token for the
+// agentCredentials returns the client certificate and a token for node's
 // agent audience, requested for the controller's own ServiceAccount (the
 // API server tells which) and kept until 80% of its lifetime.
-func (r *Remote) agentCredentials(ctx context.Context) (*kube.Identity, string, error) {
+func (r *Remote) agentCredentials(ctx context.Context, node string) (*kube.Identity, string, error) {
 	c := &r.creds
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -145,10 +165,11 @@ func (r *Remote) agentCredentials(ctx context.Context) (*kube.Identity, string, 
 			return nil, "", fmt.Errorf("client certificate: %w", err)
 		}
 		c.ident = id
+		c.tokens = map[string]agentToken{}
 	}
 	now := time.Now()
-	if c.token != "" && now.Before(c.renew) {
-		return c.ident, c.token, nil
+	if t, ok := c.tokens[node]; ok && now.Before(t.renew) {
+		return c.ident, t.token, nil
 	}
 	ssr := &authnv1.SelfSubjectReview{}
 	if err := r.Client.Create(ctx, ssr); err != nil {
@@ -161,26 +182,26 @@ func (r *Remote) agentCredentials(ctx context.Context) (*kube.Identity, string, 
 		return nil, "", model.Errorf(model.ErrFailedPrecondition, "the controller runs as %q, not a ServiceAccount: it cannot request a token for the node agents", user)
 	}
 	expiry := int64(3600)
-	tr := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{kube.MetadataAudience}, ExpirationSeconds: &expiry}}
+	tr := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{kube.AgentAudience(node)}, ExpirationSeconds: &expiry}}
 	sa := &corev1.ServiceAccount{}
 	sa.Namespace, sa.Name = ns, name
 	if err := r.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
-		return nil, "", apiError("token for the node agents (TokenRequest)", err)
+		return nil, "", apiError("token for node "+node+"'s agent (TokenRequest)", err)
 	}
 	if tr.Status.Token == "" {
-		return nil, "", model.Errorf(model.ErrUnavailable, "token for the node agents: the API server returned none")
+		return nil, "", model.Errorf(model.ErrUnavailable, "token for node %s's agent: the API server returned none", node)
 	}
 	life := tr.Status.ExpirationTimestamp.Sub(now)
 	if life <= 0 {
 		life = time.Duration(expiry) * time.Second
 	}
-	c.token, c.renew = tr.Status.Token, now.Add(life*8/10)
-	return c.ident, c.token, nil
+	c.tokens[node] = agentToken{token: tr.Status.Token, renew: now.Add(life * 8 / 10)}
+	return c.ident, tr.Status.Token, nil
 }
 
-// forget drops the cached token (an agent refused it).
-func (c *agentCreds) forget() {
+// forget drops node's cached token (its agent refused it).
+func (c *agentCreds) forget(node string) {
 	c.mu.Lock()
-	c.token = ""
+	delete(c.tokens, node)
 	c.mu.Unlock()
 }
