@@ -70,7 +70,7 @@ func (a *Agent) serveTransfer(ctx context.Context, ln net.Listener) {
 		// (a token at most) stay small.
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		ErrorLog:          nil,
+		ErrorLog:       nil,
 	}
 	go func() {
 		<-ctx.Done()
