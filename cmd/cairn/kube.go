@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -24,6 +26,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cairn-csi/cairn/internal/agent"
+	"github.com/cairn-csi/cairn/internal/control/policy"
 	"github.com/cairn-csi/cairn/internal/control/remote"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
@@ -74,6 +77,9 @@ func runController(args []string) error {
 	var kf kubeFlags
 	kf.register(fs)
 	heartbeat := fs.Duration("heartbeat-timeout", 2*time.Minute, "a node whose agent has not reported for this long gets no new volumes")
+	policies := fs.Bool("protection-policies", true, "run the ProtectionPolicies' schedules (on the replica that holds the Lease "+policy.LeaseName+")")
+	electionNS := fs.String("leader-election-namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of the protection policies' Lease")
+	resync := fs.Duration("policy-resync", 10*time.Second, "how often ProtectionPolicies are read and due runs started")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,12 +101,33 @@ func runController(args []string) error {
 	}()
 	backend := &remote.Remote{Client: cl.GetClient(), HeartbeatTimeout: *heartbeat}
 	reg := metricsRegistry()
+	policy.RegisterMetrics(reg)
+	if *policies {
+		if err := startPolicies(ctx, cfg, cl, *electionNS, *resync); err != nil {
+			return err
+		}
+	}
 	if kf.httpEndpoint != "" {
 		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, func() error { return backend.Health(ctx) })
 	}
 	klog.InfoS("Cairn controller starting", "version", csi.Version, "endpoint", kf.endpoint)
 	svc := csi.New(nil, backend, csi.Options{})
 	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, true, false) })
+}
+
+// startPolicies runs the ProtectionPolicies' schedules on the replica
+// that wins the Lease (docs/PROTECTION.md).
+func startPolicies(ctx context.Context, cfg *rest.Config, cl cluster.Cluster, ns string, resync time.Duration) error {
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	host, _ := os.Hostname()
+	id := host + "_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	runner := &policy.Runner{Client: cl.GetClient(), Reader: cl.GetAPIReader(), Events: cl.GetEventRecorder("cairn-controller"),
+		Driver: csi.DriverName, Resync: resync}
+	go policy.RunElected(ctx, policy.Election{Client: kc, Namespace: ns, Identity: id}, runner)
+	return nil
 }
 
 // runNode serves the CSI node service for kubelet and runs the node agent

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 
@@ -16,11 +17,15 @@ import (
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
-// Scheme holds the Kubernetes built-in types and Cairn's.
+// Scheme holds the Kubernetes built-in types, the VolumeSnapshot types
+// (which protection policies create) and Cairn's.
 var Scheme = runtime.NewScheme()
 
 func init() {
 	if err := clientgoscheme.AddToScheme(Scheme); err != nil {
+		panic(err)
+	}
+	if err := snapv1.AddToScheme(Scheme); err != nil {
 		panic(err)
 	}
 	if err := cairnv1.AddToScheme(Scheme); err != nil {

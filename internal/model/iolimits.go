@@ -26,7 +26,7 @@ const (
 )
 
 // MutableParameterKeys are the keys a VolumeAttributesClass may carry.
-var MutableParameterKeys = []string{ParamIOPS, ParamThroughput}
+var MutableParameterKeys = []string{ParamIOPS, ParamThroughput, ParamProtectionPolicy}
 
 // IOLimits are the block I/O limits of a volume; zero fields are no limit.
 type IOLimits struct {
@@ -56,9 +56,12 @@ func (l IOLimits) String() string {
 
 // With returns l changed by the I/O limit keys in params: a key that is
 // absent leaves its limit as it is (the CSI rule for mutable parameters).
-// With strict, any other key is INVALID_ARGUMENT (a VolumeAttributesClass
-// holds only mutable parameters); without, other keys are left to the
-// caller (a StorageClass has more). field names the map in messages.
+// It checks every mutable parameter, protectionPolicy too (which the
+// controller's policy runner reads from the PVC's classes, not the
+// volume). With strict, any other key is INVALID_ARGUMENT (a
+// VolumeAttributesClass holds only mutable parameters); without, other
+// keys are left to the caller (a StorageClass has more). field names the
+// map in messages.
 func (l IOLimits) With(params map[string]string, field string, strict bool) (IOLimits, error) {
 	keys := make([]string, 0, len(params))
 	for k := range params {
@@ -74,9 +77,14 @@ func (l IOLimits) With(params map[string]string, field string, strict bool) (IOL
 			dst, limit = &l.IOPS, MaxIOPS
 		case ParamThroughput:
 			dst, limit = &l.ThroughputMiBps, MaxThroughputMiBps
+		case ParamProtectionPolicy:
+			if err := CheckPolicyReference(v, field+"."+k); err != nil {
+				return l, err
+			}
+			continue
 		default:
 			if strict {
-				return l, Errorf(ErrInvalidArgument, "%s: unknown key %q (Cairn's mutable parameters are %s)", field, k, strings.Join(MutableParameterKeys, " and "))
+				return l, Errorf(ErrInvalidArgument, "%s: unknown key %q (Cairn's mutable parameters are %s)", field, k, strings.Join(MutableParameterKeys, ", "))
 			}
 			continue
 		}

@@ -35,9 +35,10 @@ var allowed = map[string][]string{
 	"internal/control/local":       {"internal/csi", "internal/model", "internal/engine"},
 	"internal/control/remote":      {"internal/csi", "internal/model", "internal/kube", "internal/kube/api/v1alpha1"},
 	"internal/control/metadatasvc": {},
+	"internal/control/policy":      {"internal/model", "internal/kube/api/v1alpha1"},
 	"internal/agent":               {"internal/model", "internal/engine", "internal/kube", "internal/kube/api/v1alpha1", "internal/objstore", "internal/backup"},
 	"cmd/cairn": {"internal/model", "internal/csi", "internal/control/local", "internal/control/remote", "internal/agent",
-		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc"},
+		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc", "internal/control/policy"},
 }
 
 // storage is what the controller side must not link, even indirectly: the
@@ -48,8 +49,8 @@ var storage = []string{
 }
 
 // controllerSide are the packages `cairn controller` runs: the CSI
-// adapter, the remote backend and what they share.
-var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote"}
+// adapter, the remote backend, the protection policies and what they share.
+var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote", "internal/control/policy"}
 
 type pkg struct {
 	ImportPath string

@@ -94,6 +94,18 @@ external-snapshotter v8.7.0, narrowed to what the flags used here need.
 - apiGroups: ["authentication.k8s.io"]
   resources: ["selfsubjectreviews"]
   verbs: ["create"]
+# protection policies (docs/PROTECTION.md): read the policies, report in
+# their status, create and prune the VolumeSnapshots of their runs; PVCs,
+# PVs and the classes are read under the provisioner's rules above
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["protectionpolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["protectionpolicies/status"]
+  verbs: ["update", "patch"]
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshots"]
+  verbs: ["create", "delete"]
 {{- end }}
 
 {{/* cairn controller, in the release namespace: its own token for the agents. */}}

@@ -23,5 +23,6 @@ var (
 
 func init() {
 	SchemeBuilder.Register(&Volume{}, &VolumeList{}, &Snapshot{}, &SnapshotList{},
-		&GroupSnapshot{}, &GroupSnapshotList{}, &BackupTarget{}, &BackupTargetList{}, &StorageNode{}, &StorageNodeList{})
+		&GroupSnapshot{}, &GroupSnapshotList{}, &BackupTarget{}, &BackupTargetList{}, &StorageNode{}, &StorageNodeList{},
+		&ProtectionPolicy{}, &ProtectionPolicyList{})
 }
