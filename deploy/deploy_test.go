@@ -396,6 +396,14 @@ backupTargets:
   - name: s3
     url: s3://bucket/prefix?endpoint=minio.example:9000&region=us-east-1
     credentialsSecret: cairn-s3
+    encryptionKeySecret: cairn-s3-key
+protectionPolicies:
+  - name: default
+    schedule: "0 * * * *"
+    timeZone: Europe/Berlin
+    snapshotClassName: cairn-nas
+    retain: 24
+    selector: {matchLabels: {backup: hourly}}
 `
 
 // TestChartValues renders the chart with non-default values and checks that
@@ -498,9 +506,22 @@ func TestChartValues(t *testing.T) {
 	if got := str(s3.raw, "spec", "credentialsSecret"); got != "cairn-s3" {
 		t.Errorf("BackupTarget s3 credentialsSecret %q", got)
 	}
+	if got := str(s3.raw, "spec", "encryptionKeySecret"); got != "cairn-s3-key" {
+		t.Errorf("BackupTarget s3 encryptionKeySecret %q", got)
+	}
+
+	pp := ms.get(t, "ProtectionPolicy", "default")
+	if err := validateCR(crds, pp.raw); err != nil {
+		t.Errorf("%s: %v", pp.where, err)
+	}
+	if str(pp.raw, "spec", "schedule") != "0 * * * *" || str(pp.raw, "spec", "snapshotClassName") != "cairn-nas" || str(pp.raw, "spec", "timeZone") != "Europe/Berlin" {
+		t.Errorf("ProtectionPolicy default: %v", pp.raw["spec"])
+	}
 
 	t.Run("schema", func(t *testing.T) {
 		bad := map[string]string{
+			"policy without retain":   "protectionPolicies: [{name: p, schedule: '@hourly', snapshotClassName: c}]\n",
+			"policy misspelt field":   "protectionPolicies: [{name: p, schedule: '@hourly', snapshotClassName: c, retain: 1, keep: 2}]\n",
 			"unknown fsType":          "storageClass: {fsType: btrfs}\n",
 			"misspelt key":            "controler: {replicas: 1}\n",
 			"backup class no target":  "snapshotClasses: {classes: [{name: b, parameters: {type: backup}}]}\n",

@@ -9,10 +9,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -30,7 +32,7 @@ const (
 	exitNotFound = 4 // the named backup does not exist
 )
 
-const backupUsage = `Usage: cairn backup <command> --target URL [flags] [args]
+const backupUsage = `Usage: cairn backup <command> --target URL [--key-file FILE] [flags] [args]
 
 Commands:
   list    [--volume ID] [--json]          list committed backups
@@ -39,6 +41,12 @@ Commands:
   restore VOLUME/BACKUP --to FILE          restore into a new sparse file
   delete  VOLUME/BACKUP ...                delete backups (run gc to reclaim space)
   gc      [--min-age 1h]                   delete packs no backup refers to
+  rotate-key --new-key-file FILE           wrap an encrypted target's data key with a new
+                                           master key (with --key-file the current one);
+                                           nothing else is rewritten
+
+--key-file FILE is the master key of an encrypted target (exactly 32 bytes); a
+new target used with a key is created encrypted.
 
 A backup may also be named by its snapshot handle bs://TARGET/VOLUME/BACKUP.
 URL is file:///path or s3://bucket/prefix?endpoint=host:port (credentials from
@@ -68,6 +76,8 @@ func runBackupCLI(args []string) int {
 	volume := fs.String("volume", "", "list: only this volume's backups")
 	to := fs.String("to", "", "restore: the file to create")
 	minAge := fs.Duration("min-age", backup.DefaultGCMinAge, "gc: keep unreferenced packs younger than this")
+	keyFile := fs.String("key-file", os.Getenv("CAIRN_BACKUP_KEY_FILE"), "the target's master key, a file of exactly 32 bytes (or $CAIRN_BACKUP_KEY_FILE)")
+	newKeyFile := fs.String("new-key-file", "", "rotate-key: the new master key")
 	if err := fs.Parse(reorderFlags(fs, args)); err != nil {
 		return exitUsage
 	}
@@ -82,7 +92,14 @@ func runBackupCLI(args []string) int {
 		fmt.Fprintln(os.Stderr, "cairn backup:", err)
 		return exitFailed
 	}
-	repo, err := backup.Open(ctx, st)
+	var key []byte
+	if *keyFile != "" {
+		if key, err = backup.ReadKeyFile(*keyFile); err != nil {
+			fmt.Fprintln(os.Stderr, "cairn backup:", err)
+			return exitUsage
+		}
+	}
+	repo, err := backup.OpenKeyed(ctx, st, key)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cairn backup:", err)
 		return exitFailed
@@ -93,6 +110,8 @@ func runBackupCLI(args []string) int {
 		err = c.list(*volume)
 	case "show":
 		err = c.show(fs.Args())
+	case "rotate-key":
+		err = c.rotateKey(*newKeyFile)
 	case "verify":
 		err = c.verify(fs.Args())
 	case "restore":
@@ -201,6 +220,21 @@ func (c *backupCLI) list(volume string) error {
 	return tw.Flush()
 }
 
+func (c *backupCLI) rotateKey(newKeyFile string) error {
+	if newKeyFile == "" {
+		return &cliError{exitUsage, errors.New("rotate-key needs --new-key-file FILE (and --key-file with the current key)")}
+	}
+	next, err := backup.ReadKeyFile(newKeyFile)
+	if err != nil {
+		return &cliError{exitUsage, err}
+	}
+	if err := c.repo.RotateKey(c.ctx, next); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "rotated the master key of %s: the old key no longer opens it\n", c.repo.Store())
+	return nil
+}
+
 func (c *backupCLI) show(args []string) error {
 	if len(args) != 1 {
 		return &cliError{exitUsage, errors.New("show takes one VOLUME/BACKUP")}
@@ -229,9 +263,38 @@ func (c *backupCLI) show(args []string) error {
 		{"This run", fmt.Sprintf("read %s, uploaded %s; blocks new %d, unchanged %d, deduplicated %d, empty %d; %.1fs",
 			bytesHuman(m.Stats.BytesRead), bytesHuman(m.Stats.BytesUploaded), m.Stats.BlocksNew, m.Stats.BlocksReused, m.Stats.BlocksDeduped, m.Stats.BlocksSkipped, m.Stats.DurationSecond)},
 	} {
-		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], printable(kv[1]))
+	}
+	if cl := m.Claim; cl != nil { // checked by the store's validation
+		pvc := cl.Name
+		if cl.Namespace != "" {
+			pvc = cl.Namespace + "/" + cl.Name
+		}
+		request := "-"
+		if cl.RequestBytes > 0 {
+			request = bytesHuman(cl.RequestBytes)
+		}
+		for _, kv := range [][2]string{
+			{"PVC", orDash(pvc)}, {"StorageClass", orDash(cl.StorageClassName)}, {"Access modes", orDash(strings.Join(cl.AccessModes, ","))},
+			{"Volume mode", orDash(cl.VolumeMode)}, {"Requested", request},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+	} else {
+		fmt.Fprintf(tw, "PVC:\t- (not recorded)\n")
 	}
 	return tw.Flush()
+}
+
+// printable quotes a string read from a store if it holds anything a
+// terminal would interpret.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func (c *backupCLI) verify(args []string) error {

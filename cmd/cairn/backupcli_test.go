@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -41,7 +42,8 @@ func TestBackupCLI(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := repo.Backup(context.Background(), backup.Source{Path: src}, backup.Meta{BackupID: model.BackupIDForName("snap"), VolumeID: "v-1", SnapshotName: "snap"}, nil)
+	claim := &model.Claim{Name: "mysql-pvc", Namespace: "shop", StorageClassName: "cairn", AccessModes: []string{"ReadWriteOnce"}, VolumeMode: "Filesystem", RequestBytes: 12 << 20}
+	m, err := repo.Backup(context.Background(), backup.Source{Path: src}, backup.Meta{BackupID: model.BackupIDForName("snap"), VolumeID: "v-1", SnapshotName: "snap", Claim: claim}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +70,13 @@ func TestBackupCLI(t *testing.T) {
 	}
 	expect(0, m.ID, "list", "--target", target)
 	expect(0, "Stored blocks:", "show", ref, "--target", target)
+	shown, _ := run("show", ref, "--target", target)
+	for _, line := range []string{`PVC:\s+shop/mysql-pvc\n`, `StorageClass:\s+cairn\n`, `Access modes:\s+ReadWriteOnce\n`, `Volume mode:\s+Filesystem\n`, `Requested:\s+12.0 MiB\n`} {
+		if !regexp.MustCompile(line).MatchString(shown) {
+			t.Errorf("cairn backup show: no line %s:\n%s", line, shown)
+		}
+	}
+	expect(0, `"accessModes": [`, "show", ref, "--json", "--target", target)
 	expect(0, "verified 1 backups: 3 blocks", "verify", "--target", target)
 	restored := filepath.Join(dir, "restored")
 	expect(0, "restored", "restore", "bs://t/"+ref, "--to", restored, "--target", target)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -62,11 +61,19 @@ func (k *kubeFlags) restConfig(agent string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// metricsRegistry holds Cairn's metrics in Kubernetes mode. It is served
+// together with controller-runtime's registry (kubeGatherers), which
+// already has the Go and process collectors: registering them here too
+// made every scrape fail with duplicate metrics.
 func metricsRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	csi.RegisterMetrics(reg)
 	return reg
+}
+
+// kubeGatherers is what /metrics serves in Kubernetes mode.
+func kubeGatherers(reg *prometheus.Registry) prometheus.Gatherers {
+	return prometheus.Gatherers{reg, ctrlmetrics.Registry}
 }
 
 // runController serves the CSI controller for the sidecars over Cairn's
@@ -99,7 +106,7 @@ func runController(args []string) error {
 			os.Exit(1)
 		}
 	}()
-	backend := &remote.Remote{Client: cl.GetClient(), HeartbeatTimeout: *heartbeat}
+	backend := &remote.Remote{Client: cl.GetClient(), Reader: cl.GetAPIReader(), HeartbeatTimeout: *heartbeat}
 	reg := metricsRegistry()
 	policy.RegisterMetrics(reg)
 	if *policies {
@@ -108,7 +115,7 @@ func runController(args []string) error {
 		}
 	}
 	if kf.httpEndpoint != "" {
-		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, func() error { return backend.Health(ctx) })
+		go serveHTTP(kf.httpEndpoint, kubeGatherers(reg), func() error { return backend.Health(ctx) })
 	}
 	klog.InfoS("Cairn controller starting", "version", csi.Version, "endpoint", kf.endpoint)
 	svc := csi.New(nil, backend, csi.Options{})
@@ -201,7 +208,7 @@ func runNode(args []string) error {
 	reg := metricsRegistry()
 	engine.RegisterMetrics(reg, eng)
 	if kf.httpEndpoint != "" {
-		go serveHTTP(kf.httpEndpoint, prometheus.Gatherers{reg, ctrlmetrics.Registry}, eng.Health)
+		go serveHTTP(kf.httpEndpoint, kubeGatherers(reg), eng.Health)
 	}
 	if *regDir != "" {
 		path := *regPath

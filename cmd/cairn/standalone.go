@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/control/local"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
@@ -40,6 +41,8 @@ func runStandalone(args []string) error {
 	forceCopy := fs.Bool("force-copy", false, "copy instead of reflink even where the data root supports reflinks")
 	var targets targetFlags
 	fs.Var(&targets, "backup-target", "a backup target NAME=URL (repeatable): file:///path or s3://bucket/prefix?endpoint=host:port; S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+	var keys keyFlags
+	fs.Var(&keys, "backup-key", "NAME=FILE (repeatable): the master key of backup target NAME, a file of exactly 32 random bytes; the target's backups are encrypted (docs/FORMAT.md)")
 	klogFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,7 +63,11 @@ func runStandalone(args []string) error {
 	if err != nil {
 		return err
 	}
-	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, BackupTargets: stores, CgroupRoot: *cgroupFS})
+	backupKeys, err := keys.read()
+	if err != nil {
+		return err
+	}
+	eng, err := engine.Open(ctx, engine.Config{DataRoot: *dataRoot, FreezeTimeout: *freezeTimeout, ForceCopy: *forceCopy, BackupTargets: stores, BackupKeys: backupKeys, CgroupRoot: *cgroupFS})
 	if err != nil {
 		return err
 	}
@@ -127,6 +134,37 @@ func serveHTTP(addr string, reg prometheus.Gatherer, health func() error) {
 		klog.ErrorS(err, "HTTP endpoint failed", "address", addr)
 		os.Exit(1)
 	}
+}
+
+// keyFlags collects --backup-key NAME=FILE flags.
+type keyFlags []string
+
+func (k *keyFlags) String() string { return strings.Join(*k, ",") }
+
+func (k *keyFlags) Set(v string) error {
+	name, file, ok := strings.Cut(v, "=")
+	if !ok || !model.ValidTargetName(name) || file == "" {
+		return fmt.Errorf("%q: want NAME=FILE, NAME a backup target's name", v)
+	}
+	*k = append(*k, v)
+	return nil
+}
+
+// read loads the key files, by target name.
+func (k keyFlags) read() (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, v := range k {
+		name, file, _ := strings.Cut(v, "=")
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--backup-key: target %q given twice", name)
+		}
+		key, err := backup.ReadKeyFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--backup-key %s: %w", name, err)
+		}
+		out[name] = key
+	}
+	return out, nil
 }
 
 // targetFlags collects --backup-target NAME=URL flags.

@@ -405,7 +405,7 @@ func TestBackupsThroughObjects(t *testing.T) {
 	}
 	// A backup this cluster has no object for (taken by the engine
 	// directly, as another cluster would) is imported on first sight.
-	foreign, err := f.eng.CreateBackup(f.ctx, "foreign", v.ID, "default")
+	foreign, err := f.eng.CreateBackup(f.ctx, "foreign", v.ID, "default", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
 )
@@ -52,7 +53,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 		var info *model.BackupInfo
 		if err = a.ensureTarget(ctx, s.Spec.BackupTarget); err == nil {
 			if s.Spec.Name != "" {
-				info, err = a.Engine.CreateBackup(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.BackupTarget)
+				info, err = a.Engine.CreateBackup(ctx, s.Spec.Name, s.Spec.SourceVolumeID, s.Spec.BackupTarget, kube.Claim(s.Spec.SourceClaim))
 			} else {
 				info, err = a.Engine.GetBackup(ctx, s.Spec.Handle)
 			}

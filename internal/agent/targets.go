@@ -8,10 +8,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/cairn-csi/cairn/internal/backup"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
 )
+
+// EncryptionKeyEntry is the entry of a BackupTarget's encryptionKeySecret
+// that holds the target's master key (32 raw bytes).
+const EncryptionKeyEntry = "key"
 
 // ensureTarget configures a backup target in the engine from its
 // BackupTarget object (and credentials Secret) unless already done.
@@ -46,6 +51,19 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 		}
 		version += "@" + sec.ResourceVersion
 	}
+	var key []byte
+	if t.Spec.EncryptionKeySecret != "" {
+		var sec corev1.Secret
+		if err := a.client.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: t.Spec.EncryptionKeySecret}, &sec); err != nil {
+			return model.Errorf(model.ErrUnavailable, "backup target %q: encryption key Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.EncryptionKeySecret, err)
+		}
+		key = sec.Data[EncryptionKeyEntry]
+		if len(key) != backup.MasterKeySize {
+			return model.Errorf(model.ErrInvalidArgument, "backup target %q: Secret %s/%s: entry %q must hold exactly %d bytes (it has %d)",
+				t.Name, a.Namespace, t.Spec.EncryptionKeySecret, EncryptionKeyEntry, backup.MasterKeySize, len(key))
+		}
+		version += "#key@" + sec.ResourceVersion
+	}
 	if a.targets[t.Name] == version {
 		return nil
 	}
@@ -53,7 +71,7 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	if err != nil {
 		return model.Errorf(model.ErrUnavailable, "backup target %q: %v", t.Name, err)
 	}
-	if err := a.Engine.SetBackupTarget(t.Name, st); err != nil {
+	if err := a.Engine.SetBackupTarget(t.Name, st, key); err != nil {
 		return err
 	}
 	a.targets[t.Name] = version

@@ -34,6 +34,9 @@ type Meta struct {
 	SnapshotName string
 	Block        bool
 	FsType       string
+	// Claim is the source PVC, recorded for a restore elsewhere; nil if
+	// not known.
+	Claim *model.Claim
 }
 
 // Progress reports a long operation's progress in volume bytes.
@@ -111,6 +114,7 @@ func (r *Repo) Backup(ctx context.Context, src Source, meta Meta, progress func(
 	}
 	stats := run.stats.snapshot(start)
 	m := newManifest(meta, src, size, r.cfg.BlockSize, start, entries, stats)
+	m.FormatVersion = r.cfg.FormatVersion
 	if err := r.commit(ctx, lock, m); err != nil {
 		return nil, err
 	}
@@ -166,6 +170,7 @@ func newManifest(meta Meta, src Source, size, bs int64, start time.Time, entries
 		BlockSize:     bs,
 		Block:         meta.Block,
 		FsType:        meta.FsType,
+		Claim:         meta.Claim,
 		CreatedAt:     start.UTC(),
 		CompletedAt:   time.Now().UTC(),
 		Blocks:        entries,
@@ -188,10 +193,12 @@ func (r *Repo) commit(ctx context.Context, lock *lease, m *Manifest) error {
 	if len(b) > maxManifestBytes {
 		return fmt.Errorf("backup %s: its manifest would be %d bytes, over the %d a reader accepts", m.ID, len(b), maxManifestBytes)
 	}
+	key := manifestKey(m.VolumeID, m.ID)
+	b = r.enc.sealObject(key, b)
 	if err := lock.checkCommit(ctx); err != nil {
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}
-	if err := r.store.Put(ctx, manifestKey(m.VolumeID, m.ID), bytes.NewReader(b), int64(len(b))); err != nil {
+	if err := r.store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
 		return fmt.Errorf("commit manifest of backup %s: %w", m.ID, err)
 	}
 	return nil

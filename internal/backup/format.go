@@ -15,11 +15,19 @@ import (
 	"time"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // Format constants (docs/FORMAT.md).
 const (
-	FormatVersion    = 1
+	// FormatVersion is the newest store format this package reads.
+	FormatVersion = formatEncrypted
+	// formatPlain stores are written by this and older versions alike;
+	// formatEncrypted ones have an encryption section (crypt.go), which
+	// older clients must refuse rather than misread.
+	formatPlain      = 1
+	formatEncrypted  = 2
 	DefaultBlockSize = 4 << 20
 	packTarget       = 64 << 20
 	packMagic        = "CAIRNPK1"
@@ -38,6 +46,8 @@ type StoreConfig struct {
 	Hash          string    `json:"hash"`
 	Compression   string    `json:"compression"`
 	CreatedAt     time.Time `json:"createdAt"`
+	// Encryption is set in an encrypted store (format 2).
+	Encryption *EncryptionConfig `json:"encryption,omitempty"`
 }
 
 // blockLen is the length of the block at offset off of a volume of size
@@ -99,20 +109,22 @@ type Stats struct {
 
 // Manifest is backups/<volume>/<id>.json: a committed backup.
 type Manifest struct {
-	FormatVersion int       `json:"formatVersion"`
-	ID            string    `json:"id"`
-	VolumeID      string    `json:"volumeId"`
-	VolumeName    string    `json:"volumeName,omitempty"`
-	SnapshotName  string    `json:"snapshotName,omitempty"`
-	SizeBytes     int64     `json:"sizeBytes"`
-	BlockSize     int64     `json:"blockSize"`
-	Block         bool      `json:"block"`
-	FsType        string    `json:"fsType,omitempty"`
-	Parent        string    `json:"parent,omitempty"`
-	CreatedAt     time.Time `json:"createdAt"`
-	CompletedAt   time.Time `json:"completedAt"`
-	Blocks        []Entry   `json:"blocks"`
-	Stats         Stats     `json:"stats"`
+	FormatVersion int    `json:"formatVersion"`
+	ID            string `json:"id"`
+	VolumeID      string `json:"volumeId"`
+	VolumeName    string `json:"volumeName,omitempty"`
+	SnapshotName  string `json:"snapshotName,omitempty"`
+	SizeBytes     int64  `json:"sizeBytes"`
+	BlockSize     int64  `json:"blockSize"`
+	Block         bool   `json:"block"`
+	FsType        string `json:"fsType,omitempty"`
+	// Claim is the source PVC (optional, docs/FORMAT.md).
+	Claim       *model.Claim `json:"claim,omitempty"`
+	Parent      string       `json:"parent,omitempty"`
+	CreatedAt   time.Time    `json:"createdAt"`
+	CompletedAt time.Time    `json:"completedAt"`
+	Blocks      []Entry      `json:"blocks"`
+	Stats       Stats        `json:"stats"`
 }
 
 // BlocksDigest is the BLAKE3 of the manifest's block list: a node keeps

@@ -44,7 +44,7 @@ func FuzzManifest(f *testing.F) {
 		if json.Unmarshal(b, &m) != nil {
 			return
 		}
-		if m.validate("v-1", model.BackupIDForName("s"), fuzzBlockSize) != nil {
+		if m.validate("v-1", model.BackupIDForName("s"), fuzzBlockSize, 0) != nil {
 			return
 		}
 		for _, e := range m.Blocks {
@@ -64,7 +64,7 @@ func FuzzPackIndex(f *testing.F) {
 	f.Add([]byte(`[{"h":"x","o":-1,"l":1e20}]`), int64(0))
 	f.Fuzz(func(t *testing.T, raw []byte, dataLen int64) {
 		sum := blake3.Sum256(raw)
-		idx, err := parsePackIndex(hex.EncodeToString(sum[:]), raw, dataLen, fuzzBlockSize)
+		idx, err := parsePackIndex(hex.EncodeToString(sum[:]), raw, dataLen, fuzzBlockSize, 0)
 		if err != nil {
 			return
 		}
@@ -139,7 +139,7 @@ func FuzzDecodeBlock(f *testing.F) {
 	f.Add(stored, comp, int64(5000))
 	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, compZstd, int64(4<<20))
 	f.Fuzz(func(t *testing.T, stored []byte, comp string, rawLen int64) {
-		raw, err := decodeBlock(stored, comp, rawLen, strings.Repeat("0", 64), nil)
+		raw, err := (*keyring)(nil).decodeBlock(stored, comp, rawLen, strings.Repeat("0", 64), nil)
 		if err == nil && int64(len(raw)) != rawLen {
 			t.Fatalf("decoded %d bytes for raw length %d", len(raw), rawLen)
 		}

@@ -106,6 +106,13 @@ func TestHostileManifestFields(t *testing.T) {
 		"zero format":          func(v map[string]any) { v["formatVersion"] = 0 },
 		"too many entries":     func(v map[string]any) { v["sizeBytes"] = 4 * mib },
 		"raw length not block": func(v map[string]any) { entry(v, 1)[5] = 4*mib - 1 },
+		"claim name with escapes": func(v map[string]any) {
+			v["claim"] = map[string]any{"name": "pvc\x1b]0;owned\x07", "namespace": "default"}
+		},
+		"claim access mode":  func(v map[string]any) { v["claim"] = map[string]any{"name": "pvc", "accessModes": []any{"Always"}} },
+		"claim volume mode":  func(v map[string]any) { v["claim"] = map[string]any{"name": "pvc", "volumeMode": "Raw"} },
+		"claim wrong type":   func(v map[string]any) { v["claim"] = "pvc" },
+		"claim negative ask": func(v map[string]any) { v["claim"] = map[string]any{"name": "pvc", "requestBytes": -1} },
 	}
 	key := manifestKey(m.VolumeID, m.ID)
 	ctx := context.Background()
@@ -140,7 +147,7 @@ func TestHostileManifestFields(t *testing.T) {
 			// A hand-made manifest handed straight to Restore is checked too.
 			var hm Manifest
 			b, _ = json.Marshal(v)
-			if json.Unmarshal(b, &hm) == nil && hm.validate(hm.VolumeID, hm.ID, r.BlockSize()) != nil {
+			if json.Unmarshal(b, &hm) == nil && hm.validate(hm.VolumeID, hm.ID, r.BlockSize(), 0) != nil {
 				out := filepath.Join(t.TempDir(), "out")
 				sparseFile(t, out, 0)
 				if err := r.Restore(ctx, &hm, out, nil); err == nil {
@@ -257,7 +264,7 @@ func TestZstdBombIsBounded(t *testing.T) {
 				t.Fatalf("bomb is %d bytes", len(blob))
 			}
 			before := totalAlloc()
-			_, err := decodeBlock(blob, compZstd, 4*mib, strings.Repeat("0", 64), nil)
+			_, err := (*keyring)(nil).decodeBlock(blob, compZstd, 4*mib, strings.Repeat("0", 64), nil)
 			if err == nil {
 				t.Fatal("decoded a bomb")
 			}

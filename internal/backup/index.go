@@ -181,7 +181,7 @@ func (r *Repo) readPackIndex(ctx context.Context, id string) ([]packIndexEntry, 
 	if err != nil {
 		return nil, err
 	}
-	return parsePackIndex(id, b, info.Size-tl-n, r.cfg.BlockSize)
+	return parsePackIndex(id, b, info.Size-tl-n, r.cfg.BlockSize, r.enc.overhead())
 }
 
 // badLoc is a blob location found damaged.
@@ -313,7 +313,7 @@ func (c *dedupChecker) usable(ctx context.Context, r *Repo, h string, loc Loc) b
 	}
 	stored, err := r.readRangeInto(ctx, packKey(loc.Pack), loc.Offset, loc.Length, c.stored)
 	if err == nil {
-		if _, err = decodeBlock(stored, loc.Comp, loc.RawLength, h, c.raw); err != nil {
+		if _, err = r.enc.decodeBlock(stored, loc.Comp, loc.RawLength, h, c.raw); err != nil {
 			r.quarantine(ctx, Entry{Hash: h, Loc: loc}, err)
 			return false
 		}

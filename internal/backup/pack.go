@@ -124,13 +124,18 @@ func encodeBlock(raw, dst []byte) ([]byte, string) {
 	return out, compZstd
 }
 
-// decodeBlock undoes encodeBlock into dst (reused if large enough) and
-// checks the result against the block's hash. The output is bounded by
-// rawLen before anything is decoded (the decoder never writes past dst's
-// capacity), so a small hostile blob cannot make it allocate.
-func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst []byte) ([]byte, error) {
+// decodeBlock opens a stored blob (in place, in an encrypted store),
+// undoes encodeBlock into dst (reused if large enough) and checks the
+// result against the block's hash. The output is bounded by rawLen before
+// anything is decoded (the decoder never writes past dst's capacity), so
+// a small hostile blob cannot make it allocate.
+func (k *keyring) decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst []byte) ([]byte, error) {
 	if rawLen < 1 || rawLen > MaxBlockSize {
 		return nil, fmt.Errorf("raw length %d out of range", rawLen)
+	}
+	stored, err := k.openBlob(wantHash, stored)
+	if err != nil {
+		return nil, err
 	}
 	if int64(cap(dst)) < rawLen {
 		dst = make([]byte, 0, rawLen)
@@ -154,7 +159,7 @@ func decodeBlock(stored []byte, comp string, rawLen int64, wantHash string, dst 
 	if int64(len(raw)) != rawLen {
 		return nil, fmt.Errorf("block is %d bytes, want %d", len(raw), rawLen)
 	}
-	if got := hashBlock(raw); got != wantHash {
+	if got := k.hash(raw); got != wantHash {
 		return nil, fmt.Errorf("hash %s…, want %s…", short(got), short(wantHash))
 	}
 	return raw, nil

@@ -285,7 +285,7 @@ func (b *backupRun) readBlock(n int64, buf []byte, chk *dedupChecker) {
 		b.stats.skipped()
 		return
 	}
-	h := hashBlock(data)
+	h := b.r.enc.hash(data)
 	if loc, ok := b.idx.get(h); ok {
 		if loc.RawLength == length && chk.usable(b.ctx, b.r, h, loc) {
 			b.addEntry(Entry{Offset: off, Hash: h, Loc: loc})
@@ -304,6 +304,7 @@ func (b *backupRun) readBlock(n int64, buf []byte, chk *dedupChecker) {
 		return
 	}
 	enc, comp := encodeBlock(data, b.blobBufs.get())
+	enc = b.r.enc.sealBlob(h, enc)
 	b.stats.newBlock()
 	select {
 	case b.blobs <- blob{hash: h, data: enc, rawLen: length, comp: comp}:

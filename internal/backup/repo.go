@@ -29,6 +29,9 @@ var (
 type Repo struct {
 	store objstore.Store
 	cfg   StoreConfig
+	// enc holds an encrypted store's keys; nil for a plain store.
+	enc    *keyring
+	master []byte
 
 	mu sync.Mutex
 	// packs caches validated pack indexes by pack ID; a pack's ID is the
@@ -43,12 +46,25 @@ type Repo struct {
 	Concurrency int
 }
 
-// Open opens the backup store on st, initialising it on first use.
-func Open(ctx context.Context, st objstore.Store) (*Repo, error) {
+// Open opens the plain backup store on st, initialising it on first use.
+func Open(ctx context.Context, st objstore.Store) (*Repo, error) { return OpenKeyed(ctx, st, nil) }
+
+// OpenKeyed opens the backup store on st with its master key (nil for a
+// plain store); a new store is created encrypted when a key is given. A
+// key for a plain store, none for an encrypted one, or a wrong one is
+// ErrKey, found before anything but the configuration is read.
+func OpenKeyed(ctx context.Context, st objstore.Store, master []byte) (*Repo, error) {
 	r := &Repo{store: st, Concurrency: 8, packs: map[string][]packIndexEntry{}}
 	err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &r.cfg)
 	if errors.Is(err, objstore.ErrNotFound) {
-		r.cfg = StoreConfig{FormatVersion: FormatVersion, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
+		r.cfg = StoreConfig{FormatVersion: formatPlain, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
+		if master != nil {
+			enc, keys, err := newEncryption(master)
+			if err != nil {
+				return nil, fmt.Errorf("initialise backup store %s: %w", st, err)
+			}
+			r.cfg.FormatVersion, r.cfg.Encryption, r.enc, r.master = formatEncrypted, enc, keys, master
+		}
 		if err := r.putJSON(ctx, configKey, &r.cfg); err != nil {
 			return nil, fmt.Errorf("initialise backup store %s: %w", st, err)
 		}
@@ -57,10 +73,52 @@ func Open(ctx context.Context, st objstore.Store) (*Repo, error) {
 	if err == nil {
 		err = r.cfg.validate()
 	}
+	if err == nil {
+		switch {
+		case r.cfg.Encryption == nil && master != nil:
+			err = fmt.Errorf("%w: the store is not encrypted, but a key was given (an existing store keeps what it is: use a new target for encrypted backups)", ErrKey)
+		case r.cfg.Encryption != nil && master == nil:
+			err = fmt.Errorf("%w: the store is encrypted and no key was given", ErrKey)
+		case r.cfg.Encryption != nil:
+			r.enc, err = r.cfg.Encryption.open(master)
+			r.master = master
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open backup store %s: %w", st, err)
 	}
 	return r, nil
+}
+
+// Encrypted reports whether the store is encrypted.
+func (r *Repo) Encrypted() bool { return r.enc != nil }
+
+// RotateKey wraps the store's data key with a new master key and
+// replaces the configuration (one atomic write); no blob or manifest is
+// rewritten. The Repo must have been opened with the current key, and
+// the configuration must not have changed since.
+func (r *Repo) RotateKey(ctx context.Context, next []byte) error {
+	if r.enc == nil {
+		return fmt.Errorf("%w: the store is not encrypted", ErrKey)
+	}
+	var now StoreConfig
+	if err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &now); err != nil {
+		return err
+	}
+	if now.Encryption == nil || now.Encryption.KeyCheck != r.cfg.Encryption.KeyCheck {
+		return fmt.Errorf("%w: the store's key changed since it was opened", ErrKey)
+	}
+	enc, err := r.cfg.Encryption.rewrapped(r.master, next)
+	if err != nil {
+		return err
+	}
+	cfg := r.cfg
+	cfg.Encryption = enc
+	if err := r.putJSON(ctx, configKey, &cfg); err != nil {
+		return fmt.Errorf("rotate the key of %s: %w", r.store, err)
+	}
+	r.cfg, r.master = cfg, next
+	return nil
 }
 
 // Store returns the underlying object store.
@@ -91,12 +149,19 @@ func (r *Repo) manifest(ctx context.Context, volumeID, backupID string, size int
 		return nil, fmt.Errorf("%w: %s/%s is not a valid backup name", ErrNotFound, volumeID, backupID)
 	}
 	var m Manifest
-	err := r.readJSON(ctx, manifestKey(volumeID, backupID), maxManifestBytes, size, &m)
+	key := manifestKey(volumeID, backupID)
+	b, err := r.readObject(ctx, key, maxManifestBytes+r.enc.objectOverhead(), size)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s/%s in %s", ErrNotFound, volumeID, backupID, r.store)
 	}
 	if err == nil {
-		err = m.validate(volumeID, backupID, r.cfg.BlockSize)
+		b, err = r.enc.openObject(key, b)
+	}
+	if err == nil {
+		err = parseJSON(key, b, &m)
+	}
+	if err == nil {
+		err = m.validate(volumeID, backupID, r.cfg.BlockSize, r.enc.overhead())
 	}
 	if err != nil {
 		return nil, err

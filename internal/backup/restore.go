@@ -43,7 +43,7 @@ func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, 
 	default:
 		return nil, fmt.Errorf("backup %s of volume %s, block at volume offset %d: %w", m.ID, m.VolumeID, e.Offset, err)
 	}
-	raw, err := decodeBlock(stored, e.Comp, e.RawLength, e.Hash, buf)
+	raw, err := r.enc.decodeBlock(stored, e.Comp, e.RawLength, e.Hash, buf)
 	if err != nil {
 		r.quarantine(ctx, e, err)
 		return nil, blockError(m, e, err)
@@ -56,7 +56,7 @@ func (r *Repo) fetchBlock(ctx context.Context, m *Manifest, e Entry, storedBuf, 
 // parallel and each is verified against its hash before it is written; a
 // damaged block fails the restore with an error naming it.
 func (r *Repo) Restore(ctx context.Context, m *Manifest, dst string, progress func(Progress)) error {
-	if err := m.validate(m.VolumeID, m.ID, r.cfg.BlockSize); err != nil {
+	if err := m.validate(m.VolumeID, m.ID, r.cfg.BlockSize, r.enc.overhead()); err != nil {
 		return err
 	}
 	start := time.Now()

@@ -56,29 +56,42 @@ func corruptf(format string, args ...any) error {
 // An object over the limit is damage, found before anything is read: no
 // store object can make a reader allocate more than its kind's limit.
 func (r *Repo) readJSON(ctx context.Context, key string, limit, size int64, v any) error {
+	b, err := r.readObject(ctx, key, limit, size)
+	if err != nil {
+		return err
+	}
+	return parseJSON(key, b, v)
+}
+
+// readObject reads one store object of at most limit bytes, as readJSON.
+func (r *Repo) readObject(ctx context.Context, key string, limit, size int64) ([]byte, error) {
 	if size < 0 {
 		info, err := r.store.Stat(ctx, key)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		size = info.Size
 	}
 	if size > limit {
-		return corruptf("%s is %d bytes, more than the %d such an object may have", key, size, limit)
+		return nil, corruptf("%s is %d bytes, more than the %d such an object may have", key, size, limit)
 	}
 	rc, err := r.store.Get(ctx, key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rc.Close()
 	buf := bytes.NewBuffer(make([]byte, 0, size+1))
 	if _, err := buf.ReadFrom(io.LimitReader(rc, limit+1)); err != nil {
-		return fmt.Errorf("read %s: %w", key, err)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	if int64(buf.Len()) > limit {
-		return corruptf("%s is larger than %d bytes", key, limit)
+		return nil, corruptf("%s is larger than %d bytes", key, limit)
 	}
-	if err := json.Unmarshal(buf.Bytes(), v); err != nil {
+	return buf.Bytes(), nil
+}
+
+func parseJSON(key string, b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
 		return corruptf("parse %s: %v", key, err)
 	}
 	return nil
@@ -97,6 +110,12 @@ func (c *StoreConfig) validate() error {
 		return fmt.Errorf("%w: hash %q", ErrUnsupported, c.Hash)
 	case c.Compression != compressionName:
 		return fmt.Errorf("%w: compression %q", ErrUnsupported, c.Compression)
+	case c.FormatVersion == formatPlain && c.Encryption != nil:
+		return corruptf("%s: format %d has no encryption section", configKey, formatPlain)
+	case c.FormatVersion == formatEncrypted && c.Encryption == nil:
+		return corruptf("%s: format %d needs an encryption section", configKey, formatEncrypted)
+	case c.Encryption != nil:
+		return c.Encryption.validate()
 	}
 	return nil
 }
@@ -104,19 +123,21 @@ func (c *StoreConfig) validate() error {
 // checkLoc checks a stored blob's location fields against the store's
 // block size: a stored length never above a compressed block's cap, a raw
 // length never above the block size, compression "none" stored as is.
-func checkLoc(l Loc, blockSize int64) error {
+//
+// overhead is what the store's encryption adds to every blob (0 plain).
+func checkLoc(l Loc, blockSize, overhead int64) error {
 	switch {
 	case !ValidHash(l.Pack):
 		return fmt.Errorf("pack ID %q is not 64 hex digits", l.Pack)
 	case l.Offset < 0 || l.Offset > maxPackOffset:
 		return fmt.Errorf("pack offset %d out of range", l.Offset)
-	case l.Length < 1 || l.Length > int64(blobCap(blockSize)):
-		return fmt.Errorf("stored length %d out of [1, %d]", l.Length, blobCap(blockSize))
+	case l.Length < 1+overhead || l.Length > int64(blobCap(blockSize)):
+		return fmt.Errorf("stored length %d out of [%d, %d]", l.Length, 1+overhead, blobCap(blockSize))
 	case l.RawLength < 1 || l.RawLength > blockSize:
 		return fmt.Errorf("raw length %d out of [1, %d]", l.RawLength, blockSize)
 	case l.Comp != compZstd && l.Comp != compNone:
 		return fmt.Errorf("compression %q", l.Comp)
-	case l.Comp == compNone && l.Length != l.RawLength:
+	case l.Comp == compNone && l.Length != l.RawLength+overhead:
 		return fmt.Errorf("uncompressed blob of stored length %d and raw length %d", l.Length, l.RawLength)
 	}
 	return nil
@@ -130,7 +151,7 @@ const maxPackOffset = 1 << 40
 // with the given block size: its identity equals its key, and every entry
 // is in range, aligned, inside the volume and in strictly increasing
 // order.
-func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
+func (m *Manifest) validate(volumeID, backupID string, blockSize, overhead int64) error {
 	key := manifestKey(volumeID, backupID)
 	switch {
 	case m.FormatVersion > FormatVersion:
@@ -150,9 +171,14 @@ func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
 	case int64(len(m.Blocks)) > blockCount(blockSize, m.SizeBytes):
 		return corruptf("manifest %s: %d entries for a volume of %d bytes", key, len(m.Blocks), m.SizeBytes)
 	}
+	if m.Claim != nil {
+		if err := m.Claim.Check(); err != nil {
+			return corruptf("manifest %s: %v", key, err)
+		}
+	}
 	prev := int64(-1)
 	for i, e := range m.Blocks {
-		err := checkLoc(e.Loc, blockSize)
+		err := checkLoc(e.Loc, blockSize, overhead)
 		switch {
 		case err != nil:
 		case e.Offset < 0 || e.Offset%blockSize != 0 || e.Offset >= m.SizeBytes:
@@ -176,7 +202,7 @@ func (m *Manifest) validate(volumeID, backupID string, blockSize int64) error {
 // area is dataLen bytes long: the pack's ID must be the BLAKE3 of these
 // bytes (so an index cannot be swapped under a pack's name), and every
 // blob must lie inside the blob area without overlapping another.
-func parsePackIndex(id string, raw []byte, dataLen, blockSize int64) ([]packIndexEntry, error) {
+func parsePackIndex(id string, raw []byte, dataLen, blockSize, overhead int64) ([]packIndexEntry, error) {
 	sum := blake3.Sum256(raw)
 	if hex.EncodeToString(sum[:]) != id {
 		return nil, corruptf("pack %s: its index does not hash to its ID", id)
@@ -190,7 +216,7 @@ func parsePackIndex(id string, raw []byte, dataLen, blockSize int64) ([]packInde
 	}
 	end := int64(0)
 	for i, e := range idx {
-		err := checkLoc(Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}, blockSize)
+		err := checkLoc(Loc{Pack: id, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Comp: e.Comp}, blockSize, overhead)
 		switch {
 		case err != nil:
 		case !ValidHash(e.Hash):

@@ -39,17 +39,19 @@ const (
 
 // backupJob is backups/<id>/job.json.
 type backupJob struct {
-	FormatVersion int       `json:"formatVersion"`
-	BackupID      string    `json:"backupId"`
-	Target        string    `json:"target"`
-	VolumeID      string    `json:"volumeId"`
-	VolumeName    string    `json:"volumeName"`
-	SnapshotName  string    `json:"snapshotName"`
-	SizeBytes     int64     `json:"sizeBytes"`
-	Block         bool      `json:"block"`
-	FsType        string    `json:"fsType,omitempty"`
-	State         string    `json:"state"`
-	CreatedAt     time.Time `json:"createdAt"`
+	FormatVersion int    `json:"formatVersion"`
+	BackupID      string `json:"backupId"`
+	Target        string `json:"target"`
+	VolumeID      string `json:"volumeId"`
+	VolumeName    string `json:"volumeName"`
+	SnapshotName  string `json:"snapshotName"`
+	SizeBytes     int64  `json:"sizeBytes"`
+	Block         bool   `json:"block"`
+	FsType        string `json:"fsType,omitempty"`
+	// Claim is the source PVC, for the manifest (optional).
+	Claim     *model.Claim `json:"claim,omitempty"`
+	State     string       `json:"state"`
+	CreatedAt time.Time    `json:"createdAt"`
 	// BlocksDigest is the committed manifest's (backup.BlocksDigest),
 	// checked when this backup is the parent of an incremental one.
 	BlocksDigest string `json:"blocksDigest,omitempty"`
@@ -70,6 +72,7 @@ type jobRun struct {
 // backups holds the engine's backup state.
 type backups struct {
 	targets map[string]objstore.Store
+	keys    map[string][]byte // master keys of encrypted targets
 	mu      sync.Mutex
 	repos   map[string]*backup.Repo
 	runs    map[string]*jobRun // by backup ID
@@ -84,6 +87,7 @@ func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) 
 	b := &e.bk
 	b.mu.Lock()
 	st, ok := b.targets[target]
+	key := b.keys[target]
 	r := b.repos[target]
 	b.mu.Unlock()
 	if !ok {
@@ -92,7 +96,10 @@ func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) 
 	if r != nil {
 		return r, nil
 	}
-	r, err := backup.Open(ctx, st)
+	r, err := backup.OpenKeyed(ctx, st, key)
+	if errors.Is(err, backup.ErrKey) {
+		return nil, model.Errorf(model.ErrFailedPrecondition, "backup target %q: %v", target, err)
+	}
 	if err != nil {
 		return nil, model.Errorf(model.ErrUnavailable, "backup target %q: %v", target, err)
 	}
@@ -115,18 +122,23 @@ func (e *Engine) BackupTargets() []string {
 }
 
 // SetBackupTarget adds or replaces a backup target while the engine runs
-// (Kubernetes mode configures targets from BackupTarget objects). Uploads
-// waiting for the target resume.
-func (e *Engine) SetBackupTarget(name string, st objstore.Store) error {
+// (Kubernetes mode configures targets from BackupTarget objects), with
+// its master key (nil: a plain target). Uploads waiting for the target
+// resume.
+func (e *Engine) SetBackupTarget(name string, st objstore.Store, key []byte) error {
 	if !model.ValidTargetName(name) {
 		return model.Errorf(model.ErrInvalidArgument, "backup target name %q: use lower-case letters, digits and '-'", name)
+	}
+	if key != nil && len(key) != backup.MasterKeySize {
+		return model.Errorf(model.ErrInvalidArgument, "backup target %q: a key is %d bytes, this one %d", name, backup.MasterKeySize, len(key))
 	}
 	b := &e.bk
 	b.mu.Lock()
 	b.targets[name] = st
+	b.keys[name] = key
 	delete(b.repos, name)
 	b.mu.Unlock()
-	klog.InfoS("Backup target configured", "target", name, "store", st.String())
+	klog.InfoS("Backup target configured", "target", name, "store", st.String(), "encrypted", key != nil)
 	e.resumeBackups()
 	return nil
 }
@@ -156,7 +168,10 @@ func (e *Engine) loadJob(id string) (*backupJob, error) {
 // CreateBackup starts (or reports on) a backup of a volume to a target
 // under the given snapshot name. The returned info is Ready once the
 // backup is committed in the target; until then the caller polls.
-func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string) (*model.BackupInfo, error) {
+//
+// claim describes the source PVC for the manifest; nil takes what the
+// volume's CreateVolume parameters tell (its name and namespace).
+func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string, claim *model.Claim) (*model.BackupInfo, error) {
 	if name == "" {
 		return nil, model.Errorf(model.ErrInvalidArgument, "name is required")
 	}
@@ -202,7 +217,10 @@ func (e *Engine) CreateBackup(ctx context.Context, name, volumeID, target string
 	j := &backupJob{
 		FormatVersion: FormatVersion, BackupID: id, Target: target, VolumeID: vol.ID, VolumeName: vol.Name,
 		SnapshotName: name, SizeBytes: vol.SizeBytes, Block: vol.Block, FsType: vol.FsType,
-		State: jobUploading, CreatedAt: time.Now().UTC(),
+		State: jobUploading, CreatedAt: time.Now().UTC(), Claim: claim,
+	}
+	if j.Claim == nil {
+		j.Claim = model.ClaimFromParameters(vol.Parameters, vol.Block)
 	}
 	err = e.commitNew(ctx, backupsDir, id, func(dir string) error {
 		if err := e.copyConsistent(ctx, vol, filepath.Join(dir, dataFile)); err != nil {
@@ -294,6 +312,9 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 		src.Parent = parent
 	}
 	meta := backup.Meta{BackupID: j.BackupID, VolumeID: j.VolumeID, VolumeName: j.VolumeName, SnapshotName: j.SnapshotName, Block: j.Block, FsType: j.FsType}
+	if j.Claim != nil && j.Claim.Check() == nil {
+		meta.Claim = j.Claim
+	}
 	m, err := repo.Backup(ctx, src, meta, func(p backup.Progress) { run.bytesDone.Store(p.BytesDone) })
 	if err != nil {
 		return err

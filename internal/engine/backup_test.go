@@ -26,7 +26,7 @@ func newBackupEngine(t *testing.T) (*Engine, *model.Volume) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ok(t, e.SetBackupTarget("t1", st))
+	ok(t, e.SetBackupTarget("t1", st, nil))
 	v := must(e.CreateVolume(context.Background(), model.CreateVolumeRequest{Name: "src", RequiredBytes: 8 * mib, Block: true}))(t)
 	fillVolume(t, e, v.ID, 7)
 	return e, v
@@ -38,7 +38,7 @@ func waitBackup(t *testing.T, e *Engine, name, volumeID string) *model.BackupInf
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		info, err := e.CreateBackup(context.Background(), name, volumeID, "t1")
+		info, err := e.CreateBackup(context.Background(), name, volumeID, "t1", nil)
 		if err != nil {
 			t.Fatalf("CreateBackup %s: %v", name, err)
 		}
@@ -107,7 +107,7 @@ func TestCreateBackupRetryRacingDeleteVolume(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	got, err := e.CreateBackup(ctx, "bk", v.ID, "t1")
+	got, err := e.CreateBackup(ctx, "bk", v.ID, "t1", nil)
 	if err != nil {
 		t.Errorf("CreateBackup retry racing DeleteVolume: %v", err)
 	} else if !got.Ready || got.Handle != info.Handle {

@@ -45,6 +45,9 @@ type Config struct {
 	ForceCopy bool
 	// BackupTargets are the object stores backups can go to, by name.
 	BackupTargets map[string]objstore.Store
+	// BackupKeys are the master keys of encrypted targets, by name
+	// (docs/FORMAT.md, "Encrypted stores"); a target without one is plain.
+	BackupKeys map[string][]byte
 	// CgroupRoot is where the host's cgroup file systems are mounted, for
 	// volumes' I/O limits (--cgroup-fs; "" = /sys/fs/cgroup; "none": no
 	// limits can be set on this node).
@@ -92,12 +95,22 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("backup target name %q: use lower-case letters, digits and '-'", name)
 		}
 	}
-	bg, stop := context.WithCancel(context.Background())
 	targets := maps.Clone(cfg.BackupTargets)
 	if targets == nil {
 		targets = map[string]objstore.Store{}
 	}
-	e.bk = backups{targets: targets, repos: map[string]*backup.Repo{}, runs: map[string]*jobRun{}, restore: map[string]*restoreRun{}, bg: bg, stop: stop}
+	keys := map[string][]byte{}
+	for name, k := range cfg.BackupKeys {
+		if _, ok := targets[name]; !ok {
+			return nil, fmt.Errorf("a key for backup target %q, which is not configured", name)
+		}
+		if len(k) != backup.MasterKeySize {
+			return nil, fmt.Errorf("backup target %q: a key is %d bytes, this one %d", name, backup.MasterKeySize, len(k))
+		}
+		keys[name] = k
+	}
+	bg, stop := context.WithCancel(context.Background())
+	e.bk = backups{targets: targets, keys: keys, repos: map[string]*backup.Repo{}, runs: map[string]*jobRun{}, restore: map[string]*restoreRun{}, bg: bg, stop: stop}
 	if e.freezeTimeout <= 0 {
 		e.freezeTimeout = 10 * time.Second
 	}

@@ -163,7 +163,7 @@ func FuzzRequests(f *testing.F) {
 		}
 		_, err = e.CreateSnapshot(ctx, name+"-of-id", id, nil)
 		check("CreateSnapshot of "+id, err)
-		_, err = e.CreateBackup(ctx, name, id, "t1")
+		_, err = e.CreateBackup(ctx, name, id, "t1", nil)
 		check("CreateBackup", err)
 		_, err = e.GetVolume(ctx, id)
 		check("GetVolume", err)

@@ -59,3 +59,26 @@ func IOLimitsObject(l model.IOLimits) *cairnv1.IOLimits {
 	}
 	return &cairnv1.IOLimits{IOPS: l.IOPS, ThroughputMiBps: l.ThroughputMiBps}
 }
+
+// Claim converts a Snapshot's source claim (nil: none) to the model's;
+// it is checked like store input, and a claim that fails is dropped.
+func Claim(c *cairnv1.SourceClaim) *model.Claim {
+	if c == nil {
+		return nil
+	}
+	m := &model.Claim{Name: c.Name, Namespace: c.Namespace, StorageClassName: c.StorageClassName,
+		AccessModes: c.AccessModes, VolumeMode: c.VolumeMode, RequestBytes: c.RequestBytes}
+	if m.Check() != nil {
+		return nil
+	}
+	return m
+}
+
+// ClaimObject converts the model's claim to a Snapshot's (nil: none).
+func ClaimObject(c *model.Claim) *cairnv1.SourceClaim {
+	if c == nil {
+		return nil
+	}
+	return &cairnv1.SourceClaim{Name: c.Name, Namespace: c.Namespace, StorageClassName: c.StorageClassName,
+		AccessModes: c.AccessModes, VolumeMode: c.VolumeMode, RequestBytes: c.RequestBytes}
+}

@@ -389,6 +389,25 @@ func (e *env) startNode(extraEnv ...string) error {
 // sidecars with the Deployment's arguments, as cairn-controller, in a UTS
 // namespace named after the pod (the sidecars' leader identity).
 func (e *env) startReplica(pod string) (*replica, error) {
+	r := &replica{pod: pod}
+	for _, c := range controllerContainers {
+		p, err := e.startContainer(pod, c)
+		if err != nil {
+			return nil, err
+		}
+		r.procs = append(r.procs, p)
+	}
+	e.replicas = append(e.replicas, r)
+	return r, nil
+}
+
+// controllerContainers are the controller pod's containers, cairn first
+// (the sidecars' binaries are in .tools/bin under their names).
+var controllerContainers = []string{"cairn", "csi-provisioner", "csi-resizer", "csi-snapshotter"}
+
+// startContainer runs one container of a controller pod (again, after
+// a kill: a container restart).
+func (e *env) startContainer(pod, container string) (*process, error) {
 	spec, err := podSpec(e.manifests, "Deployment", "cairn-controller")
 	if err != nil {
 		return nil, err
@@ -398,38 +417,26 @@ func (e *env) startReplica(pod string) (*replica, error) {
 		return nil, err
 	}
 	sock := filepath.Join(e.work, pod)
-	r := &replica{pod: pod}
 	pe := podEnv{namespace: namespace, podName: pod, nodeName: e.nodeName}
-	for _, c := range []struct{ container, bin string }{
-		{"cairn", e.cairn},
-		{"csi-provisioner", filepath.Join(e.bins, "csi-provisioner")},
-		{"csi-resizer", filepath.Join(e.bins, "csi-resizer")},
-		{"csi-snapshotter", filepath.Join(e.bins, "csi-snapshotter")},
-	} {
-		rewrite := map[string]string{"--kubeconfig": kcfg}
-		if c.container != "cairn" {
-			// Faster fail-over than the defaults (15s/10s/5s), for the test.
-			rewrite["--leader-election-lease-duration"] = "6s"
-			rewrite["--leader-election-renew-deadline"] = "4s"
-			rewrite["--leader-election-retry-period"] = "1s"
-			if c.container == "csi-provisioner" {
-				rewrite["--capacity-poll-interval"] = "5s" // default 1m
-			}
-		} else {
-			rewrite["--v"] = "4"
+	bin := e.cairn
+	rewrite := map[string]string{"--kubeconfig": kcfg}
+	if container != "cairn" {
+		bin = filepath.Join(e.bins, container)
+		// Faster fail-over than the defaults (15s/10s/5s), for the test.
+		rewrite["--leader-election-lease-duration"] = "6s"
+		rewrite["--leader-election-renew-deadline"] = "4s"
+		rewrite["--leader-election-retry-period"] = "1s"
+		if container == "csi-provisioner" {
+			rewrite["--capacity-poll-interval"] = "5s" // default 1m
 		}
-		args, env, err := containerCommand(spec, c.container, pe, sock, rewrite)
-		if err != nil {
-			return nil, err
-		}
-		p, err := startProcess(e.logs, pod+"-"+c.container, pod, c.bin, args, env)
-		if err != nil {
-			return nil, err
-		}
-		r.procs = append(r.procs, p)
+	} else {
+		rewrite["--v"] = "4"
 	}
-	e.replicas = append(e.replicas, r)
-	return r, nil
+	args, env, err := containerCommand(spec, container, pe, sock, rewrite)
+	if err != nil {
+		return nil, err
+	}
+	return startProcess(e.logs, pod+"-"+container, pod, bin, args, env)
 }
 
 // controllerPods waits for the Deployment's pods (created by the real

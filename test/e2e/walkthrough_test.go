@@ -98,8 +98,11 @@ func TestKubernetesMode(t *testing.T) {
 	e.step("the expanded clone mounts with a ~2Gi file system and the data", func() error {
 		return e.checkMounted("mysql-clone-pvc", data, 19*gi/10)
 	})
-	e.step("type: backup snapshot (cairn-backup) readyToUse", func() error {
-		return e.snapshot("mysql-backup", "cairn-backup", "mysql-pvc")
+	e.step("type: backup snapshot (cairn-backup) readyToUse; cairn backup show prints the PVC it was taken of", func() error {
+		if err := e.snapshot("mysql-backup", "cairn-backup", "mysql-pvc"); err != nil {
+			return err
+		}
+		return e.checkBackupClaim("mysql-backup", "mysql-pvc")
 	})
 	e.step("restore from the backup is Bound with the data", func() error {
 		return e.restoreAndCheck("mysql-backup-restore-pvc", "1Gi", snapshotSource("mysql-backup"), data)
@@ -135,6 +138,7 @@ func TestKubernetesMode(t *testing.T) {
 	e.step("data written after the restart is intact (file system thawed)", func() error {
 		return fsops.WriteFileAtomic(filepath.Join(pvcVol.Target, "after-restart"), []byte("still writable\n"), 0o644)
 	})
+	e.step("ProtectionPolicy every minute, retain 3, two PVCs: 5 runs (one after every controller was down over 2 schedule times), 3 kept each, the hand-made one too", e.protectionPolicies)
 	e.step("kill the active controller replica: the other takes over and provisions", e.failover)
 	e.step("delete snapshots and PVCs (re-created objects too): volumes removed, nothing left on the data root", e.cleanup)
 }

@@ -104,7 +104,7 @@ func (l Backend) ListSnapshots(ctx context.Context) ([]*model.Snapshot, error) {
 }
 
 func (l Backend) CreateBackup(ctx context.Context, name, volumeID, target string) (*model.BackupInfo, error) {
-	return l.Engine.CreateBackup(ctx, name, volumeID, target)
+	return l.Engine.CreateBackup(ctx, name, volumeID, target, nil)
 }
 
 func (l Backend) DeleteBackup(ctx context.Context, handle string) error {

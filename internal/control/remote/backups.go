@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/cairn-csi/cairn/internal/kube"
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 	"github.com/cairn-csi/cairn/internal/model"
@@ -17,7 +21,8 @@ func (r *Remote) CreateBackup(ctx context.Context, name, volumeID, target string
 	if !model.ValidVolumeID(volumeID) {
 		return nil, model.Errorf(model.ErrNotFound, "source_volume_id: volume %q not found", volumeID)
 	}
-	spec := cairnv1.SnapshotSpec{Name: name, Type: cairnv1.SnapshotBackup, SourceVolumeID: volumeID, BackupTarget: target, Handle: h.String()}
+	spec := cairnv1.SnapshotSpec{Name: name, Type: cairnv1.SnapshotBackup, SourceVolumeID: volumeID, BackupTarget: target, Handle: h.String(),
+		SourceClaim: kube.ClaimObject(r.sourceClaim(ctx, volumeID))}
 	snap, err := r.ensureSnapshot(ctx, kube.SnapshotObjectName(h.String()), spec, nil)
 	if err != nil {
 		return nil, err
@@ -27,6 +32,42 @@ func (r *Remote) CreateBackup(ctx context.Context, name, volumeID, target string
 		return nil, err
 	}
 	return backupInfo(snap), nil
+}
+
+// sourceClaim describes a volume's PVC for its backup's manifest: the
+// PVC named by the volume's CreateVolume parameters, as it is now; what
+// the parameters tell if it cannot be read; nil if they name none.
+func (r *Remote) sourceClaim(ctx context.Context, volumeID string) *model.Claim {
+	var vol cairnv1.Volume
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: volumeID}, &vol); err != nil {
+		return nil // ensureSnapshot reports it
+	}
+	c := model.ClaimFromParameters(vol.Spec.Parameters, vol.Spec.Block)
+	if c == nil || c.Namespace == "" {
+		return c
+	}
+	reader := r.Reader
+	if reader == nil {
+		reader = r.Client
+	}
+	var pvc corev1.PersistentVolumeClaim
+	if err := reader.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: c.Name}, &pvc); err != nil {
+		klog.V(2).InfoS("Reading a backup's source PVC", "pvc", klog.KRef(c.Namespace, c.Name), "err", err)
+		return c
+	}
+	if pvc.Spec.StorageClassName != nil {
+		c.StorageClassName = *pvc.Spec.StorageClassName
+	}
+	for _, m := range pvc.Spec.AccessModes {
+		c.AccessModes = append(c.AccessModes, string(m))
+	}
+	if q, ok := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; ok {
+		c.RequestBytes = q.Value()
+	}
+	if c.Check() != nil {
+		return model.ClaimFromParameters(vol.Spec.Parameters, vol.Spec.Block)
+	}
+	return c
 }
 
 func backupInfo(s *cairnv1.Snapshot) *model.BackupInfo {

@@ -27,6 +27,9 @@ import (
 type Remote struct {
 	// Client reads (from an informer cache) and writes Cairn objects.
 	Client client.Client
+	// Reader reads other objects (a backup's source PVC) from the API
+	// server, without a cache; Client if nil.
+	Reader client.Reader
 	// HeartbeatTimeout is how old a StorageNode's heartbeat may be for the
 	// node to get new volumes.
 	HeartbeatTimeout time.Duration

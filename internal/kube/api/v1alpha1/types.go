@@ -210,6 +210,27 @@ type SnapshotSpec struct {
 	// of (its object name, g-...); set by the node agent that took the
 	// group. A member's spec.name is "<group's CSI name>/<source volume>".
 	GroupSnapshot string `json:"groupSnapshot,omitempty"`
+	// SourceClaim is the source volume's PVC as the controller found it,
+	// for a backup: the manifest records it, so that the PVC can be
+	// recreated from the backup elsewhere.
+	SourceClaim *SourceClaim `json:"sourceClaim,omitempty"`
+}
+
+// SourceClaim describes a PersistentVolumeClaim (docs/FORMAT.md, the
+// manifest's claim).
+type SourceClaim struct {
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name,omitempty"`
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace,omitempty"`
+	// +kubebuilder:validation:MaxLength=253
+	StorageClassName string `json:"storageClassName,omitempty"`
+	// +kubebuilder:validation:MaxItems=4
+	AccessModes []string `json:"accessModes,omitempty"`
+	// +kubebuilder:validation:Enum=Filesystem;Block
+	VolumeMode string `json:"volumeMode,omitempty"`
+	// +kubebuilder:validation:Minimum=0
+	RequestBytes int64 `json:"requestBytes,omitempty"`
 }
 
 // SnapshotStatus is what the node agent reports.
@@ -339,6 +360,11 @@ type BackupTargetSpec struct {
 	// CredentialsSecret names a Secret in Cairn's namespace with the keys
 	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (S3 only).
 	CredentialsSecret string `json:"credentialsSecret,omitempty"`
+	// EncryptionKeySecret names a Secret in Cairn's namespace whose entry
+	// "key" holds the target's master key (32 random bytes): the target's
+	// backups are then encrypted (docs/FORMAT.md, "Encrypted stores").
+	// +kubebuilder:validation:MaxLength=253
+	EncryptionKeySecret string `json:"encryptionKeySecret,omitempty"`
 }
 
 // BackupTarget is a backup store every node can back up to and restore from.
