@@ -119,7 +119,7 @@ func run(c config) (err error) {
 		return err
 	}
 	c.out = work
-	for _, p := range []string{"data-root", "data-root.img", "minio", "fs-target"} {
+	for _, p := range []string{"data-root", "data-root.img", "minio", "fs-target", "fs-target-enc"} {
 		if err := os.RemoveAll(filepath.Join(work, p)); err != nil {
 			return err
 		}
@@ -181,7 +181,7 @@ func run(c config) (err error) {
 		if len(leaks) == 0 {
 			// Nothing is mounted under work any more: safe to delete.
 			os.Remove(sfs.Mount)
-			for _, p := range []string{"minio", "fs-target"} {
+			for _, p := range []string{"minio", "fs-target", "fs-target-enc"} {
 				if rerr := os.RemoveAll(filepath.Join(work, p)); rerr != nil {
 					err = errors.Join(err, rerr)
 				}
@@ -225,12 +225,13 @@ func run(c config) (err error) {
 }
 
 // openTarget opens a backup store.
-func (b *bench) openTarget(key, name, url, dir string, creds objstore.Credentials) (*target, error) {
+// masterKey, if set, makes it an encrypted store.
+func (b *bench) openTarget(key, name, url, dir string, creds objstore.Credentials, masterKey []byte) (*target, error) {
 	st, err := objstore.Open(b.ctx, url, creds)
 	if err != nil {
 		return nil, err
 	}
-	r, err := backup.Open(b.ctx, st)
+	r, err := backup.OpenKeyed(b.ctx, st, masterKey)
 	if err != nil {
 		return nil, err
 	}
@@ -252,16 +253,32 @@ func (b *bench) fullPhase() error {
 	if err := os.MkdirAll(b.fsTarget, 0o755); err != nil {
 		return err
 	}
-	s3t, err := b.openTarget("minio", "MinIO (s3://)", mi.URL("bench-backup"), filepath.Join(b.work, "minio", "data"),
-		objstore.Credentials{AccessKey: harness.MinIOAccessKey, SecretKey: harness.MinIOSecretKey})
+	minioCreds := objstore.Credentials{AccessKey: harness.MinIOAccessKey, SecretKey: harness.MinIOSecretKey}
+	s3t, err := b.openTarget("minio", "MinIO (s3://)", mi.URL("bench-backup"), filepath.Join(b.work, "minio", "data", "bench-backup"), minioCreds, nil)
 	if err != nil {
 		return err
 	}
-	fst, err := b.openTarget("fs", "filesystem (file://)", "file://"+b.fsTarget, b.fsTarget, objstore.Credentials{})
+	fst, err := b.openTarget("fs", "filesystem (file://)", "file://"+b.fsTarget, b.fsTarget, objstore.Credentials{}, nil)
 	if err != nil {
 		return err
 	}
-	targets := []*target{s3t, fst}
+	// The same two kinds of target, encrypted (a fixed test key).
+	masterKey := make([]byte, backup.MasterKeySize)
+	fillRandom(masterKey, c.seed, 11)
+	s3e, err := b.openTarget("minio-enc", "MinIO (s3://), encrypted", mi.URL("bench-backup-enc"), filepath.Join(b.work, "minio", "data", "bench-backup-enc"), minioCreds, masterKey)
+	if err != nil {
+		return err
+	}
+	fsEncDir := b.fsTarget + "-enc"
+	if err := os.MkdirAll(fsEncDir, 0o755); err != nil {
+		return err
+	}
+	fse, err := b.openTarget("fs-enc", "filesystem (file://), encrypted", "file://"+fsEncDir, fsEncDir, objstore.Credentials{}, masterKey)
+	if err != nil {
+		return err
+	}
+	targets := []*target{s3t, fst, s3e, fse}
+	plainOf := map[string]string{"minio-enc": "minio", "fs-enc": "fs"}
 	res.restoreConcurrency = fst.repo.Concurrency
 
 	vol := filepath.Join(root, "vol-full.img")
@@ -283,8 +300,10 @@ func (b *bench) fullPhase() error {
 	}
 
 	manifests := map[string]*backup.Manifest{}
+	rows := map[string]*fullRow{}
 	for _, t := range targets {
-		row := &fullRow{target: t.name, size: size}
+		row := &fullRow{target: t.name, size: size, plain: rows[plainOf[t.key]]}
+		rows[t.key] = row
 		res.full = append(res.full, row)
 
 		b.phase("[%s] raw sequential read of the snapshot (4 MiB buffered reads, page cache dropped)", t.name)
@@ -390,7 +409,7 @@ func (b *bench) fullPhase() error {
 		}
 	}
 	trim(root)
-	for _, p := range []string{filepath.Join(b.work, "minio"), b.fsTarget} {
+	for _, p := range []string{filepath.Join(b.work, "minio"), b.fsTarget, fsEncDir} {
 		if err := os.RemoveAll(p); err != nil {
 			return err
 		}
@@ -421,7 +440,7 @@ func (b *bench) incrementalPhase() error {
 	if err := os.MkdirAll(b.fsTarget, 0o755); err != nil {
 		return err
 	}
-	t, err := b.openTarget("fs", "filesystem (file://)", "file://"+b.fsTarget, b.fsTarget, objstore.Credentials{})
+	t, err := b.openTarget("fs", "filesystem (file://)", "file://"+b.fsTarget, b.fsTarget, objstore.Credentials{}, nil)
 	if err != nil {
 		return err
 	}
