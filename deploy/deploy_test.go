@@ -1115,8 +1115,8 @@ var wantPermissions = map[string]map[string]bool{
 		crdGroup+"/snapshots/metadata: get",
 		"authentication.k8s.io/selfsubjectreviews: create",
 		// protection policies
-		crdGroup+"/protectionpolicies: "+read,
-		crdGroup+"/protectionpolicies/status: update,patch",
+		crdGroup+"/protectionpolicies: list",
+		crdGroup+"/protectionpolicies/status: patch",
 		snapGroup+"/volumesnapshots: create,delete",
 	),
 	"Role/cairn-controller": grants(

@@ -254,7 +254,7 @@ func (b *bench) fullPhase() error {
 		return err
 	}
 	minioCreds := objstore.Credentials{AccessKey: harness.MinIOAccessKey, SecretKey: harness.MinIOSecretKey}
-	s3t, err := b.openTarget("minio", "MinIO (s3://)", mi.URL("bench-backup"), filepath.Join(b.work, "minio", "data", "bench-backup"), minioCreds, nil)
+	s3t, err := b.openTarget("minio", "MinIO (s3://)", mi.URL("bench-backup"), filepath.Join(b.work, "minio", "data", harness.MinIOBucket, "bench-backup"), minioCreds, nil)
 	if err != nil {
 		return err
 	}
@@ -265,7 +265,7 @@ func (b *bench) fullPhase() error {
 	// The same two kinds of target, encrypted (a fixed test key).
 	masterKey := make([]byte, backup.MasterKeySize)
 	fillRandom(masterKey, c.seed, 11)
-	s3e, err := b.openTarget("minio-enc", "MinIO (s3://), encrypted", mi.URL("bench-backup-enc"), filepath.Join(b.work, "minio", "data", "bench-backup-enc"), minioCreds, masterKey)
+	s3e, err := b.openTarget("minio-enc", "MinIO (s3://), encrypted", mi.URL("bench-backup-enc"), filepath.Join(b.work, "minio", "data", harness.MinIOBucket, "bench-backup-enc"), minioCreds, masterKey)
 	if err != nil {
 		return err
 	}

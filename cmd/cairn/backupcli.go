@@ -215,7 +215,7 @@ func (c *backupCLI) list(volume string) error {
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tBACKUP\tSNAPSHOT\tCOMPLETED\tSIZE\tPARENT")
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.VolumeID, m.ID, m.SnapshotName, m.CompletedAt.Format(time.RFC3339), bytesHuman(m.SizeBytes), orDash(m.Parent))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.VolumeID, m.ID, printable(m.SnapshotName), m.CompletedAt.Format(time.RFC3339), bytesHuman(m.SizeBytes), orDash(m.Parent))
 	}
 	return tw.Flush()
 }
@@ -231,7 +231,8 @@ func (c *backupCLI) rotateKey(newKeyFile string) error {
 	if err := c.repo.RotateKey(c.ctx, next); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "rotated the master key of %s: the old key no longer opens it\n", c.repo.Store())
+	fmt.Fprintf(c.out, "rotated the master key of %s: the new key opens it, the old one no longer opens its configuration\n"+
+		"(the data key is unchanged: a copy of the old configuration, e.g. an older object version, still opens it with the old key)\n", c.repo.Store())
 	return nil
 }
 

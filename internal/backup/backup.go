@@ -195,6 +195,9 @@ func (r *Repo) commit(ctx context.Context, lock *lease, m *Manifest) error {
 	}
 	key := manifestKey(m.VolumeID, m.ID)
 	b = r.enc.sealObject(key, b)
+	if err := r.checkConfig(ctx); err != nil {
+		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	}
 	if err := lock.checkCommit(ctx); err != nil {
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}

@@ -45,6 +45,10 @@ const (
 // key given do not go together.
 var ErrKey = errors.New("backup store key")
 
+// ErrConfigChanged is a store whose configuration changed under an open
+// Repo: open it again.
+var ErrConfigChanged = errors.New("backup store configuration changed")
+
 // EncryptionConfig is the encryption section of cairn-backup.json: what
 // a reader needs to check a master key and unwrap the data key.
 type EncryptionConfig struct {
@@ -196,6 +200,11 @@ func (c *EncryptionConfig) rewrapped(master, next []byte) (*EncryptionConfig, er
 	out.wrap(next, salt, dek)
 	out.RotatedAt = time.Now().UTC()
 	return &out, nil
+}
+
+// sameAs says whether two keyrings hold the same keys.
+func (k *keyring) sameAs(o *keyring) bool {
+	return k != nil && o != nil && subtle.ConstantTimeCompare(k.dedup, o.dedup) == 1
 }
 
 // hash is a block's identity: BLAKE3-256, keyed with the dedup key in an

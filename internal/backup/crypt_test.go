@@ -286,3 +286,78 @@ func TestHostileEncryptionConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentCreateAgreesOnOneDataKey opens a new encrypted store from
+// many clients at once: every one must end up with the one data key the
+// store holds, so each one's backups are readable by all.
+func TestConcurrentCreateAgreesOnOneDataKey(t *testing.T) {
+	ctx := context.Background()
+	for round := range 5 {
+		dir := t.TempDir()
+		const n = 6
+		repos := make([]*Repo, n)
+		errs := make(chan error, n)
+		for i := range n {
+			go func() {
+				var err error
+				repos[i], err = OpenKeyed(ctx, fileStore(t, dir), testKey(9))
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		fresh, err := OpenKeyed(ctx, fileStore(t, dir), testKey(9))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range repos {
+			if !r.enc.sameAs(fresh.enc) {
+				t.Fatalf("round %d: client %d holds a data key the store does not", round, i)
+			}
+		}
+	}
+}
+
+// TestCommitRefusesAChangedConfig swaps the store's configuration for
+// another store's under an open Repo: its next backup must not commit a
+// manifest sealed under a data key the store no longer holds.
+func TestCommitRefusesAChangedConfig(t *testing.T) {
+	ctx := context.Background()
+	dir, other := t.TempDir(), t.TempDir()
+	r, err := OpenKeyed(ctx, fileStore(t, dir), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenKeyed(ctx, fileStore(t, other), testKey(1)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(other, configKey))
+	os.WriteFile(filepath.Join(dir, configKey), b, 0o600)
+	src := filepath.Join(t.TempDir(), "vol")
+	writeAt(t, src, 0, randBytes(t, 4*mib))
+	m := meta("s", "v-1")
+	if _, err := r.Backup(ctx, Source{Path: src}, m, nil); !errors.Is(err, ErrConfigChanged) {
+		t.Fatalf("backup after the configuration changed: %v, want ErrConfigChanged", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, manifestKey(m.VolumeID, m.BackupID))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a manifest was committed: %v", err)
+	}
+	// Opened again, the store takes backups that a fresh client reads.
+	r2, err := OpenKeyed(ctx, fileStore(t, dir), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r2.Backup(ctx, Source{Path: src}, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := OpenKeyed(ctx, fileStore(t, dir), testKey(1))
+	m2, err := fresh.Manifest(ctx, got.VolumeID, got.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameContent(t, src, restoreTo(t, fresh, m2, t.TempDir()))
+}

@@ -57,18 +57,13 @@ func OpenKeyed(ctx context.Context, st objstore.Store, master []byte) (*Repo, er
 	r := &Repo{store: st, Concurrency: 8, packs: map[string][]packIndexEntry{}}
 	err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &r.cfg)
 	if errors.Is(err, objstore.ErrNotFound) {
-		r.cfg = StoreConfig{FormatVersion: formatPlain, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
-		if master != nil {
-			enc, keys, err := newEncryption(master)
-			if err != nil {
-				return nil, fmt.Errorf("initialise backup store %s: %w", st, err)
-			}
-			r.cfg.FormatVersion, r.cfg.Encryption, r.enc, r.master = formatEncrypted, enc, keys, master
+		created, cerr := r.create(ctx, master)
+		if cerr != nil || created != nil {
+			return created, cerr
 		}
-		if err := r.putJSON(ctx, configKey, &r.cfg); err != nil {
-			return nil, fmt.Errorf("initialise backup store %s: %w", st, err)
-		}
-		return r, nil
+		// Another client created the store first: open what it made.
+		r.cfg = StoreConfig{}
+		err = r.readJSON(ctx, configKey, maxConfigBytes, -1, &r.cfg)
 	}
 	if err == nil {
 		err = r.cfg.validate()
@@ -88,6 +83,64 @@ func OpenKeyed(ctx context.Context, st objstore.Store, master []byte) (*Repo, er
 		return nil, fmt.Errorf("open backup store %s: %w", st, err)
 	}
 	return r, nil
+}
+
+// create initialises a new store, with a create-only write so that of
+// clients creating it at once exactly one configuration (and data key)
+// wins; it returns nil, nil when another client's won.
+func (r *Repo) create(ctx context.Context, master []byte) (*Repo, error) {
+	r.cfg = StoreConfig{FormatVersion: formatPlain, BlockSize: DefaultBlockSize, Hash: hashName, Compression: compressionName, CreatedAt: time.Now().UTC()}
+	if master != nil {
+		enc, keys, err := newEncryption(master)
+		if err != nil {
+			return nil, fmt.Errorf("initialise backup store %s: %w", r.store, err)
+		}
+		r.cfg.FormatVersion, r.cfg.Encryption, r.enc, r.master = formatEncrypted, enc, keys, master
+	}
+	b, err := json.Marshal(&r.cfg)
+	if err != nil {
+		return nil, err
+	}
+	err = r.store.Create(ctx, configKey, bytes.NewReader(b), int64(len(b)))
+	if errors.Is(err, objstore.ErrExists) {
+		r.enc, r.master = nil, nil
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("initialise backup store %s: %w", r.store, err)
+	}
+	return r, nil
+}
+
+// checkConfig re-reads the store's configuration before a backup commits:
+// if it is not the one this Repo works with (a store created at the same
+// moment by a client whose conditional write the store did not honour,
+// or a rotation elsewhere to another data key), committing would publish
+// a backup no other client could read. ErrConfigChanged tells the caller
+// to open the store again and retry.
+func (r *Repo) checkConfig(ctx context.Context) error {
+	var now StoreConfig
+	if err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &now); err != nil {
+		return fmt.Errorf("re-read %s of %s: %w", configKey, r.store, err)
+	}
+	same := now.FormatVersion == r.cfg.FormatVersion && now.BlockSize == r.cfg.BlockSize && (now.Encryption == nil) == (r.cfg.Encryption == nil)
+	if same && now.Encryption != nil {
+		same = now.Encryption.Salt == r.cfg.Encryption.Salt && r.enc != nil && r.sameDataKey(now.Encryption)
+	}
+	if !same {
+		return fmt.Errorf("%w: %s of %s is not the one this client opened; open the store again", ErrConfigChanged, configKey, r.store)
+	}
+	return nil
+}
+
+// sameDataKey says whether c wraps this Repo's data key (a rotation
+// changes the wrapping, not the key).
+func (r *Repo) sameDataKey(c *EncryptionConfig) bool {
+	if c.DataKey == r.cfg.Encryption.DataKey {
+		return true
+	}
+	dek, err := c.dataKey(r.master)
+	return err == nil && newKeyring(dek).sameAs(r.enc)
 }
 
 // Encrypted reports whether the store is encrypted.
@@ -116,6 +169,14 @@ func (r *Repo) RotateKey(ctx context.Context, next []byte) error {
 	cfg.Encryption = enc
 	if err := r.putJSON(ctx, configKey, &cfg); err != nil {
 		return fmt.Errorf("rotate the key of %s: %w", r.store, err)
+	}
+	// Read it back: of two rotations at once only one key can win.
+	var after StoreConfig
+	if err := r.readJSON(ctx, configKey, maxConfigBytes, -1, &after); err != nil {
+		return fmt.Errorf("rotate the key of %s: read back: %w", r.store, err)
+	}
+	if after.Encryption == nil || after.Encryption.KeyCheck != enc.KeyCheck {
+		return fmt.Errorf("%w: another rotation of %s won at the same moment; its key is the store's now", ErrKey, r.store)
 	}
 	r.cfg, r.master = cfg, next
 	return nil

@@ -112,6 +112,15 @@ func (e *Engine) repo(ctx context.Context, target string) (*backup.Repo, error) 
 	return r, nil
 }
 
+// forgetRepo drops a target's open store if it is still r.
+func (e *Engine) forgetRepo(target string, r *backup.Repo) {
+	e.bk.mu.Lock()
+	defer e.bk.mu.Unlock()
+	if e.bk.repos[target] == r {
+		delete(e.bk.repos, target)
+	}
+}
+
 // BackupTargets lists the configured target names.
 func (e *Engine) BackupTargets() []string {
 	e.bk.mu.Lock()
@@ -316,6 +325,9 @@ func (e *Engine) uploadJob(ctx context.Context, j *backupJob, run *jobRun) error
 		meta.Claim = j.Claim
 	}
 	m, err := repo.Backup(ctx, src, meta, func(p backup.Progress) { run.bytesDone.Store(p.BytesDone) })
+	if errors.Is(err, backup.ErrConfigChanged) {
+		e.forgetRepo(j.Target, repo) // the retry opens the store again
+	}
 	if err != nil {
 		return err
 	}

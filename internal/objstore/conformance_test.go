@@ -36,6 +36,7 @@ func runConformance(t *testing.T, newStore func(t *testing.T) Store) {
 		{"Concurrent", testConcurrent},
 		{"InvalidKeys", testInvalidKeys},
 		{"Canceled", testCanceled},
+		{"CreateOnce", testCreateOnce},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -518,4 +519,46 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 		c.cancel()
 	}
 	return n, err
+}
+
+// testCreateOnce races clients creating one key: exactly one wins, the
+// others get ErrExists, and the object is the winner's.
+func testCreateOnce(t *testing.T, s Store) {
+	ctx := context.Background()
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			b := randBytes(uint64(i+1), 1000)
+			errs <- s.Create(ctx, "race/config.json", bytes.NewReader(b), int64(len(b)))
+		}()
+	}
+	won := -1
+	for range n {
+		err := <-errs
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, ErrExists):
+			t.Errorf("Create: %v, want nil or ErrExists", err)
+		}
+	}
+	if won != 0 {
+		t.Fatalf("%d creates succeeded, want exactly one", won+1)
+	}
+	got := get(t, s, "race/config.json")
+	ok := false
+	for i := range n {
+		ok = ok || bytes.Equal(got, randBytes(uint64(i+1), 1000))
+	}
+	if !ok {
+		t.Error("the object is none of the created ones")
+	}
+	b := []byte("again")
+	if err := s.Create(ctx, "race/config.json", bytes.NewReader(b), int64(len(b))); !errors.Is(err, ErrExists) {
+		t.Errorf("Create over an existing object: %v, want ErrExists", err)
+	}
+	if err := s.Create(ctx, "race/other.json", bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Errorf("Create of a new key: %v", err)
+	}
 }

@@ -70,6 +70,16 @@ func (s *fsStore) notFound(op, key string, err error) error {
 }
 
 func (s *fsStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return s.put(ctx, key, r, size, false)
+}
+
+func (s *fsStore) Create(ctx context.Context, key string, r io.Reader, size int64) error {
+	return s.put(ctx, key, r, size, true)
+}
+
+// put writes a temporary file and renames it over key, or, with create,
+// links it to key (which fails if key exists) and removes it.
+func (s *fsStore) put(ctx context.Context, key string, r io.Reader, size int64, create bool) error {
 	if err := checkPut(key, size); err != nil {
 		return err
 	}
@@ -122,10 +132,21 @@ func (s *fsStore) Put(ctx context.Context, key string, r io.Reader, size int64) 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("objstore: put %q: %w", key, err)
 	}
-	if err := root.Rename(tmp, key); err != nil {
-		return fmt.Errorf("objstore: put %q: %w", key, err)
+	if create {
+		err := root.Link(tmp, key)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("objstore: create %q: %w", key, ErrExists)
+		}
+		if err != nil {
+			return fmt.Errorf("objstore: create %q: %w", key, err)
+		}
+		// The temporary name goes below (not committed); the link stays.
+	} else {
+		if err := root.Rename(tmp, key); err != nil {
+			return fmt.Errorf("objstore: put %q: %w", key, err)
+		}
+		committed = true
 	}
-	committed = true
 	if err := syncDir(root, dir); err != nil {
 		return fmt.Errorf("objstore: put %q: fsync directory: %w", key, err)
 	}

@@ -49,6 +49,13 @@ type Store interface {
 	// Any other reader is read once, in order, and buffered one part
 	// (16 MiB) at a time, a few parts at once, for the same purpose.
 	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Create is Put that stores nothing and fails with ErrExists when an
+	// object is there already: of clients racing to create one key, one
+	// wins and the others learn it (S3: a conditional PUT, If-None-Match;
+	// a filesystem: a hard link of the written file). size must be at
+	// most one part (16 MiB). After a retried request ErrExists may mean
+	// the first try won: the caller reads the object back.
+	Create(ctx context.Context, key string, r io.Reader, size int64) error
 	// Get opens the whole object. On S3 the reader uses ctx for its whole
 	// life, resumes transparently after a transient error, and fails if the
 	// object was replaced meanwhile.
@@ -83,6 +90,8 @@ var (
 	// ErrNotFound is returned (wrapped) by Get, GetRange and Stat for a
 	// missing key.
 	ErrNotFound = errors.New("object not found")
+	// ErrExists is Create's answer when the key holds an object.
+	ErrExists = errors.New("object exists")
 	// ErrShortRead is returned (wrapped) by Put when its reader ends before
 	// the promised size.
 	ErrShortRead = errors.New("reader ended before the given size")

@@ -99,7 +99,30 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader, size int64) 
 	return nil
 }
 
+func (s *s3Store) Create(ctx context.Context, key string, r io.Reader, size int64) error {
+	if err := checkPut(key, size); err != nil {
+		return err
+	}
+	if size > s.partSize {
+		return fmt.Errorf("objstore: create %q: %d bytes, more than one part (%d)", key, size, s.partSize)
+	}
+	opts := minio.PutObjectOptions{}
+	opts.SetMatchETagExcept("*")
+	err := s.putSingleWith(ctx, key, newPutSource(r), size, opts)
+	if s3Code(err) == "PreconditionFailed" {
+		return fmt.Errorf("objstore: %s: create %q: %w", s, key, ErrExists)
+	}
+	if err != nil {
+		return s.wrap("create", key, err)
+	}
+	return nil
+}
+
 func (s *s3Store) putSingle(ctx context.Context, key string, src putSource, size int64) error {
+	return s.putSingleWith(ctx, key, src, size, minio.PutObjectOptions{})
+}
+
+func (s *s3Store) putSingleWith(ctx context.Context, key string, src putSource, size int64, opts minio.PutObjectOptions) error {
 	body := func() io.Reader { return src.section(0, size) }
 	if src.ra == nil {
 		buf := make([]byte, size)
@@ -109,7 +132,10 @@ func (s *s3Store) putSingle(ctx context.Context, key string, src putSource, size
 		body = func() io.Reader { return bytes.NewReader(buf) }
 	}
 	return s.retry.do(ctx, "put", key, func(ctx context.Context) error {
-		_, err := s.core.PutObject(ctx, s.bucket, s.prefix+key, body(), size, "", "", minio.PutObjectOptions{})
+		_, err := s.core.PutObject(ctx, s.bucket, s.prefix+key, body(), size, "", "", opts)
+		if s3Code(err) == "PreconditionFailed" {
+			return permanent(err)
+		}
 		return shortSafe(err)
 	})
 }

@@ -49,6 +49,14 @@ func (e *env) protectionPolicies() error {
 	if err := e.snapshot("policy-a-by-hand", policyClass, policyPVCs[0]); err != nil {
 		return err
 	}
+	// A hand-made one that carries the policy's label (as a re-applied
+	// manifest or a restore tool would): not the policy's either.
+	if _, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).Create(e.ctx, &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Name: "policy-a-labelled-by-hand", Namespace: appNS, Labels: map[string]string{cairnv1.PolicyLabel: policyName}},
+		Spec:       snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: ptr(policyClass), Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr(policyPVCs[0])}},
+	}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
 	// Bad specs: the API server refuses retain 0; a schedule that does not
 	// parse is reported in the policy's status, naming the field.
 	if err := e.cc.Create(e.ctx, policyObject("bad-retain", "* * * * *", 0)); !apierrors.IsInvalid(err) {
@@ -195,7 +203,8 @@ func (e *env) policySnapshots(pvc string) []snapv1.VolumeSnapshot {
 	}
 	var out []snapv1.VolumeSnapshot
 	for _, vs := range list.Items {
-		if vs.Spec.Source.PersistentVolumeClaimName != nil && *vs.Spec.Source.PersistentVolumeClaimName == pvc && vs.DeletionTimestamp == nil {
+		if vs.Spec.Source.PersistentVolumeClaimName != nil && *vs.Spec.Source.PersistentVolumeClaimName == pvc && vs.DeletionTimestamp == nil &&
+			vs.Annotations[cairnv1.ScheduleTimeAnnotation] != "" {
 			out = append(out, vs)
 		}
 	}
@@ -230,7 +239,7 @@ func (e *env) checkPolicySnapshots(n int, slot time.Time) error {
 			if got := newest.Annotations[cairnv1.ScheduleTimeAnnotation]; got != slot.Format(time.RFC3339) {
 				return fmt.Errorf("%s's newest snapshot %s is of schedule time %s, want %s", pvc, newest.Name, got, slot.Format(time.RFC3339))
 			}
-			if wantName := pvc + "-" + policyName + "-" + slot.Format("20060102-150405"); newest.Name != wantName {
+			if wantName := pvc + "." + policyName + "." + slot.Format("20060102-150405"); newest.Name != wantName {
 				return fmt.Errorf("newest snapshot %s, want the name %s", newest.Name, wantName)
 			}
 			return nil
@@ -239,9 +248,10 @@ func (e *env) checkPolicySnapshots(n int, slot time.Time) error {
 			return err
 		}
 	}
-	_, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).Get(e.ctx, "policy-a-by-hand", metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("the hand-made snapshot: %w", err)
+	for _, name := range []string{"policy-a-by-hand", "policy-a-labelled-by-hand"} {
+		if _, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).Get(e.ctx, name, metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("the hand-made snapshot %s: %w", name, err)
+		}
 	}
 	return nil
 }

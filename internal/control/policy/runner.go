@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -55,7 +56,26 @@ type Runner struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	wg      sync.WaitGroup
+	// done is the schedule time of each policy's (by UID) last completed
+	// run, in case its status could not be written.
+	done map[types.UID]time.Time
+	// warned limits ProtectionPolicyNotFound events to one per PVC per
+	// warnEvery.
+	warned map[types.UID]time.Time
+	wg     sync.WaitGroup
+}
+
+// warnEvery is how often a PVC whose class names a missing policy is told.
+const warnEvery = time.Hour
+
+// maxMessage bounds the error texts written into a policy's status.
+const maxMessage = 1024
+
+func truncate(s string) string {
+	if len(s) <= maxMessage {
+		return s
+	}
+	return s[:maxMessage] + "…"
 }
 
 func (r *Runner) now() time.Time {
@@ -115,9 +135,16 @@ func (r *Runner) pass(ctx context.Context) {
 		if p.Status.LastScheduleTime != nil {
 			since = p.Status.LastScheduleTime.Time
 		}
+		if d := r.lastDone(p.UID); d.After(since) {
+			since = d
+		}
 		scheduleInterval.WithLabelValues(p.Name).Set(pol.Schedule.Interval(r.now()).Seconds())
-		slot, due := pol.Schedule.Due(since, r.now())
-		if !due || p.Spec.Suspend {
+		var slot time.Time
+		due := false
+		if !p.Spec.Suspend {
+			slot, due = pol.Schedule.Due(since, r.now())
+		}
+		if !due {
 			next := pol.Schedule.Next(since)
 			if p.Spec.Suspend {
 				next = time.Time{}
@@ -157,6 +184,36 @@ func (r *Runner) claim(name string) bool {
 	return true
 }
 
+func (r *Runner) lastDone(uid types.UID) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done[uid]
+}
+
+func (r *Runner) setDone(uid types.UID, slot time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done == nil {
+		r.done = map[types.UID]time.Time{}
+	}
+	r.done[uid] = slot
+}
+
+// shouldWarn says whether the PVC may get a ProtectionPolicyNotFound
+// event now.
+func (r *Runner) shouldWarn(uid types.UID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.warned == nil {
+		r.warned = map[types.UID]time.Time{}
+	}
+	if t, ok := r.warned[uid]; ok && r.now().Sub(t) < warnEvery {
+		return false
+	}
+	r.warned[uid] = r.now()
+	return true
+}
+
 func (r *Runner) release(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -167,6 +224,9 @@ func (r *Runner) release(name string) {
 type target struct {
 	claim Claim
 	pvc   *corev1.PersistentVolumeClaim
+	// inUse holds the VolumeSnapshots that PVCs of its namespace not yet
+	// Bound are being restored from (shared by the namespace's targets).
+	inUse map[string]bool
 }
 
 // run is one run of pol for schedule time slot.
@@ -183,7 +243,7 @@ func (r *Runner) run(ctx context.Context, pol *Policy, slot time.Time, policies 
 	}
 	var targets []target
 	for _, t := range all {
-		if n := t.claim.Named(); n != "" && n != model.PolicyNone && !policies[n] {
+		if n := t.claim.Named(); n != "" && n != model.PolicyNone && !policies[n] && r.shouldWarn(t.pvc.UID) {
 			r.Events.Eventf(t.pvc, nil, corev1.EventTypeWarning, ReasonPolicyNotFound, ReasonPolicyNotFound,
 				"the PVC's class names ProtectionPolicy %q, which does not exist: no scheduled snapshots", n)
 		}
@@ -214,6 +274,7 @@ func (r *Runner) run(ctx context.Context, pol *Policy, slot time.Time, policies 
 	if ctx.Err() != nil {
 		return // lost the lease or stopping: the next leader runs it again
 	}
+	r.setDone(pol.Obj.UID, slot)
 	failed := 0
 	for _, v := range results {
 		if v.LastError != "" {
@@ -232,6 +293,9 @@ func (r *Runner) run(ctx context.Context, pol *Policy, slot time.Time, policies 
 		return results[i].PersistentVolumeClaim < results[j].PersistentVolumeClaim
 	})
 	msg := fmt.Sprintf("%d PVCs, %d failed", len(results), failed)
+	if first := firstError(results); first != "" {
+		msg += ": " + truncate(first)
+	}
 	if len(results) > maxVolumeStatuses {
 		msg += fmt.Sprintf(" (status lists the first %d)", maxVolumeStatuses)
 		results = results[:maxVolumeStatuses]
@@ -271,6 +335,20 @@ func (r *Runner) claims(ctx context.Context) ([]target, error) {
 	if err := r.Reader.List(ctx, &vacs); err != nil && !meta.IsNoMatchError(err) && !apierrors.IsNotFound(err) {
 		return nil, err
 	}
+	inUse := map[string]map[string]bool{} // namespace -> VolumeSnapshot names
+	for _, p := range pvcs.Items {
+		if p.Status.Phase == corev1.ClaimBound {
+			continue
+		}
+		for _, ref := range []*corev1.TypedLocalObjectReference{p.Spec.DataSource, typedLocal(p.Spec.DataSourceRef)} {
+			if ref != nil && ref.Kind == "VolumeSnapshot" {
+				if inUse[p.Namespace] == nil {
+					inUse[p.Namespace] = map[string]bool{}
+				}
+				inUse[p.Namespace][ref.Name] = true
+			}
+		}
+	}
 	ours := map[string]bool{}
 	for _, pv := range pvs.Items {
 		if pv.Spec.CSI != nil && pv.Spec.CSI.Driver == r.Driver {
@@ -298,7 +376,7 @@ func (r *Runner) claims(ctx context.Context) ([]target, error) {
 		if v := pvc.Status.CurrentVolumeAttributesClassName; v != nil {
 			c.VACPolicy = vacPolicy[*v]
 		}
-		out = append(out, target{claim: c, pvc: pvc})
+		out = append(out, target{claim: c, pvc: pvc, inUse: inUse[pvc.Namespace]})
 	}
 	return out, nil
 }
@@ -307,7 +385,7 @@ func (r *Runner) claims(ctx context.Context) ([]target, error) {
 func (r *Runner) protect(ctx context.Context, pol *Policy, t target, slot, deadline time.Time) cairnv1.PolicyVolumeStatus {
 	st := cairnv1.PolicyVolumeStatus{Namespace: t.claim.Namespace, PersistentVolumeClaim: t.claim.Name}
 	name := SnapshotName(t.claim.Name, pol.Obj.Name, slot)
-	vs, created, err := r.ensure(ctx, pol, t.claim, name, slot)
+	vs, created, err := r.ensure(ctx, pol, t, name, slot)
 	if err == nil {
 		st.LastSnapshot, st.LastSnapshotTime = name, vs.CreationTimestamp.DeepCopy()
 		if created {
@@ -317,7 +395,7 @@ func (r *Runner) protect(ctx context.Context, pol *Policy, t target, slot, deadl
 		err = r.wait(ctx, vs, deadline)
 	}
 	if err != nil && ctx.Err() == nil {
-		st.LastError = err.Error()
+		st.LastError = truncate(err.Error())
 		r.Events.Eventf(t.pvc, nil, corev1.EventTypeWarning, ReasonFailed, ReasonFailed,
 			"ProtectionPolicy %s: VolumeSnapshot %s: %v", pol.Obj.Name, name, err)
 	}
@@ -328,21 +406,23 @@ func (r *Runner) protect(ctx context.Context, pol *Policy, t target, slot, deadl
 		lastSuccess.WithLabelValues(pol.Obj.Name, t.claim.Namespace, t.claim.Name).Set(float64(last.Unix()))
 	}
 	if perr != nil && st.LastError == "" && ctx.Err() == nil {
-		st.LastError = "pruning: " + perr.Error()
+		st.LastError = truncate("pruning: " + perr.Error())
 	}
 	return st
 }
 
 // ensure creates the run's VolumeSnapshot, or finds the one an earlier
 // try of the same run made.
-func (r *Runner) ensure(ctx context.Context, pol *Policy, c Claim, name string, slot time.Time) (*snapv1.VolumeSnapshot, bool, error) {
+func (r *Runner) ensure(ctx context.Context, pol *Policy, t target, name string, slot time.Time) (*snapv1.VolumeSnapshot, bool, error) {
 	class := pol.Obj.Spec.SnapshotClassName
+	c := t.claim
 	pvcName := c.Name
 	vs := &snapv1.VolumeSnapshot{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: c.Namespace,
-			Labels:      map[string]string{cairnv1.PolicyLabel: pol.Obj.Name},
-			Annotations: map[string]string{cairnv1.ScheduleTimeAnnotation: slot.UTC().Format(time.RFC3339)},
+			Labels: map[string]string{cairnv1.PolicyLabel: pol.Obj.Name},
+			Annotations: map[string]string{cairnv1.ScheduleTimeAnnotation: slot.UTC().Format(time.RFC3339),
+				cairnv1.PVCUIDAnnotation: string(t.pvc.UID)},
 		},
 		Spec: snapv1.VolumeSnapshotSpec{
 			Source:                  snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &pvcName},
@@ -359,16 +439,23 @@ func (r *Runner) ensure(ctx context.Context, pol *Policy, c Claim, name string, 
 	if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(vs), vs); err != nil {
 		return nil, false, err
 	}
-	if !madeBy(vs, pol.Obj.Name, c.Name) {
+	if !madeBy(vs, pol.Obj.Name, t.pvc) {
 		return nil, false, fmt.Errorf("a VolumeSnapshot of that name exists and was not made by this policy for this PVC")
 	}
 	return vs, false, nil
 }
 
-// madeBy says whether vs is a snapshot of PVC pvc made by policy.
-func madeBy(vs *snapv1.VolumeSnapshot, policy, pvc string) bool {
+// madeBy says whether vs is a snapshot of this very PVC (by UID) made by
+// policy: the label, the source, the PVC's UID and the name the policy
+// gives its schedule time must all agree, so that a snapshot made by
+// hand (or restored from elsewhere with the label) is never taken for one.
+func madeBy(vs *snapv1.VolumeSnapshot, policy string, pvc *corev1.PersistentVolumeClaim) bool {
 	src := vs.Spec.Source.PersistentVolumeClaimName
-	return vs.Labels[cairnv1.PolicyLabel] == policy && src != nil && *src == pvc
+	if vs.Labels[cairnv1.PolicyLabel] != policy || src == nil || *src != pvc.Name || vs.Annotations[cairnv1.PVCUIDAnnotation] != string(pvc.UID) {
+		return false
+	}
+	slot, err := time.Parse(time.RFC3339, vs.Annotations[cairnv1.ScheduleTimeAnnotation])
+	return err == nil && vs.Name == SnapshotName(pvc.Name, policy, slot)
 }
 
 // wait polls vs until it is ready, its error has lasted errorGrace, or
@@ -429,27 +516,15 @@ func (r *Runner) prune(ctx context.Context, pol *Policy, t target) (int, time.Ti
 	if err := r.Reader.List(ctx, &list, client.InNamespace(t.claim.Namespace), client.MatchingLabels{cairnv1.PolicyLabel: pol.Obj.Name}); err != nil {
 		return 0, time.Time{}, err
 	}
-	var pvcs corev1.PersistentVolumeClaimList
-	if err := r.Reader.List(ctx, &pvcs, client.InNamespace(t.claim.Namespace)); err != nil {
-		return 0, time.Time{}, err
-	}
-	inUse := map[string]bool{}
-	for _, p := range pvcs.Items {
-		if p.Status.Phase == corev1.ClaimBound {
-			continue
-		}
-		for _, ref := range []*corev1.TypedLocalObjectReference{p.Spec.DataSource, typedLocal(p.Spec.DataSourceRef)} {
-			if ref != nil && ref.Kind == "VolumeSnapshot" {
-				inUse[ref.Name] = true
-			}
-		}
-	}
+	// (A PVC that starts a restore after the run listed the PVCs is
+	// protected by snapshot-controller's source-protection finalizer.)
+	inUse := t.inUse
 	var snaps []Snap
 	byName := map[string]*snapv1.VolumeSnapshot{}
 	var last time.Time
 	for i := range list.Items {
 		vs := &list.Items[i]
-		if vs.DeletionTimestamp != nil || !madeBy(vs, pol.Obj.Name, t.claim.Name) {
+		if vs.DeletionTimestamp != nil || !madeBy(vs, pol.Obj.Name, t.pvc) {
 			continue
 		}
 		ready := vs.Status != nil && vs.Status.ReadyToUse != nil && *vs.Status.ReadyToUse
@@ -470,8 +545,8 @@ func (r *Runner) prune(ctx context.Context, pol *Policy, t target) (int, time.Ti
 	var firstErr error
 	for _, name := range Prune(snaps, int(pol.Obj.Spec.Retain), maxAge, r.now()) {
 		vs := byName[name]
-		uid := vs.UID
-		err := r.Client.Delete(ctx, vs, client.Preconditions{UID: &uid})
+		uid, rv := vs.UID, vs.ResourceVersion
+		err := r.Client.Delete(ctx, vs, client.Preconditions{UID: &uid, ResourceVersion: &rv})
 		if err != nil && !apierrors.IsNotFound(err) {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("deleting %s: %w", name, err)
@@ -483,6 +558,15 @@ func (r *Runner) prune(ctx context.Context, pol *Policy, t target) (int, time.Ti
 			"ProtectionPolicy %s deleted VolumeSnapshot %s (retain %d)", pol.Obj.Name, name, pol.Obj.Spec.Retain)
 	}
 	return left, last, firstErr
+}
+
+func firstError(vs []cairnv1.PolicyVolumeStatus) string {
+	for _, v := range vs {
+		if v.LastError != "" {
+			return v.Namespace + "/" + v.PersistentVolumeClaim + ": " + v.LastError
+		}
+	}
+	return ""
 }
 
 func typedLocal(r *corev1.TypedObjectReference) *corev1.TypedLocalObjectReference {

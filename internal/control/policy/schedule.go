@@ -66,12 +66,28 @@ func (s Schedule) Next(t time.Time) time.Time {
 
 // Due returns the latest schedule time after since and not after now:
 // the one run owed when since was the last one done. Several passed
-// times owe one run, not one each.
+// times owe one run, not one each. It looks back from now in growing
+// windows, so a schedule every minute owed a run for a year costs an
+// hour's worth of steps, not a year's.
 func (s Schedule) Due(since, now time.Time) (time.Time, bool) {
 	if floor := now.Add(-maxCatchUp); since.Before(floor) {
 		since = floor
 	}
-	t := s.Next(since)
+	for _, w := range []time.Duration{time.Hour, 24 * time.Hour, 31 * 24 * time.Hour, maxCatchUp} {
+		from := now.Add(-w)
+		if !from.After(since) {
+			return s.latest(since, now)
+		}
+		if t, ok := s.latest(from, now); ok {
+			return t, true
+		}
+	}
+	return s.latest(since, now)
+}
+
+// latest is the last schedule time in (from, now].
+func (s Schedule) latest(from, now time.Time) (time.Time, bool) {
+	t := s.Next(from)
 	if t.IsZero() || t.After(now) {
 		return time.Time{}, false
 	}

@@ -51,6 +51,7 @@ func TestDueRunsOnceForManyMissedTimes(t *testing.T) {
 		{"2026-12-04T10:01:30Z", "2026-12-04T10:01:00Z"},
 		{"2026-12-04T10:07:10Z", "2026-12-04T10:07:00Z"}, // 7 missed: one run, for the latest
 		{"2027-12-04T10:07:10Z", "2027-12-04T10:07:00Z"}, // a year down
+		{"2026-12-04T12:00:00Z", "2026-12-04T12:00:00Z"}, // exactly on a time
 	} {
 		got, due := s.Due(since, mustTime(t, c.now))
 		if c.want == "" {
@@ -62,6 +63,26 @@ func TestDueRunsOnceForManyMissedTimes(t *testing.T) {
 		if !due || !got.Equal(mustTime(t, c.want)) {
 			t.Errorf("Due at %s = %s %v, want %s", c.now, got, due, c.want)
 		}
+	}
+}
+
+func TestDueLooksBackFarEnough(t *testing.T) {
+	yearly, _ := ParseSchedule("@yearly", "")
+	since := mustTime(t, "2026-01-01T00:00:00Z")
+	got, due := yearly.Due(since, mustTime(t, "2027-03-01T00:00:00Z"))
+	if !due || !got.Equal(mustTime(t, "2027-01-01T00:00:00Z")) {
+		t.Errorf("@yearly Due = %s %v", got, due)
+	}
+	if _, due := yearly.Due(mustTime(t, "2027-01-01T00:00:00Z"), mustTime(t, "2027-03-01T00:00:00Z")); due {
+		t.Error("@yearly due twice for one time")
+	}
+	minutely, _ := ParseSchedule("* * * * *", "")
+	start := time.Now()
+	for range 100 {
+		minutely.Due(since, since.Add(399*24*time.Hour))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("100 catch-ups of a minutely schedule over 399 days took %s", d)
 	}
 }
 

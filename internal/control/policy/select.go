@@ -109,10 +109,12 @@ func (p *Policy) AppliesTo(c Claim) bool {
 
 // SnapshotName is the VolumeSnapshot a policy's run at schedule time
 // slot makes of PVC pvc: a function of the three, so that a run repeated
-// after a crash finds what it made.
+// after a crash finds what it made, and one to one: the parts are joined
+// with dots, which neither a policy name nor the time has, so no two
+// (pvc, policy) pairs give the same name.
 func SnapshotName(pvc, policy string, slot time.Time) string {
-	suffix := "-" + slot.UTC().Format("20060102-150405")
-	base := pvc + "-" + policy
+	suffix := "." + slot.UTC().Format("20060102-150405")
+	base := pvc + "." + policy
 	const max = 253
 	if len(base)+len(suffix) <= max {
 		return base + suffix

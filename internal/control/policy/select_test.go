@@ -85,8 +85,11 @@ func TestCheckNamesTheField(t *testing.T) {
 
 func TestSnapshotName(t *testing.T) {
 	slot := time.Date(2026, 12, 4, 19, 30, 0, 0, time.UTC)
-	if got := SnapshotName("mysql-pvc", "hourly", slot); got != "mysql-pvc-hourly-20261204-193000" {
+	if got := SnapshotName("mysql-pvc", "hourly", slot); got != "mysql-pvc.hourly.20261204-193000" {
 		t.Errorf("SnapshotName = %q", got)
+	}
+	if SnapshotName("db-daily", "x", slot) == SnapshotName("db", "daily-x", slot) {
+		t.Error("two (PVC, policy) pairs give the same snapshot name")
 	}
 	long := strings.Repeat("a", 250)
 	a, b := SnapshotName(long, "p", slot), SnapshotName(long+"b", "p", slot)

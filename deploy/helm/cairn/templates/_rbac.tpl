@@ -99,10 +99,10 @@ external-snapshotter v8.7.0, narrowed to what the flags used here need.
 # PVs and the classes are read under the provisioner's rules above
 - apiGroups: ["cairn.csi.dev"]
   resources: ["protectionpolicies"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 - apiGroups: ["cairn.csi.dev"]
   resources: ["protectionpolicies/status"]
-  verbs: ["update", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
   verbs: ["create", "delete"]

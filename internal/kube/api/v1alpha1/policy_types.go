@@ -12,6 +12,10 @@ const (
 	// ScheduleTimeAnnotation is the schedule time (RFC 3339) of the run
 	// that made a VolumeSnapshot.
 	ScheduleTimeAnnotation = "cairn.csi.dev/schedule-time"
+	// PVCUIDAnnotation is the UID of the PVC a policy's VolumeSnapshot is
+	// of: a PVC deleted and made again under the same name is another
+	// PVC, and its policy never prunes the old one's snapshots.
+	PVCUIDAnnotation = "cairn.csi.dev/pvc-uid"
 )
 
 // ProtectionPolicySpec says when to snapshot which PVCs, how, and how
