@@ -41,6 +41,10 @@ Commands:
   restore VOLUME/BACKUP --to FILE          restore into a new sparse file
   delete  VOLUME/BACKUP ...                delete backups (run gc to reclaim space)
   gc      [--min-age 1h]                   delete packs no backup refers to
+  standby --volume ID --to FILE [--once] [--interval 1m]
+                                           keep FILE a copy of the volume's newest backup: a full
+                                           restore first, then only the blocks each newer backup
+                                           changed (state in FILE.standby.json); stop it to use FILE
   rotate-key --new-key-file FILE           wrap an encrypted target's data key with a new
                                            master key (with --key-file the current one);
                                            nothing else is rewritten
@@ -78,6 +82,8 @@ func runBackupCLI(args []string) int {
 	minAge := fs.Duration("min-age", backup.DefaultGCMinAge, "gc: keep unreferenced packs younger than this")
 	keyFile := fs.String("key-file", os.Getenv("CAIRN_BACKUP_KEY_FILE"), "the target's master key, a file of exactly 32 bytes (or $CAIRN_BACKUP_KEY_FILE)")
 	newKeyFile := fs.String("new-key-file", "", "rotate-key: the new master key")
+	once := fs.Bool("once", false, "standby: one step, then exit")
+	interval := fs.Duration("interval", time.Minute, "standby: how often to look for a newer backup")
 	if err := fs.Parse(reorderFlags(fs, args)); err != nil {
 		return exitUsage
 	}
@@ -112,6 +118,8 @@ func runBackupCLI(args []string) int {
 		err = c.show(fs.Args())
 	case "rotate-key":
 		err = c.rotateKey(*newKeyFile)
+	case "standby":
+		err = c.standby(*volume, *to, *once, *interval)
 	case "verify":
 		err = c.verify(fs.Args())
 	case "restore":
@@ -218,6 +226,53 @@ func (c *backupCLI) list(volume string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.VolumeID, m.ID, printable(m.SnapshotName), m.CompletedAt.Format(time.RFC3339), bytesHuman(m.SizeBytes), orDash(m.Parent))
 	}
 	return tw.Flush()
+}
+
+func (c *backupCLI) standby(volume, to string, once bool, interval time.Duration) error {
+	if volume == "" || to == "" {
+		return &cliError{exitUsage, errors.New("standby needs --volume ID and --to FILE")}
+	}
+	if interval < time.Second {
+		return &cliError{exitUsage, errors.New("standby: --interval must be at least 1s")}
+	}
+	s := &backup.Standby{Repo: c.repo, VolumeID: volume, File: to}
+	for {
+		start := time.Now()
+		rep, err := s.Step(c.ctx)
+		if err != nil {
+			if once || c.ctx.Err() != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "cairn backup: standby: %v (retrying in %s)\n", err, interval)
+		} else {
+			line := fmt.Sprintf("standby %s: at backup %s (completed %s), behind %d", to, rep.BackupID, rep.CompletedAt.Format(time.RFC3339), rep.Behind)
+			switch {
+			case rep.Full:
+				line += fmt.Sprintf("; restored in full in %.1fs", time.Since(start).Seconds())
+			case rep.Applied:
+				d := rep.Delta
+				line += fmt.Sprintf("; applied: %d blocks fetched (%s), %d kept, %d zeroed, in %.1fs",
+					d.BlocksFetched, bytesHuman(d.BytesDownloaded), d.BlocksKept, d.BlocksZeroed, time.Since(start).Seconds())
+			default:
+				line += "; up to date"
+			}
+			if c.json {
+				if err := c.printJSON(rep); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(c.out, line)
+			}
+		}
+		if once {
+			return nil
+		}
+		select {
+		case <-c.ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
 }
 
 func (c *backupCLI) rotateKey(newKeyFile string) error {

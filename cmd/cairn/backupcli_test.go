@@ -78,6 +78,13 @@ func TestBackupCLI(t *testing.T) {
 	}
 	expect(0, `"accessModes": [`, "show", ref, "--json", "--target", target)
 	expect(0, "verified 1 backups: 3 blocks", "verify", "--target", target)
+	standby := filepath.Join(dir, "standby.img")
+	expect(0, "restored in full", "standby", "--volume", "v-1", "--to", standby, "--once", "--target", target)
+	expect(0, "up to date", "standby", "--volume", "v-1", "--to", standby, "--once", "--target", target)
+	if got, _ := os.ReadFile(standby); string(got) != string(data) {
+		t.Error("standby image differs from the backed-up file")
+	}
+	expect(2, "--volume ID and --to FILE", "standby", "--to", standby, "--target", target)
 	restored := filepath.Join(dir, "restored")
 	expect(0, "restored", "restore", "bs://t/"+ref, "--to", restored, "--target", target)
 	if got, _ := os.ReadFile(restored); string(got) != string(data) {
