@@ -37,15 +37,14 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	var creds objstore.Credentials
 	version := t.Spec.URL
 	if t.Spec.CredentialsSecret != "" {
-		var sec corev1.Secret
-		if err := a.client.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: t.Spec.CredentialsSecret}, &sec); err != nil {
-			return model.Errorf(model.ErrUnavailable, "backup target %q: credentials Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
+		sec, err := a.targetSecret(ctx, t, t.Spec.CredentialsSecret, "credentials")
+		if err != nil {
+			return err
 		}
 		data := map[string]string{}
 		for k, v := range sec.Data {
 			data[k] = string(v)
 		}
-		var err error
 		if creds, err = objstore.CredentialsFromSecret(data); err != nil {
 			return model.Errorf(model.ErrInvalidArgument, "backup target %q: Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.CredentialsSecret, err)
 		}
@@ -53,14 +52,14 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	}
 	var key []byte
 	if t.Spec.EncryptionKeySecret != "" {
-		var sec corev1.Secret
-		if err := a.client.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: t.Spec.EncryptionKeySecret}, &sec); err != nil {
-			return model.Errorf(model.ErrUnavailable, "backup target %q: encryption key Secret %s/%s: %v", t.Name, a.Namespace, t.Spec.EncryptionKeySecret, err)
+		sec, err := a.targetSecret(ctx, t, t.Spec.EncryptionKeySecret, "encryption key")
+		if err != nil {
+			return err
 		}
 		key = sec.Data[EncryptionKeyEntry]
-		if len(key) != backup.MasterKeySize {
-			return model.Errorf(model.ErrInvalidArgument, "backup target %q: Secret %s/%s: entry %q must hold exactly %d bytes (it has %d)",
-				t.Name, a.Namespace, t.Spec.EncryptionKeySecret, EncryptionKeyEntry, backup.MasterKeySize, len(key))
+		if err := backup.CheckMasterKey(key); err != nil {
+			return model.Errorf(model.ErrInvalidArgument, "backup target %q: Secret %s/%s, entry %q: %v",
+				t.Name, a.Namespace, t.Spec.EncryptionKeySecret, EncryptionKeyEntry, err)
 		}
 		version += "#key@" + sec.ResourceVersion
 	}
@@ -77,6 +76,16 @@ func (a *Agent) configureTarget(ctx context.Context, t *cairnv1.BackupTarget) er
 	a.targets[t.Name] = version
 	a.capacityChanged() // the StorageNode lists its targets
 	return nil
+}
+
+// targetSecret reads a Secret a BackupTarget names (what says which),
+// in Cairn's namespace.
+func (a *Agent) targetSecret(ctx context.Context, t *cairnv1.BackupTarget, name, what string) (*corev1.Secret, error) {
+	var sec corev1.Secret
+	if err := a.client.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: name}, &sec); err != nil {
+		return nil, model.Errorf(model.ErrUnavailable, "backup target %q: %s Secret %s/%s: %v", t.Name, what, a.Namespace, name, err)
+	}
+	return &sec, nil
 }
 
 func (a *Agent) reconcileTarget(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {

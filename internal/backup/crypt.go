@@ -112,7 +112,8 @@ func open(a cipher.AEAD, sealed []byte, ad string) ([]byte, error) {
 	return out, nil
 }
 
-func checkMasterKey(master []byte) error {
+// CheckMasterKey checks a master key's length, the one rule on its bytes.
+func CheckMasterKey(master []byte) error {
 	if len(master) != MasterKeySize {
 		return fmt.Errorf("%w: a master key is %d bytes, this one %d", ErrKey, MasterKeySize, len(master))
 	}
@@ -121,7 +122,7 @@ func checkMasterKey(master []byte) error {
 
 // newEncryption makes the encryption section and keys of a new store.
 func newEncryption(master []byte) (*EncryptionConfig, *keyring, error) {
-	if err := checkMasterKey(master); err != nil {
+	if err := CheckMasterKey(master); err != nil {
 		return nil, nil, err
 	}
 	salt, dek := make([]byte, 32), make([]byte, 32)
@@ -170,7 +171,7 @@ func (c *EncryptionConfig) open(master []byte) (*keyring, error) {
 }
 
 func (c *EncryptionConfig) dataKey(master []byte) ([]byte, error) {
-	if err := checkMasterKey(master); err != nil {
+	if err := CheckMasterKey(master); err != nil {
 		return nil, err
 	}
 	salt, _ := base64.StdEncoding.DecodeString(c.Salt)
@@ -192,7 +193,7 @@ func (c *EncryptionConfig) rewrapped(master, next []byte) (*EncryptionConfig, er
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMasterKey(next); err != nil {
+	if err := CheckMasterKey(next); err != nil {
 		return nil, err
 	}
 	out := *c

@@ -91,15 +91,7 @@ func TestEncryptedStoreHoldsNoPlaintext(t *testing.T) {
 			t.Errorf("encrypted %v: Encrypted() %v, manifest format %d", encrypted, r.Encrypted(), m.FormatVersion)
 		}
 		// Reopened with its key, the store restores the volume byte for byte.
-		r2, err := OpenKeyed(ctx, fileStore(t, dir), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m2, err := r2.Manifest(ctx, m.VolumeID, m.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sameContent(t, src, restoreTo(t, r2, m2, t.TempDir()))
+		r2 := reopenRestores(t, dir, key, m, src)
 		// The same data again dedups (keyed hashes are stable per store).
 		m3, err := r2.Backup(ctx, Source{Path: src}, meta("s2", "v-2"), nil)
 		if err != nil {
@@ -186,6 +178,23 @@ func TestEncryptedStoreDamage(t *testing.T) {
 	}
 }
 
+// reopenRestores opens the store in dir afresh with key and checks that
+// backup m restores byte for byte as src; it returns the new Repo.
+func reopenRestores(t *testing.T, dir string, key []byte, m *Manifest, src string) *Repo {
+	t.Helper()
+	ctx := context.Background()
+	r, err := OpenKeyed(ctx, fileStore(t, dir), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := r.Manifest(ctx, m.VolumeID, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameContent(t, src, restoreTo(t, r, m2, t.TempDir()))
+	return r
+}
+
 func flip(t *testing.T, path string, off int64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -243,15 +252,7 @@ func TestKeyRotation(t *testing.T) {
 	if _, err := OpenKeyed(ctx, fileStore(t, dir), oldKey); !errors.Is(err, ErrKey) {
 		t.Errorf("the old key after rotation: %v, want ErrKey", err)
 	}
-	r2, err := OpenKeyed(ctx, fileStore(t, dir), newKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2, err := r2.Manifest(ctx, m.VolumeID, m.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameContent(t, src, restoreTo(t, r2, m2, t.TempDir()))
+	r2 := reopenRestores(t, dir, newKey, m, src)
 	// The Repo that rotated goes on working with the new key, and a
 	// second rotation from a stale Repo is refused.
 	if _, err := r.Backup(ctx, Source{Path: src}, meta("s2", "v-1"), nil); err != nil {
@@ -354,10 +355,5 @@ func TestCommitRefusesAChangedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh, _ := OpenKeyed(ctx, fileStore(t, dir), testKey(1))
-	m2, err := fresh.Manifest(ctx, got.VolumeID, got.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameContent(t, src, restoreTo(t, fresh, m2, t.TempDir()))
+	reopenRestores(t, dir, testKey(1), got, src)
 }

@@ -138,8 +138,10 @@ func (e *Engine) SetBackupTarget(name string, st objstore.Store, key []byte) err
 	if !model.ValidTargetName(name) {
 		return model.Errorf(model.ErrInvalidArgument, "backup target name %q: use lower-case letters, digits and '-'", name)
 	}
-	if key != nil && len(key) != backup.MasterKeySize {
-		return model.Errorf(model.ErrInvalidArgument, "backup target %q: a key is %d bytes, this one %d", name, backup.MasterKeySize, len(key))
+	if key != nil {
+		if err := backup.CheckMasterKey(key); err != nil {
+			return model.Errorf(model.ErrInvalidArgument, "backup target %q: %v", name, err)
+		}
 	}
 	b := &e.bk
 	b.mu.Lock()

@@ -104,8 +104,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		if _, ok := targets[name]; !ok {
 			return nil, fmt.Errorf("a key for backup target %q, which is not configured", name)
 		}
-		if len(k) != backup.MasterKeySize {
-			return nil, fmt.Errorf("backup target %q: a key is %d bytes, this one %d", name, backup.MasterKeySize, len(k))
+		if err := backup.CheckMasterKey(k); err != nil {
+			return nil, fmt.Errorf("backup target %q: %w", name, err)
 		}
 		keys[name] = k
 	}

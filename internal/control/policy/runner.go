@@ -593,22 +593,15 @@ func (r *Runner) setStatus(ctx context.Context, p *cairnv1.ProtectionPolicy, mod
 }
 
 func equalStatus(a, b cairnv1.ProtectionPolicyStatus) bool {
-	return meta.IsStatusConditionPresentAndEqual(a.Conditions, cairnv1.ConditionReady, conditionStatus(b)) &&
-		conditionOf(a) == conditionOf(b) && a.ObservedGeneration == b.ObservedGeneration &&
+	return readyOf(a) == readyOf(b) && a.ObservedGeneration == b.ObservedGeneration &&
 		timesEqual(a.NextScheduleTime, b.NextScheduleTime) && timesEqual(a.LastScheduleTime, b.LastScheduleTime) &&
 		timesEqual(a.LastCompletionTime, b.LastCompletionTime) && a.Message == b.Message
 }
 
-func conditionStatus(s cairnv1.ProtectionPolicyStatus) metav1.ConditionStatus {
+// readyOf is the Ready condition's status, reason and message ("" if none).
+func readyOf(s cairnv1.ProtectionPolicyStatus) string {
 	if c := meta.FindStatusCondition(s.Conditions, cairnv1.ConditionReady); c != nil {
-		return c.Status
-	}
-	return ""
-}
-
-func conditionOf(s cairnv1.ProtectionPolicyStatus) string {
-	if c := meta.FindStatusCondition(s.Conditions, cairnv1.ConditionReady); c != nil {
-		return c.Reason + "\x00" + c.Message
+		return string(c.Status) + "\x00" + c.Reason + "\x00" + c.Message
 	}
 	return ""
 }
