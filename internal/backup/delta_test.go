@@ -2,9 +2,11 @@ package backup
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -133,6 +135,16 @@ func TestStandbyFollowsBackups(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameContent(t, src, s.File)
+	// A damaged state (a block's hash edited) is refused, not trusted.
+	b, _ := os.ReadFile(s.statePath())
+	var raw map[string]any
+	json.Unmarshal(b, &raw)
+	raw["blocks"].([]any)[0].(map[string]any)["h"] = strings.Repeat("0", 64)
+	b, _ = json.Marshal(raw)
+	os.WriteFile(s.statePath(), b, 0o600)
+	if _, err := s.Step(ctx); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("a step with an edited block list: %v, want it refused as damaged", err)
+	}
 	// A file that is not a standby is never overwritten.
 	other := &Standby{Repo: r, VolumeID: "v-1", File: src}
 	if _, err := other.Step(ctx); err == nil {

@@ -2,11 +2,14 @@ package backup
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/model"
@@ -28,6 +31,9 @@ type StandbyState struct {
 	SizeBytes     int64     `json:"sizeBytes,omitempty"`
 	// Blocks are the offset and hash of each stored block of BackupID.
 	Blocks []StandbyBlock `json:"blocks,omitempty"`
+	// BlocksDigest is the BLAKE3 of Blocks: a damaged or edited list would
+	// make a step skip blocks that changed, so it is refused.
+	BlocksDigest string `json:"blocksDigest,omitempty"`
 	// Applying is the backup being applied; the image mixes both until
 	// the apply is done again. With Blocks empty and Applying set the
 	// first, full restore was interrupted.
@@ -77,10 +83,14 @@ func (s *Standby) State() (*StandbyState, error) {
 	if st.FormatVersion != standbyFormat || st.VolumeID != s.VolumeID {
 		return nil, fmt.Errorf("standby state %s: format %d of volume %q, want format %d of %q", s.statePath(), st.FormatVersion, st.VolumeID, standbyFormat, s.VolumeID)
 	}
+	if st.BlocksDigest != blocksDigest(st.Blocks) {
+		return nil, fmt.Errorf("standby state %s is damaged (its block list does not match its digest): remove %s and the state file to restore in full", s.statePath(), s.File)
+	}
 	return &st, nil
 }
 
 func (s *Standby) save(st *StandbyState) error {
+	st.BlocksDigest = blocksDigest(st.Blocks)
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -174,6 +184,12 @@ func (s *Standby) Step(ctx context.Context) (StandbyReport, error) {
 	}
 	rep.BackupID, rep.CompletedAt, rep.Applied = latest.ID, latest.CompletedAt, true
 	return rep, nil
+}
+
+func blocksDigest(bs []StandbyBlock) string {
+	b, _ := json.Marshal(bs)
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // entries are the blocks of the backup the image holds.
