@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -34,7 +35,29 @@ func writeKubeconfig(path, user, namespace, host string, caPEM []byte, a authInf
 	}
 	kc.Contexts[user] = &clientcmdapi.Context{Cluster: "cairn-e2e", AuthInfo: user, Namespace: namespace}
 	kc.CurrentContext = user
-	return clientcmd.WriteToFile(*kc, path)
+	// Written under a temporary name and renamed, so that a component
+	// reading the file while it is written again (a new token for the
+	// same ServiceAccount) sees the old file or the new one, never a
+	// truncated one.
+	b, err := clientcmd.Write(*kc)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // ServiceAccountKubeconfig requests a token (TokenRequest API, valid 24h)
