@@ -29,6 +29,10 @@ type StandbyState struct {
 	BackupID      string    `json:"backupId,omitempty"`
 	CompletedAt   time.Time `json:"completedAt,omitzero"`
 	SizeBytes     int64     `json:"sizeBytes,omitempty"`
+	// FsType and Block are the held backup's (what an activation gives
+	// the volume).
+	FsType string `json:"fsType,omitempty"`
+	Block  bool   `json:"block,omitempty"`
 	// Blocks are the offset and hash of each stored block of BackupID.
 	Blocks []StandbyBlock `json:"blocks,omitempty"`
 	// BlocksDigest is the BLAKE3 of Blocks: a damaged or edited list would
@@ -62,7 +66,17 @@ type StandbyReport struct {
 	Behind      int       // committed backups newer than BackupID (0: up to date)
 	Applied     bool      // this step changed the image
 	Full        bool      // by a full restore (the first one)
-	Delta       DeltaStats
+	// Delta is what the step downloaded (for a full restore: every
+	// stored block of the backup).
+	Delta DeltaStats
+	// LatestCompletedAt is when Latest was completed.
+	LatestCompletedAt time.Time
+	// SizeBytes, FsType, Block and Claim describe the held backup (Claim:
+	// nil when its manifest is gone or recorded none).
+	SizeBytes int64
+	FsType    string
+	Block     bool
+	Claim     *model.Claim
 }
 
 func (s *Standby) statePath() string { return s.File + ".standby.json" }
@@ -103,8 +117,9 @@ func (s *Standby) save(st *StandbyState) error {
 // blocks that changed. The state is written before the image changes
 // (Applying) and after, so a step interrupted at any point is finished
 // by the next one.
-func (s *Standby) Step(ctx context.Context) (StandbyReport, error) {
-	var rep StandbyReport
+func (s *Standby) Step(ctx context.Context) (rep StandbyReport, err error) {
+	// rep is named: the deferred count of newer backups below must reach
+	// the caller.
 	if !model.ValidStoreVolumeID(s.VolumeID) {
 		return rep, fmt.Errorf("volume %q is not a volume ID", s.VolumeID)
 	}
@@ -132,11 +147,15 @@ func (s *Standby) Step(ctx context.Context) (StandbyReport, error) {
 	if latest == nil {
 		return rep, fmt.Errorf("volume %s has no backup in %s", s.VolumeID, s.Repo.Store())
 	}
-	rep.Latest = latest.ID
+	rep.Latest, rep.LatestCompletedAt = latest.ID, latest.CompletedAt
 	defer func() {
+		rep.SizeBytes, rep.FsType, rep.Block = st.SizeBytes, st.FsType, st.Block
 		for _, m := range ms {
 			if m.CompletedAt.After(rep.CompletedAt) && m.ID != rep.BackupID {
 				rep.Behind++
+			}
+			if m.ID == rep.BackupID {
+				rep.Claim = m.Claim
 			}
 		}
 	}()
@@ -173,6 +192,7 @@ func (s *Standby) Step(ctx context.Context) (StandbyReport, error) {
 			return rep, err
 		}
 		rep.Full = true
+		rep.Delta = DeltaStats{BlocksFetched: len(latest.Blocks), BytesDownloaded: latest.StoredBytes()}
 	} else {
 		if rep.Delta, err = s.Repo.RestoreDelta(ctx, st.entries(), latest, s.File); err != nil {
 			return rep, err
@@ -204,6 +224,7 @@ func (st *StandbyState) entries() []Entry {
 // hold records that the image holds backup m (and nothing is applying).
 func (st *StandbyState) hold(m *Manifest) {
 	st.BackupID, st.CompletedAt, st.SizeBytes, st.Applying = m.ID, m.CompletedAt, m.SizeBytes, ""
+	st.FsType, st.Block = m.FsType, m.Block
 	st.Blocks = make([]StandbyBlock, len(m.Blocks))
 	for i, e := range m.Blocks {
 		st.Blocks[i] = StandbyBlock{Offset: e.Offset, Hash: e.Hash}

@@ -161,7 +161,7 @@ func (e *Engine) initLayout() error {
 func (e *Engine) Root() string { return e.root }
 
 // layoutDirs are the directories the engine keeps under the data root.
-var layoutDirs = []string{volumesDir, snapshotsDir, groupsDir, backupsDir, tmpDir, trashDir}
+var layoutDirs = []string{volumesDir, snapshotsDir, groupsDir, backupsDir, standbyDir, tmpDir, trashDir}
 
 // OwnsPath reports whether the absolute, clean path p is the data root or
 // inside what the engine keeps there (its metadata file and layoutDirs):

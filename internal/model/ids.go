@@ -22,6 +22,7 @@ var (
 	// name, a superset of Cairn's own volume IDs.
 	storeVolumeRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,252}$`)
 	targetNameRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	standbyIDRe   = regexp.MustCompile(`^sb-[a-z0-9][a-z0-9-]{0,63}$`)
 )
 
 func deriveID(prefix, kind, name string) string {
@@ -99,3 +100,7 @@ func ValidStoreVolumeID(id string) bool {
 
 // ValidTargetName reports whether name can name a backup target.
 func ValidTargetName(name string) bool { return targetNameRe.MatchString(name) }
+
+// ValidStandbyID reports whether id can name a standby copy on a data
+// root: "sb-" and a Kubernetes UID (lower-case letters, digits, dashes).
+func ValidStandbyID(id string) bool { return standbyIDRe.MatchString(id) }

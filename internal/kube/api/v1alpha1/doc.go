@@ -24,5 +24,5 @@ var (
 func init() {
 	SchemeBuilder.Register(&Volume{}, &VolumeList{}, &Snapshot{}, &SnapshotList{},
 		&GroupSnapshot{}, &GroupSnapshotList{}, &BackupTarget{}, &BackupTargetList{}, &StorageNode{}, &StorageNodeList{},
-		&ProtectionPolicy{}, &ProtectionPolicyList{})
+		&ProtectionPolicy{}, &ProtectionPolicyList{}, &StandbyVolume{}, &StandbyVolumeList{})
 }
