@@ -19,7 +19,7 @@ const (
 
 // StandbyVolumeSpec says which volume's backups a standby copy follows,
 // on which node, and whether to turn it into a volume (docs/STANDBY.md).
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.nodeName) || oldSelf.nodeName == '' || (has(self.nodeName) && self.nodeName == oldSelf.nodeName)",message="spec.nodeName cannot change once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.nodeName) || oldSelf.nodeName == ” || (has(self.nodeName) && self.nodeName == oldSelf.nodeName)",message="spec.nodeName cannot change once set"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.activate) || !oldSelf.activate || (has(self.activate) && self.activate)",message="spec.activate cannot be undone"
 type StandbyVolumeSpec struct {
 	// BackupTargetName names the BackupTarget holding the backups.
