@@ -27,6 +27,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/agent"
 	"github.com/cairn-csi/cairn/internal/control/policy"
 	"github.com/cairn-csi/cairn/internal/control/remote"
+	"github.com/cairn-csi/cairn/internal/control/standby"
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/engine"
 	"github.com/cairn-csi/cairn/internal/kube"
@@ -85,8 +86,10 @@ func runController(args []string) error {
 	kf.register(fs)
 	heartbeat := fs.Duration("heartbeat-timeout", 2*time.Minute, "a node whose agent has not reported for this long gets no new volumes")
 	policies := fs.Bool("protection-policies", true, "run the ProtectionPolicies' schedules (on the replica that holds the Lease "+policy.LeaseName+")")
-	electionNS := fs.String("leader-election-namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of the protection policies' Lease")
+	electionNS := fs.String("leader-election-namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace of the protection policies' and standby volumes' Leases")
 	resync := fs.Duration("policy-resync", 10*time.Second, "how often ProtectionPolicies are read and due runs started")
+	standbys := fs.Bool("standby-volumes", true, "place StandbyVolumes, populate the PVCs that name one, and create activated ones' PVs (on the replica that holds the Lease "+standby.LeaseName+")")
+	standbyResync := fs.Duration("standby-resync", 3*time.Second, "how often StandbyVolumes and the PVCs naming them are looked at")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,9 +112,22 @@ func runController(args []string) error {
 	backend := &remote.Remote{Client: cl.GetClient(), Reader: cl.GetAPIReader(), HeartbeatTimeout: *heartbeat}
 	reg := metricsRegistry()
 	policy.RegisterMetrics(reg)
-	if *policies {
-		if err := startPolicies(ctx, cfg, cl, *electionNS, *resync); err != nil {
-			return err
+	if *policies || *standbys {
+		kc, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		host, _ := os.Hostname()
+		elect := kube.Election{Client: kc, Namespace: *electionNS, Identity: host + "_" + strconv.FormatInt(time.Now().UnixNano(), 36)}
+		events := cl.GetEventRecorder("cairn-controller")
+		if *policies {
+			runner := &policy.Runner{Client: cl.GetClient(), Reader: cl.GetAPIReader(), Events: events, Driver: csi.DriverName, Resync: *resync}
+			go kube.RunElected(ctx, elect, policy.LeaseName, "the protection policies", runner.Run)
+		}
+		if *standbys {
+			sc := &standby.Controller{Client: cl.GetClient(), Events: events, Driver: csi.DriverName, TopologyKey: csi.TopologyKey,
+				HeartbeatTimeout: *heartbeat, Resync: *standbyResync}
+			go kube.RunElected(ctx, elect, standby.LeaseName, "the standby volumes", sc.Run)
 		}
 	}
 	if kf.httpEndpoint != "" {
@@ -120,21 +136,6 @@ func runController(args []string) error {
 	klog.InfoS("Cairn controller starting", "version", csi.Version, "endpoint", kf.endpoint)
 	svc := csi.New(nil, backend, csi.Options{})
 	return serveCSI(ctx, kf.endpoint, func(srv *grpc.Server) { svc.Register(srv, true, false) })
-}
-
-// startPolicies runs the ProtectionPolicies' schedules on the replica
-// that wins the Lease (docs/PROTECTION.md).
-func startPolicies(ctx context.Context, cfg *rest.Config, cl cluster.Cluster, ns string, resync time.Duration) error {
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
-	host, _ := os.Hostname()
-	id := host + "_" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	runner := &policy.Runner{Client: cl.GetClient(), Reader: cl.GetAPIReader(), Events: cl.GetEventRecorder("cairn-controller"),
-		Driver: csi.DriverName, Resync: resync}
-	go policy.RunElected(ctx, policy.Election{Client: kc, Namespace: ns, Identity: id}, runner)
-	return nil
 }
 
 // runNode serves the CSI node service for kubelet and runs the node agent

@@ -83,7 +83,7 @@ type Agent struct {
 }
 
 // CacheOptions restricts a node agent's informers to what it needs:
-// the Volumes, Snapshots and GroupSnapshots labelled with its node, its own StorageNode,
+// the Volumes, Snapshots, GroupSnapshots and StandbyVolumes labelled with its node, its own StorageNode,
 // and Secrets in its namespace only.
 func CacheOptions(node, namespace string) cache.Options {
 	mine := labels.SelectorFromSet(labels.Set{cairnv1.NodeLabel: node})
@@ -91,6 +91,7 @@ func CacheOptions(node, namespace string) cache.Options {
 		&cairnv1.Volume{}:        {Label: mine},
 		&cairnv1.Snapshot{}:      {Label: mine},
 		&cairnv1.GroupSnapshot{}: {Label: mine},
+		&cairnv1.StandbyVolume{}: {Label: mine},
 		&cairnv1.StorageNode{}:   {Field: fields.OneTermEqualSelector("metadata.name", node)},
 		&corev1.Secret{}:         {Namespaces: map[string]cache.Config{namespace: {}}},
 	}}
@@ -138,6 +139,12 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("groupsnapshot").For(&cairnv1.GroupSnapshot{}).WithEventFilter(mine).
 		WithOptions(opts).Complete(reconcile.Func(a.reconcileGroupSnapshot)); err != nil {
+		return err
+	}
+	// A standby's first restore may take long: two at a time, apart
+	// from the other objects' workers.
+	if err := ctrl.NewControllerManagedBy(mgr).Named("standbyvolume").For(&cairnv1.StandbyVolume{}).WithEventFilter(mine).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 2}).Complete(reconcile.Func(a.reconcileStandby)); err != nil {
 		return err
 	}
 	// Targets are re-read when they or their credential Secret change.

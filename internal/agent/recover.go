@@ -290,21 +290,28 @@ func (a *Agent) recoverOne(ctx context.Context, kind string, probe client.Object
 	return 1, nil
 }
 
-// recoveredMeta is the metadata of a re-created object: the node label and
-// the finalizer, as the controller sets them, and RecoveredAnnotation.
-func (a *Agent) recoveredMeta(name string) metav1.ObjectMeta {
+// objectMeta is the metadata the controller gives an object of this
+// node: the node label and the finalizer.
+func (a *Agent) objectMeta(name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{
-		Name:        name,
-		Labels:      map[string]string{cairnv1.NodeLabel: a.Node},
-		Finalizers:  []string{cairnv1.Finalizer},
-		Annotations: map[string]string{cairnv1.RecoveredAnnotation: time.Now().UTC().Format(time.RFC3339)},
+		Name:       name,
+		Labels:     map[string]string{cairnv1.NodeLabel: a.Node},
+		Finalizers: []string{cairnv1.Finalizer},
 	}
 }
 
-// recoveredVolume is the Volume the controller would have written for a
+// recoveredMeta is the metadata of a re-created object: objectMeta and
+// RecoveredAnnotation.
+func (a *Agent) recoveredMeta(name string) metav1.ObjectMeta {
+	m := a.objectMeta(name)
+	m.Annotations = map[string]string{cairnv1.RecoveredAnnotation: time.Now().UTC().Format(time.RFC3339)}
+	return m
+}
+
+// volumeObject is the Volume the controller would have written for a
 // volume on the data root: its CSI name, size, access type, file system,
 // parameters and source, on this node.
-func (a *Agent) recoveredVolume(ev *model.Volume) *cairnv1.Volume {
+func (a *Agent) volumeObject(ev *model.Volume) *cairnv1.Volume {
 	spec := cairnv1.VolumeSpec{
 		Name: ev.Name, NodeName: a.Node, RequiredBytes: ev.SizeBytes,
 		Block: ev.Block, FsType: ev.FsType, Parameters: ev.Parameters,
@@ -312,7 +319,14 @@ func (a *Agent) recoveredVolume(ev *model.Volume) *cairnv1.Volume {
 	if s := ev.Source; s != nil {
 		spec.Source = &cairnv1.VolumeSource{Kind: string(s.Kind), ID: s.ID} // snapshot, volume or backup, as in the CRD
 	}
-	return &cairnv1.Volume{ObjectMeta: a.recoveredMeta(ev.ID), Spec: spec}
+	return &cairnv1.Volume{ObjectMeta: a.objectMeta(ev.ID), Spec: spec}
+}
+
+// recoveredVolume is volumeObject marked as re-created.
+func (a *Agent) recoveredVolume(ev *model.Volume) *cairnv1.Volume {
+	v := a.volumeObject(ev)
+	v.ObjectMeta = a.recoveredMeta(ev.ID)
+	return v
 }
 
 // recoveredSnapshot is the Snapshot the controller would have written for

@@ -36,9 +36,11 @@ var allowed = map[string][]string{
 	"internal/control/remote":      {"internal/csi", "internal/model", "internal/kube", "internal/kube/api/v1alpha1"},
 	"internal/control/metadatasvc": {},
 	"internal/control/policy":      {"internal/model", "internal/kube/api/v1alpha1"},
+	"internal/control/standby":     {"internal/kube/api/v1alpha1"},
 	"internal/agent":               {"internal/model", "internal/engine", "internal/kube", "internal/kube/api/v1alpha1", "internal/objstore", "internal/backup"},
 	"cmd/cairn": {"internal/model", "internal/csi", "internal/control/local", "internal/control/remote", "internal/agent",
-		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc", "internal/control/policy"},
+		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc", "internal/control/policy",
+		"internal/control/standby"},
 }
 
 // storage is what the controller side must not link, even indirectly: the
@@ -49,8 +51,9 @@ var storage = []string{
 }
 
 // controllerSide are the packages `cairn controller` runs: the CSI
-// adapter, the remote backend, the protection policies and what they share.
-var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote", "internal/control/policy"}
+// adapter, the remote backend, the protection policies, the standby
+// volumes' controller and what they share.
+var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote", "internal/control/policy", "internal/control/standby"}
 
 type pkg struct {
 	ImportPath string

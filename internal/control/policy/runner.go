@@ -624,3 +624,6 @@ func timeOrNil(t time.Time) *metav1.Time {
 	}
 	return &metav1.Time{Time: t}
 }
+
+// LeaseName is the Lease that elects the replica running the schedules.
+const LeaseName = "cairn-protection-policies"

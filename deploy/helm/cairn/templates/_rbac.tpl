@@ -106,6 +106,16 @@ external-snapshotter v8.7.0, narrowed to what the flags used here need.
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
   verbs: ["create", "delete"]
+# standby volumes (docs/STANDBY.md): place them on a node, take the PVCs that
+# name one in dataSourceRef (as their populator), and create the PV of an
+# activated one (PVs and PVCs are read and PVs created under the
+# provisioner's rules above)
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["standbyvolumes"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["standbyvolumes/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/* cairn controller, in the release namespace: its own token for the agents. */}}
@@ -152,6 +162,12 @@ its data root holds (docs/FORMAT.md).
 - apiGroups: ["cairn.csi.dev"]
   resources: ["volumes/status", "snapshots/status", "groupsnapshots/status"]
   verbs: ["get", "update", "patch"]
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["standbyvolumes"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["cairn.csi.dev"]
+  resources: ["standbyvolumes/status"]
+  verbs: ["get", "patch"]
 - apiGroups: ["cairn.csi.dev"]
   resources: ["storagenodes"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]

@@ -19,7 +19,7 @@ const (
 
 // StandbyVolumeSpec says which volume's backups a standby copy follows,
 // on which node, and whether to turn it into a volume (docs/STANDBY.md).
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.nodeName) || oldSelf.nodeName == ” || (has(self.nodeName) && self.nodeName == oldSelf.nodeName)",message="spec.nodeName cannot change once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.nodeName) || size(oldSelf.nodeName) == 0 || (has(self.nodeName) && self.nodeName == oldSelf.nodeName)",message="spec.nodeName cannot change once set"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.activate) || !oldSelf.activate || (has(self.activate) && self.activate)",message="spec.activate cannot be undone"
 type StandbyVolumeSpec struct {
 	// BackupTargetName names the BackupTarget holding the backups.
@@ -75,7 +75,7 @@ type StandbyVolumeStatus struct {
 	LatestBackupID   string       `json:"latestBackupID,omitempty"`
 	LatestBackupTime *metav1.Time `json:"latestBackupTime,omitempty"`
 	// BehindBackups counts committed backups newer than BackupID.
-	BehindBackups int32 `json:"behindBackups"`
+	BehindBackups int32 `json:"behindBackups,omitempty"`
 	// LastSyncTime is the last check that succeeded.
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
 	// LastSyncBytes and LastSyncBlocks are the stored bytes and blocks

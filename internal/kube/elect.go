@@ -1,4 +1,4 @@
-package policy
+package kube
 
 import (
 	"context"
@@ -11,10 +11,8 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// LeaseName is the Lease that elects the replica running the schedules.
-const LeaseName = "cairn-protection-policies"
-
-// Election configures RunElected.
+// Election configures RunElected: the work of a controller that one
+// replica at a time does.
 type Election struct {
 	Client    kubernetes.Interface
 	Namespace string
@@ -24,11 +22,12 @@ type Election struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }
 
-// RunElected runs r while this replica holds the Lease, and campaigns
-// again when it loses it, until ctx ends.
-func RunElected(ctx context.Context, e Election, r *Runner) {
+// RunElected runs run while this replica holds the Lease lease (what names
+// the work, for the logs), and campaigns again when it loses it, until
+// ctx ends. run must return when its context ends.
+func RunElected(ctx context.Context, e Election, lease, what string, run func(ctx context.Context)) {
 	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metaOf(e.Namespace),
+		LeaseMeta:  metav1.ObjectMeta{Name: lease, Namespace: e.Namespace},
 		Client:     e.Client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: e.Identity},
 	}
@@ -38,19 +37,19 @@ func RunElected(ctx context.Context, e Election, r *Runner) {
 		RenewDeadline:   orDefault(e.RenewDeadline, 10*time.Second),
 		RetryPeriod:     orDefault(e.RetryPeriod, 5*time.Second),
 		ReleaseOnCancel: true,
-		Name:            LeaseName,
+		Name:            lease,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
-				klog.InfoS("Running the protection policies", "identity", e.Identity)
-				r.Run(ctx)
+				klog.InfoS("Elected: running "+what, "lease", lease, "identity", e.Identity)
+				run(ctx)
 			},
-			OnStoppedLeading: func() { klog.InfoS("No longer running the protection policies", "identity", e.Identity) },
+			OnStoppedLeading: func() { klog.InfoS("No longer running "+what, "lease", lease, "identity", e.Identity) },
 		},
 	}
 	for ctx.Err() == nil {
 		le, err := leaderelection.NewLeaderElector(cfg)
 		if err != nil {
-			klog.ErrorS(err, "Protection policy leader election")
+			klog.ErrorS(err, "Leader election", "lease", lease)
 			return
 		}
 		le.Run(ctx) // returns when leadership is lost or ctx ends
@@ -63,5 +62,3 @@ func orDefault(d, def time.Duration) time.Duration {
 	}
 	return def
 }
-
-func metaOf(ns string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: LeaseName, Namespace: ns} }
