@@ -784,7 +784,7 @@ func TestManifestsDecode(t *testing.T) {
 	})
 
 	t.Run("CRDs", func(t *testing.T) {
-		want := []string{"backuptargets", "groupsnapshots", "protectionpolicies", "snapshots", "storagenodes", "volumes"}
+		want := []string{"backuptargets", "groupsnapshots", "protectionpolicies", "snapshots", "standbyvolumes", "storagenodes", "volumes"}
 		var got []string
 		for _, o := range crds {
 			crd, ok := o.obj.(*apiextensionsv1.CustomResourceDefinition)
@@ -793,7 +793,11 @@ func TestManifestsDecode(t *testing.T) {
 				continue
 			}
 			got = append(got, crd.Spec.Names.Plural)
-			if crd.Spec.Group != cairnGroup || crd.Spec.Scope != apiextensionsv1.ClusterScoped {
+			scope := apiextensionsv1.ClusterScoped
+			if crd.Spec.Names.Plural == "standbyvolumes" { // beside the PVCs that name them
+				scope = apiextensionsv1.NamespaceScoped
+			}
+			if crd.Spec.Group != cairnGroup || crd.Spec.Scope != scope {
 				t.Errorf("CRD %s: group %s scope %s", crd.Name, crd.Spec.Group, crd.Spec.Scope)
 			}
 		}
@@ -1118,6 +1122,9 @@ var wantPermissions = map[string]map[string]bool{
 		crdGroup+"/protectionpolicies: list",
 		crdGroup+"/protectionpolicies/status: patch",
 		snapGroup+"/volumesnapshots: create,delete",
+		// standby volumes: placement, populating PVCs, their PVs
+		crdGroup+"/standbyvolumes: get,list,watch,patch",
+		crdGroup+"/standbyvolumes/status: patch",
 	),
 	"Role/cairn-controller": grants(
 		"coordination.k8s.io/leases: "+leaderVerbs,
@@ -1134,6 +1141,8 @@ var wantPermissions = map[string]map[string]bool{
 		crdGroup+"/storagenodes: get,list,watch,create,update,patch",
 		crdGroup+"/storagenodes/status: get,update,patch",
 		crdGroup+"/backuptargets: "+read,
+		crdGroup+"/standbyvolumes: get,list,watch,patch",
+		crdGroup+"/standbyvolumes/status: get,patch",
 		"|events.k8s.io/events: create,patch",
 		"/nodes: get",
 		// who asks for changed-block metadata
