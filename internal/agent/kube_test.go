@@ -75,6 +75,7 @@ func newFixture(t *testing.T) *fixture {
 	tenv := &envtest.Environment{BinaryAssetsDirectory: bins, CRDDirectoryPaths: []string{filepath.Join(root, "deploy/crds")}, ErrorIfCRDPathMissing: true}
 	cfg, err := tenv.Start()
 	if err != nil {
+		tenv.Stop() // a start that failed after etcd and kube-apiserver began leaves them running
 		t.Fatalf("envtest: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -118,6 +118,7 @@ func TestKubernetesMode(t *testing.T) {
 	e.step("pre-provisioned VolumeSnapshotContent naming that backup restores into a new PVC", func() error {
 		return e.preProvisioned(drHandle, drData)
 	})
+	e.step("StandbyVolume follows another cluster's backups (1 full, 3 by changed blocks); a PVC naming it in dataSourceRef activates it in seconds with the newest data", e.standbyVolume)
 	e.step("kubectl delete the Volume of mysql-clone-pvc: data kept, the node agent re-creates the object", func() error {
 		return e.deleteVolumeObject("mysql-clone-pvc")
 	})
@@ -676,7 +677,7 @@ func (e *env) cleanup() error {
 		return err
 	}
 	var left []string
-	for _, d := range []string{"volumes", "snapshots", "backups", "tmp", "trash"} {
+	for _, d := range []string{"volumes", "snapshots", "backups", "standby", "tmp", "trash"} {
 		ents, _ := os.ReadDir(filepath.Join(e.fs.Mount, d))
 		for _, ent := range ents {
 			if strings.HasPrefix(ent.Name(), ".health-") {
