@@ -101,8 +101,8 @@ func (e *env) crdFiles() (map[string]string, error) {
 		}
 		crds[m.Name] = f
 	}
-	if len(crds) != 6 {
-		return nil, fmt.Errorf("deploy/crds defines %v, want Cairn's six CRDs", crds)
+	if len(crds) != 7 {
+		return nil, fmt.Errorf("deploy/crds defines %v, want Cairn's seven CRDs", crds)
 	}
 	return crds, nil
 }
