@@ -28,9 +28,6 @@ const (
 	finalSyncTimeout = time.Minute
 )
 
-// standbyVolumeName is the CSI name of the volume a StandbyVolume becomes.
-func standbyVolumeName(sv *cairnv1.StandbyVolume) string { return "standby-" + string(sv.UID) }
-
 // reconcileStandby keeps a StandbyVolume's copy on this node: it follows
 // the volume's backups until the spec asks for activation, then turns the
 // copy into a Volume (docs/STANDBY.md).
@@ -48,7 +45,13 @@ func (a *Agent) reconcileStandby(ctx context.Context, req reconcile.Request) (re
 		return reconcile.Result{}, a.deleteStandby(ctx, log, &sv, id)
 	}
 	if sv.Status.Phase == cairnv1.StandbyActivated {
-		return reconcile.Result{}, nil // a volume now; the object only records where it went
+		// A volume now; the object only records where it went. What an
+		// activation interrupted after its commit left (extra names of
+		// the volume's data) goes.
+		if _, err := a.Engine.DeleteStandby(ctx, id, sv.Spec.BackupTargetName, sv.Spec.SourceVolumeID, false); err != nil {
+			log.Error(err, "Removing an activated standby's directory")
+		}
+		return reconcile.Result{}, nil
 	}
 	if !controllerutil.ContainsFinalizer(&sv, cairnv1.Finalizer) {
 		patch := client.MergeFrom(sv.DeepCopy())
@@ -167,22 +170,37 @@ func (a *Agent) activateStandby(ctx context.Context, log klog.Logger, orig, sv *
 		_ = a.patchStandby(ctx, orig, sv)
 		orig = sv.DeepCopy()
 	}
-	err := targetErr
-	if err == nil {
-		sctx, cancel := context.WithTimeout(ctx, finalSyncTimeout)
-		var rep backup.StandbyReport
-		rep, err = a.Engine.StandbyStep(sctx, id, sv.Spec.BackupTargetName, sv.Spec.SourceVolumeID)
+	name := cairnv1.StandbyVolumeName(sv.UID)
+	_, verr := a.Engine.GetVolume(ctx, model.VolumeIDForName(name))
+	if err := targetErr; err == nil && verr != nil {
+		// The last check. A copy that holds a complete backup gets a
+		// bounded one (the target may be gone: it activates with what it
+		// holds); one that holds none yet, or whose apply was
+		// interrupted (a mix of two backups), must finish first.
+		held, herr := a.Engine.StandbyHeld(id, sv.Spec.SourceVolumeID)
+		complete := herr == nil && held != nil && held.BackupID != "" && held.Applying == ""
+		sctx, cancel := ctx, context.CancelFunc(func() {})
+		if complete {
+			sctx, cancel = context.WithTimeout(ctx, finalSyncTimeout)
+		}
+		rep, err := a.Engine.StandbyStep(sctx, id, sv.Spec.BackupTargetName, sv.Spec.SourceVolumeID)
 		cancel()
+		if held, herr := a.Engine.StandbyHeld(id, sv.Spec.SourceVolumeID); err != nil && complete && herr == nil && held != nil && held.Applying != "" {
+			// The bound cut an apply short: finish it.
+			rep, err = a.Engine.StandbyStep(ctx, id, sv.Spec.BackupTargetName, sv.Spec.SourceVolumeID)
+		}
 		a.recordStep(sv, rep, err)
-	}
-	if err != nil && !errors.Is(err, model.ErrFailedPrecondition) {
-		note = fmt.Sprintf(" (the last check failed, so it holds the backup it had: %v)", err)
+		if err != nil && !errors.Is(err, model.ErrFailedPrecondition) {
+			note = fmt.Sprintf(" (the last check failed, so it holds the backup it had: %v)", err)
+		}
+	} else if err != nil {
+		note = fmt.Sprintf(" (the target could not be opened, so it holds the backup it had: %v)", err)
 	}
 	held, herr := a.Engine.StandbyHeld(id, sv.Spec.SourceVolumeID)
 	if herr == nil && held != nil && held.BackupID != "" {
 		st.SizeBytes, st.FsType, st.Block = held.SizeBytes, held.FsType, held.Block
 	}
-	req := model.CreateVolumeRequest{Name: standbyVolumeName(sv), Block: st.Block, FsType: st.FsType}
+	req := model.CreateVolumeRequest{Name: name, Block: st.Block, FsType: st.FsType}
 	if c := st.Claim; c != nil {
 		req.RequiredBytes = c.RequestBytes
 	}
@@ -199,6 +217,9 @@ func (a *Agent) activateStandby(ctx context.Context, log klog.Logger, orig, sv *
 		st.Phase = cairnv1.StandbyActivating
 		if perr := a.patchStandby(ctx, orig, sv); perr != nil {
 			return reconcile.Result{}, perr
+		}
+		if model.Final(err) {
+			return reconcile.Result{RequeueAfter: time.Minute}, nil
 		}
 		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
 	}

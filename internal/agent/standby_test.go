@@ -200,6 +200,38 @@ func TestStandbyVolumeFollowsAndActivates(t *testing.T) {
 			t.Errorf("standby copies left after activation: %v", entries)
 		}
 	}
+	// Activated by the field, with no PVC: the PV is reserved for a PVC
+	// named like the standby, so no other pending PVC takes it.
+	sv2 := &cairnv1.StandbyVolume{ObjectMeta: metav1.ObjectMeta{Name: "db-dr-field", Namespace: ns},
+		Spec: cairnv1.StandbyVolumeSpec{BackupTargetName: "default", SourceVolumeID: src.ID, Activate: true}}
+	if err := f.cl.Create(f.ctx, sv2); err != nil {
+		t.Fatal(err)
+	}
+	var pv2 corev1.PersistentVolume
+	f.eventually(time.Minute, func() error {
+		return f.cl.Get(f.ctx, client.ObjectKey{Name: cairnv1.StandbyVolumeName(sv2.UID)}, &pv2)
+	})
+	if r := pv2.Spec.ClaimRef; r == nil || r.UID != "" || r.Namespace != ns || r.Name != sv2.Name || *pv2.Spec.VolumeMode != corev1.PersistentVolumeBlock {
+		t.Errorf("PV of a field-activated standby: claimRef %+v, mode %s", r, *pv2.Spec.VolumeMode)
+	}
+	// A status written by someone else naming another volume (the one
+	// above) gets no PV: the controller derives the volume from the UID.
+	sv3 := &cairnv1.StandbyVolume{ObjectMeta: metav1.ObjectMeta{Name: "forged", Namespace: ns},
+		Spec: cairnv1.StandbyVolumeSpec{BackupTargetName: "default", SourceVolumeID: src.ID, NodeName: "node-z"}}
+	if err := f.cl.Create(f.ctx, sv3); err != nil {
+		t.Fatal(err)
+	}
+	forged := sv3.DeepCopy()
+	forged.Status = cairnv1.StandbyVolumeStatus{Phase: cairnv1.StandbyActivated, VolumeID: got.Status.VolumeID, SizeBytes: 1 << 40, BackupID: b2,
+		Claim: &cairnv1.StandbyClaim{Namespace: ns, Name: "db", UID: claim.UID}}
+	if err := f.cl.Status().Update(f.ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: cairnv1.StandbyVolumeName(sv3.UID)}, &corev1.PersistentVolume{}); err == nil {
+		t.Error("a PV was made from a forged status")
+	}
+
 	// Deleting the StandbyVolume leaves the volume alone.
 	if err := f.cl.Delete(f.ctx, got); err != nil {
 		t.Fatal(err)

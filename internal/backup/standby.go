@@ -56,6 +56,9 @@ type Standby struct {
 	Repo     *Repo
 	VolumeID string
 	File     string
+	// Reserve, if set, is asked before the first, full restore whether
+	// the backup's size bytes may be written (capacity accounting).
+	Reserve func(size int64) error
 }
 
 // StandbyReport is what one Step did and where the standby stands.
@@ -185,6 +188,11 @@ func (s *Standby) Step(ctx context.Context) (rep StandbyReport, err error) {
 		return rep, err
 	}
 	if st.BackupID == "" { // the first restore (again, if interrupted)
+		if s.Reserve != nil {
+			if err := s.Reserve(latest.SizeBytes); err != nil {
+				return rep, err
+			}
+		}
 		if err := os.WriteFile(s.File, nil, 0o600); err != nil {
 			return rep, err
 		}

@@ -212,9 +212,10 @@ type Capacity struct {
 	TotalBytes int64
 	// FreeBytes is what the file system reports free.
 	FreeBytes int64
-	// ReservedBytes is what existing volumes may still allocate: the sum of
-	// their sizes minus what they already occupy (thin provisioning made
-	// honest: a new volume never eats space promised to an old one).
+	// ReservedBytes is what existing volumes (and standby copies) may
+	// still allocate: the sum of their sizes minus what they already
+	// occupy (thin provisioning made honest: a new volume never eats space
+	// promised to an old one).
 	ReservedBytes int64
 	// AvailableBytes is FreeBytes - ReservedBytes, never negative: the
 	// largest volume that can be created now.
@@ -249,6 +250,7 @@ func (e *Engine) Capacity() (Capacity, error) {
 			c.ReservedBytes += size - alloc
 		}
 	}
+	c.ReservedBytes += e.standbyReserved()
 	c.AvailableBytes = max(0, c.FreeBytes-c.ReservedBytes)
 	return c, nil
 }

@@ -49,6 +49,11 @@ func (e *Engine) StageVolume(ctx context.Context, req model.StageRequest) (err e
 			return nil
 		}
 	}
+	if m.Block && !req.Block {
+		// A raw block volume's data has no file system of ours: a mount
+		// would make one over it.
+		return model.Errorf(model.ErrFailedPrecondition, "volume %s is a raw block volume: it is staged only for block access (a file system would be made over its data)", m.ID)
+	}
 	fsType := req.FsType
 	if fsType == "" {
 		fsType = model.EffectiveFsType(false, m.FsType)

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cairn-csi/cairn/internal/backup"
+	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
@@ -77,6 +78,13 @@ func (e *Engine) StandbyStep(ctx context.Context, id, target, volumeID string) (
 		return rep, err
 	}
 	s := e.standby(id, volumeID, repo)
+	s.Reserve = func(size int64) error {
+		// What the copy already counts (its apparent size) is reserved.
+		if need := size - apparentSize(s.File); need > 0 {
+			return e.allocate(need, func() error { return nil })
+		}
+		return nil
+	}
 	if fi, err := os.Stat(s.File); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
 			return rep, model.Errorf(model.ErrFailedPrecondition, "standby %s: its image has %d links (a volume shares it): it is not written", id, st.Nlink)
@@ -162,7 +170,14 @@ func (e *Engine) ActivateStandby(ctx context.Context, id, target, volumeID strin
 		return nil, err
 	}
 	start := time.Now()
-	if err := writeJSON(filepath.Join(e.standbyPath(id), activatingFile), &activating{FormatVersion: 1, VolumeID: vid}); err != nil {
+	img := filepath.Join(e.standbyPath(id), dataFile)
+	// The space check comes before the marker: a standby that cannot
+	// become this volume keeps following.
+	need := size - apparentSize(img)
+	err = e.allocate(max(0, need), func() error {
+		return writeJSON(filepath.Join(e.standbyPath(id), activatingFile), &activating{FormatVersion: 1, VolumeID: vid})
+	})
+	if err != nil {
 		return nil, err
 	}
 	h := model.BackupHandle{Target: target, VolumeID: volumeID, BackupID: st.BackupID}
@@ -171,16 +186,13 @@ func (e *Engine) ActivateStandby(ctx context.Context, id, target, volumeID strin
 		Source: &model.Source{Kind: model.SourceBackup, ID: h.String()}, Parameters: req.Parameters, IOLimits: req.IOLimits,
 		CreatedAt: time.Now().UTC(),
 	}
-	img := filepath.Join(e.standbyPath(id), dataFile)
 	err = e.commitNew(ctx, volumesDir, vid, func(dir string) error {
 		data := filepath.Join(dir, dataFile)
 		if err := os.Link(img, data); err != nil {
 			return err
 		}
-		if fi, err := os.Stat(data); err != nil {
-			return err
-		} else if fi.Size() < size {
-			if err := e.allocate(size-fi.Size(), func() error { return os.Truncate(data, size) }); err != nil {
+		if apparentSize(data) < size {
+			if err := os.Truncate(data, size); err != nil {
 				return err
 			}
 		}
@@ -251,3 +263,37 @@ func (e *Engine) standbyOnlyCopy(ctx context.Context, id, target, volumeID strin
 }
 
 func (e *Engine) removeStandby(id string) error { return e.removeObject(standbyDir, id) }
+
+// apparentSize is a file's size (0 if it cannot be read).
+func apparentSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// standbyReserved is what standby copies may still allocate: each image's
+// size minus what it occupies. An image linked to a volume (an activation
+// not yet cleaned up) is counted with the volume.
+func (e *Engine) standbyReserved() int64 {
+	ents, err := os.ReadDir(filepath.Join(e.root, standbyDir))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, ent := range ents {
+		img := filepath.Join(e.root, standbyDir, ent.Name(), dataFile)
+		fi, err := os.Stat(img)
+		if err != nil || !model.ValidStandbyID(ent.Name()) {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			continue
+		}
+		if alloc, err := fsops.AllocatedBytes(img); err == nil && fi.Size() > alloc {
+			n += fi.Size() - alloc
+		}
+	}
+	return n
+}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cairn-csi/cairn/internal/fsops"
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
@@ -18,9 +19,16 @@ func TestStandbyFollowActivate(t *testing.T) {
 	ctx := context.Background()
 	const sid = "sb-0b5e9c1a-7d3f-4c8e-9a61-2f4b8d0e6c17"
 	waitBackup(t, e, "b1", v.ID)
+	before := must(e.Capacity())(t)
 	rep := must(e.StandbyStep(ctx, sid, "t1", v.ID))(t)
 	if !rep.Full || !rep.Applied || rep.Behind != 0 {
 		t.Fatalf("first step: %+v, want a full restore, up to date", rep)
+	}
+	// The copy is reserved like a volume: what it may still allocate.
+	img := filepath.Join(e.standbyPath(sid), dataFile)
+	alloc := must(fsops.AllocatedBytes(img))(t)
+	if after := must(e.Capacity())(t); after.ReservedBytes-before.ReservedBytes != 8*mib-alloc {
+		t.Errorf("reserved grew by %d with the copy, want %d (8 MiB - %d allocated)", after.ReservedBytes-before.ReservedBytes, 8*mib-alloc, alloc)
 	}
 	if rep.SizeBytes != 8*mib || !rep.Block {
 		t.Errorf("first step describes the backup as %d bytes, block %t", rep.SizeBytes, rep.Block)
@@ -33,14 +41,21 @@ func TestStandbyFollowActivate(t *testing.T) {
 	if rep.Full || !rep.Applied || rep.Delta.BlocksFetched != 1 {
 		t.Fatalf("second step: %+v, want one block fetched", rep)
 	}
-	img := filepath.Join(e.standbyPath(sid), dataFile)
 	assertContent(t, img, want)
 	if rep = must(e.StandbyStep(ctx, sid, "t1", v.ID))(t); rep.Applied {
 		t.Errorf("an up-to-date standby was changed: %+v", rep)
 	}
 
+	// Activation that cannot fit is refused before it begins: the copy
+	// keeps following.
+	_, err := e.ActivateStandby(ctx, sid, "t1", v.ID, model.CreateVolumeRequest{Name: "dr", Block: true, RequiredBytes: 1 << 50})
+	wantErr(t, err, model.ErrResourceExhausted, "activating into more than the data root holds")
+	if _, err := os.Stat(filepath.Join(e.standbyPath(sid), activatingFile)); !os.IsNotExist(err) {
+		t.Fatalf("a refused activation left %s (%v)", activatingFile, err)
+	}
+	must(e.StandbyStep(ctx, sid, "t1", v.ID))(t)
 	// A raw block backup activates only as a block volume.
-	_, err := e.ActivateStandby(ctx, sid, "t1", v.ID, model.CreateVolumeRequest{Name: "dr", FsType: "ext4"})
+	_, err = e.ActivateStandby(ctx, sid, "t1", v.ID, model.CreateVolumeRequest{Name: "dr", FsType: "ext4"})
 	wantErr(t, err, model.ErrFailedPrecondition, "activating a block backup as a file system")
 	req := model.CreateVolumeRequest{Name: "dr", Block: true, RequiredBytes: 16 * mib}
 	vol := must(e.ActivateStandby(ctx, sid, "t1", v.ID, req))(t)
@@ -51,6 +66,9 @@ func TestStandbyFollowActivate(t *testing.T) {
 	if _, err := os.Stat(e.standbyPath(sid)); !os.IsNotExist(err) {
 		t.Errorf("standby directory still there after activation (%v)", err)
 	}
+	// The node never stages a raw block volume with a file system.
+	err = e.StageVolume(ctx, model.StageRequest{VolumeID: vol.ID, StagingPath: filepath.Join(t.TempDir(), "staging"), FsType: "ext4"})
+	wantErr(t, err, model.ErrFailedPrecondition, "staging a block volume with a file system")
 	// Repeated: the same volume. A step now finds no copy to follow, and
 	// never touches the volume.
 	again := must(e.ActivateStandby(ctx, sid, "t1", v.ID, req))(t)

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
+	"github.com/cairn-csi/cairn/internal/model"
 )
 
 // LeaseName is the Lease that elects the replica running this controller.
@@ -179,7 +180,7 @@ func (c *Controller) sync(ctx context.Context, sv *cairnv1.StandbyVolume, claims
 	if err := c.takeClaim(ctx, sv, claims); err != nil {
 		return err
 	}
-	if sv.Status.Phase == cairnv1.StandbyActivated && sv.Status.VolumeID != "" {
+	if sv.Status.Phase == cairnv1.StandbyActivated {
 		return c.publish(ctx, sv)
 	}
 	return nil
@@ -246,8 +247,22 @@ func contains(list []string, s string) bool {
 }
 
 // takeClaim gives the standby to the oldest PVC naming it, if it has no
-// claim yet, and activates it; later PVCs are told it is taken.
+// claim yet, and activates it; later PVCs are told it is taken. A claim
+// whose PVC is gone, before activation, is released.
 func (c *Controller) takeClaim(ctx context.Context, sv *cairnv1.StandbyVolume, claims []*corev1.PersistentVolumeClaim) error {
+	if cl := sv.Status.Claim; cl != nil && sv.Status.Phase != cairnv1.StandbyActivated {
+		var p corev1.PersistentVolumeClaim
+		err := c.Client.Get(ctx, client.ObjectKey{Namespace: cl.Namespace, Name: cl.Name}, &p)
+		if apierrors.IsNotFound(err) || (err == nil && p.UID != cl.UID) {
+			orig := sv.DeepCopy()
+			sv.Status.Claim = nil
+			if err := c.Client.Status().Patch(ctx, sv, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+	}
 	for _, p := range claims {
 		if !c.owned(ctx, p) {
 			continue
@@ -282,37 +297,85 @@ func (c *Controller) takeClaim(ctx context.Context, sv *cairnv1.StandbyVolume, c
 	return nil
 }
 
-// ClaimProblem says why a PVC cannot take a standby, or "".
+// ClaimProblem says why a PVC cannot take a standby now, or "".
 func ClaimProblem(p *corev1.PersistentVolumeClaim, sv *cairnv1.StandbyVolume) string {
 	block := p.Spec.VolumeMode != nil && *p.Spec.VolumeMode == corev1.PersistentVolumeBlock
+	req := p.Spec.Resources.Requests[corev1.ResourceStorage]
 	switch {
+	case sv.Status.BackupID == "":
+		return "it holds no backup yet (the PVC is taken once its first restore is done)"
 	case sv.Status.Block && !block:
 		return "it holds a raw block volume and the PVC asks for volumeMode Filesystem (a file system would be made over the data)"
-	case sv.Status.Phase == cairnv1.StandbyActivated && sv.Status.SizeBytes > 0:
-		req := p.Spec.Resources.Requests[corev1.ResourceStorage]
-		if req.Value() > sv.Status.SizeBytes {
-			return fmt.Sprintf("it was activated with %d bytes and the PVC requests %s: request at most that, then expand", sv.Status.SizeBytes, req.String())
-		}
+	case sv.Status.Phase == cairnv1.StandbyActivated && req.Value() > sv.Status.SizeBytes:
+		return fmt.Sprintf("it was activated with %d bytes and the PVC requests %s: request at most that, then expand", sv.Status.SizeBytes, req.String())
 	}
 	return ""
+}
+
+// Volume is what the PV of an activated standby is made from: read from
+// the Volume object of the ID derived from the standby's UID, never from
+// the standby's status (which others may write).
+type Volume struct {
+	ID, Node, FsType string
+	SizeBytes        int64
+	Block            bool
+}
+
+// activated reads the Volume an activated standby became and checks that
+// it is this standby's, on its node.
+func (c *Controller) activated(ctx context.Context, sv *cairnv1.StandbyVolume) (*Volume, string, error) {
+	name := cairnv1.StandbyVolumeName(sv.UID)
+	id := model.VolumeIDForName(name)
+	if sv.Status.VolumeID != id {
+		return nil, fmt.Sprintf("status.volumeID %q is not this standby's volume %s", sv.Status.VolumeID, id), nil
+	}
+	var v cairnv1.Volume
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: id}, &v); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, "", nil // not yet (the agent creates it)
+		}
+		return nil, "", err
+	}
+	if v.Spec.Name != name || v.Spec.NodeName != sv.Spec.NodeName || v.Status.Phase != cairnv1.PhaseReady || v.Status.SizeBytes <= 0 {
+		return nil, "", nil // not this standby's, or not ready yet
+	}
+	fs := v.Status.FsType
+	if fs == "" {
+		fs = v.Spec.FsType
+	}
+	return &Volume{ID: id, Node: v.Spec.NodeName, FsType: fs, SizeBytes: v.Status.SizeBytes, Block: v.Spec.Block}, "", nil
 }
 
 // publish creates the PV of an activated standby, or binds its unclaimed
 // PV to the PVC that now claims it.
 func (c *Controller) publish(ctx context.Context, sv *cairnv1.StandbyVolume) error {
-	name := cairnv1.StandbyPVName(sv.UID)
+	vol, why, err := c.activated(ctx, sv)
+	if err != nil || vol == nil {
+		if why != "" {
+			c.warn(sv, ReasonRefused, "No PersistentVolume is made: %s", why)
+		}
+		return err
+	}
+	name := cairnv1.StandbyVolumeName(sv.UID)
 	var pvc *corev1.PersistentVolumeClaim
-	if cl := sv.Status.Claim; cl != nil {
+	if cl := sv.Status.Claim; cl != nil && cl.Namespace == sv.Namespace {
 		var p corev1.PersistentVolumeClaim
 		err := c.Client.Get(ctx, client.ObjectKey{Namespace: cl.Namespace, Name: cl.Name}, &p)
-		if err == nil && p.UID == cl.UID {
-			pvc = &p
-		} else if err != nil && !apierrors.IsNotFound(err) {
+		switch {
+		case err != nil && !apierrors.IsNotFound(err):
 			return err
+		case err != nil || p.UID != cl.UID || !p.DeletionTimestamp.IsZero():
+		case p.Spec.VolumeName != "" && p.Spec.VolumeName != name:
+			c.warn(&p, ReasonRefused, "This PVC is bound to %s, not to StandbyVolume %s's volume", p.Spec.VolumeName, sv.Name)
+		case vol.Block && (p.Spec.VolumeMode == nil || *p.Spec.VolumeMode != corev1.PersistentVolumeBlock):
+			c.warn(&p, ReasonRefused, "StandbyVolume %s became a raw block volume and this PVC asks for volumeMode Filesystem (a file system would be made over the data)", sv.Name)
+			return nil
+		default:
+			pvc = &p
 		}
 	}
 	var pv corev1.PersistentVolume
-	err := c.Client.Get(ctx, client.ObjectKey{Name: name}, &pv)
+	err = c.Client.Get(ctx, client.ObjectKey{Name: name}, &pv)
 	switch {
 	case apierrors.IsNotFound(err):
 		cname := sv.Spec.StorageClassName
@@ -325,14 +388,19 @@ func (c *Controller) publish(ctx context.Context, sv *cairnv1.StandbyVolume) err
 		if err != nil {
 			return err
 		}
-		want := PersistentVolume(sv, pvc, cname, sc, c.Driver, c.TopologyKey)
+		if sc != nil && sc.Provisioner != c.Driver {
+			sc = nil // another driver's class: its reclaim policy and mount options are not ours to use
+		}
+		want := PersistentVolume(sv, vol, pvc, cname, sc, c.Driver, c.TopologyKey)
 		if err := c.Client.Create(ctx, want); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create PersistentVolume %s: %w", name, err)
 		}
-		c.Events.Eventf(sv, nil, corev1.EventTypeNormal, ReasonPV, ReasonPV, "PersistentVolume %s created for volume %s%s", name, sv.Status.VolumeID, claimNote(pvc))
+		c.Events.Eventf(sv, nil, corev1.EventTypeNormal, ReasonPV, ReasonPV, "PersistentVolume %s created for volume %s%s", name, vol.ID, claimNote(pvc, sv))
 	case err != nil:
 		return err
-	case pv.Spec.ClaimRef == nil && pvc != nil:
+	case pvc != nil && pv.Status.Phase == corev1.VolumeAvailable && (pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.UID == ""):
+		// Reserved by name only (activated without a PVC): a PVC that
+		// names the standby takes it.
 		orig := pv.DeepCopy()
 		pv.Spec.ClaimRef = claimRef(pvc)
 		if err := c.Client.Patch(ctx, &pv, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
@@ -347,9 +415,9 @@ func (c *Controller) publish(ctx context.Context, sv *cairnv1.StandbyVolume) err
 	return nil
 }
 
-func claimNote(p *corev1.PersistentVolumeClaim) string {
+func claimNote(p *corev1.PersistentVolumeClaim, sv *cairnv1.StandbyVolume) string {
 	if p == nil {
-		return " (unbound)"
+		return fmt.Sprintf(", reserved for a PVC named %s in namespace %s", sv.Name, sv.Namespace)
 	}
 	return fmt.Sprintf(", bound to PVC %s/%s", p.Namespace, p.Name)
 }
@@ -358,18 +426,18 @@ func claimRef(p *corev1.PersistentVolumeClaim) *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: p.Namespace, Name: p.Name, UID: p.UID}
 }
 
-// PersistentVolume is the PV of an activated standby: the volume on its
-// node, pre-bound to pvc when there is one (class, access modes and
-// volume mode from it), else from the backup's recorded claim; reclaim
-// policy and mount options from class sc (none: Retain).
-func PersistentVolume(sv *cairnv1.StandbyVolume, pvc *corev1.PersistentVolumeClaim, className string, sc *storagev1.StorageClass, driver, topologyKey string) *corev1.PersistentVolume {
-	st := sv.Status
+// PersistentVolume is the PV of volume vol, which standby sv became:
+// pre-bound to pvc when there is one (class, access modes and volume mode
+// from it), else reserved for a PVC named like the standby in its
+// namespace, with the access modes and volume mode the backup recorded;
+// reclaim policy and mount options from class sc (none: Retain).
+func PersistentVolume(sv *cairnv1.StandbyVolume, vol *Volume, pvc *corev1.PersistentVolumeClaim, className string, sc *storagev1.StorageClass, driver, topologyKey string) *corev1.PersistentVolume {
 	modes := []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
 	mode := corev1.PersistentVolumeFilesystem
-	if st.Block {
+	if vol.Block {
 		mode = corev1.PersistentVolumeBlock
 	}
-	if c := st.SourceClaim; c != nil {
+	if c := sv.Status.SourceClaim; c != nil {
 		if len(c.AccessModes) > 0 {
 			modes = nil
 			for _, m := range c.AccessModes {
@@ -380,6 +448,7 @@ func PersistentVolume(sv *cairnv1.StandbyVolume, pvc *corev1.PersistentVolumeCla
 			mode = corev1.PersistentVolumeBlock
 		}
 	}
+	ref := &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: sv.Namespace, Name: sv.Name}
 	if pvc != nil {
 		if len(pvc.Spec.AccessModes) > 0 {
 			modes = pvc.Spec.AccessModes
@@ -388,6 +457,7 @@ func PersistentVolume(sv *cairnv1.StandbyVolume, pvc *corev1.PersistentVolumeCla
 		if pvc.Spec.VolumeMode != nil {
 			mode = *pvc.Spec.VolumeMode
 		}
+		ref = claimRef(pvc)
 	}
 	reclaim := corev1.PersistentVolumeReclaimRetain
 	var mountOptions []string
@@ -398,33 +468,30 @@ func PersistentVolume(sv *cairnv1.StandbyVolume, pvc *corev1.PersistentVolumeCla
 		}
 		mountOptions = sc.MountOptions
 	}
-	src := &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: st.VolumeID, VolumeAttributes: map[string]string{}}
-	if mode == corev1.PersistentVolumeFilesystem && st.FsType != "" {
-		src.FSType = st.FsType
-		src.VolumeAttributes["fsType"] = st.FsType
+	src := &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: vol.ID, VolumeAttributes: map[string]string{}}
+	if mode == corev1.PersistentVolumeFilesystem && vol.FsType != "" {
+		src.FSType = vol.FsType
+		src.VolumeAttributes["fsType"] = vol.FsType
 	}
-	pv := &corev1.PersistentVolume{
+	return &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        cairnv1.StandbyPVName(sv.UID),
+			Name:        cairnv1.StandbyVolumeName(sv.UID),
 			Annotations: map[string]string{provisionedBy: driver, StandbyAnnotation: sv.Namespace + "/" + sv.Name},
 		},
 		Spec: corev1.PersistentVolumeSpec{
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(st.SizeBytes, resource.BinarySI)},
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(vol.SizeBytes, resource.BinarySI)},
 			AccessModes:                   modes,
 			VolumeMode:                    &mode,
 			PersistentVolumeReclaimPolicy: reclaim,
 			StorageClassName:              className,
 			MountOptions:                  mountOptions,
 			PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: src},
+			ClaimRef:                      ref,
 			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
-				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topologyKey, Operator: corev1.NodeSelectorOpIn, Values: []string{sv.Spec.NodeName}}},
+				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topologyKey, Operator: corev1.NodeSelectorOpIn, Values: []string{vol.Node}}},
 			}}}},
 		},
 	}
-	if pvc != nil {
-		pv.Spec.ClaimRef = claimRef(pvc)
-	}
-	return pv
 }
 
 // warn records a Warning event on obj unless the same one was the last

@@ -78,14 +78,17 @@ func TestStandbySource(t *testing.T) {
 }
 
 func TestClaimProblem(t *testing.T) {
-	block := &cairnv1.StandbyVolume{Status: cairnv1.StandbyVolumeStatus{Block: true}}
+	if why := ClaimProblem(claim(corev1.PersistentVolumeBlock, "1Gi"), &cairnv1.StandbyVolume{}); !strings.Contains(why, "no backup yet") {
+		t.Errorf("PVC of a standby holding nothing yet: %q", why)
+	}
+	block := &cairnv1.StandbyVolume{Status: cairnv1.StandbyVolumeStatus{BackupID: "b-1", Block: true}}
 	if why := ClaimProblem(claim(corev1.PersistentVolumeFilesystem, "1Gi"), block); !strings.Contains(why, "raw block") {
 		t.Errorf("Filesystem PVC of a block backup: %q", why)
 	}
 	if why := ClaimProblem(claim(corev1.PersistentVolumeBlock, "1Gi"), block); why != "" {
 		t.Errorf("Block PVC of a block backup refused: %q", why)
 	}
-	activated := &cairnv1.StandbyVolume{Status: cairnv1.StandbyVolumeStatus{Phase: cairnv1.StandbyActivated, SizeBytes: 1 << 30}}
+	activated := &cairnv1.StandbyVolume{Status: cairnv1.StandbyVolumeStatus{BackupID: "b-1", Phase: cairnv1.StandbyActivated, SizeBytes: 1 << 30}}
 	if why := ClaimProblem(claim(corev1.PersistentVolumeFilesystem, "2Gi"), activated); !strings.Contains(why, "expand") {
 		t.Errorf("PVC larger than an activated volume: %q", why)
 	}
@@ -98,14 +101,16 @@ func TestPersistentVolume(t *testing.T) {
 	sv := &cairnv1.StandbyVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "db-dr", Namespace: "shop", UID: "u-1"},
 		Spec:       cairnv1.StandbyVolumeSpec{NodeName: "node-b"},
-		Status: cairnv1.StandbyVolumeStatus{VolumeID: "v-1", SizeBytes: 3 << 30, FsType: "xfs",
+		Status: cairnv1.StandbyVolumeStatus{VolumeID: "v-forged", SizeBytes: 1, FsType: "ext4",
 			SourceClaim: &cairnv1.SourceClaim{AccessModes: []string{"ReadWriteMany"}, VolumeMode: "Filesystem"}},
 	}
+	// What the PV says comes from the Volume, not from the status.
+	vol := &Volume{ID: "v-1", Node: "node-b", FsType: "xfs", SizeBytes: 3 << 30}
 	retain := corev1.PersistentVolumeReclaimRetain
 	sc := &storagev1.StorageClass{ReclaimPolicy: &retain, MountOptions: []string{"noatime"}}
 
 	// Pre-bound to a PVC: the PVC's modes and class.
-	pv := PersistentVolume(sv, claim(corev1.PersistentVolumeFilesystem, "1Gi"), "fast", sc, "cairn.csi.dev", "topo")
+	pv := PersistentVolume(sv, vol, claim(corev1.PersistentVolumeFilesystem, "1Gi"), "fast", sc, "cairn.csi.dev", "topo")
 	if pv.Name != "standby-u-1" || pv.Annotations[provisionedBy] != "cairn.csi.dev" || pv.Annotations[StandbyAnnotation] != "shop/db-dr" {
 		t.Errorf("PV metadata %+v", pv.ObjectMeta)
 	}
@@ -124,14 +129,17 @@ func TestPersistentVolume(t *testing.T) {
 		t.Errorf("node affinity %+v", r)
 	}
 
-	// No PVC, no class here: the backup's recorded modes, Retain.
-	pv = PersistentVolume(sv, nil, "gone", nil, "cairn.csi.dev", "topo")
-	if pv.Spec.ClaimRef != nil || pv.Spec.AccessModes[0] != corev1.ReadWriteMany || pv.Spec.PersistentVolumeReclaimPolicy != retain || pv.Spec.StorageClassName != "gone" {
+	// No PVC, no class here: reserved by name for a PVC like the
+	// standby's, the backup's recorded modes, Retain.
+	pv = PersistentVolume(sv, vol, nil, "gone", nil, "cairn.csi.dev", "topo")
+	if r := pv.Spec.ClaimRef; r == nil || r.UID != "" || r.Namespace != "shop" || r.Name != "db-dr" ||
+		pv.Spec.AccessModes[0] != corev1.ReadWriteMany || pv.Spec.PersistentVolumeReclaimPolicy != retain || pv.Spec.StorageClassName != "gone" {
 		t.Errorf("unbound PV: %+v", pv.Spec)
 	}
-	// A block backup: Block, and no fsType.
-	sv.Status.Block, sv.Status.FsType, sv.Status.SourceClaim = true, "", nil
-	pv = PersistentVolume(sv, nil, "", nil, "cairn.csi.dev", "topo")
+	// A block volume: Block, and no fsType.
+	sv.Status.SourceClaim = nil
+	vol.Block, vol.FsType = true, ""
+	pv = PersistentVolume(sv, vol, nil, "", nil, "cairn.csi.dev", "topo")
 	if *pv.Spec.VolumeMode != corev1.PersistentVolumeBlock || pv.Spec.CSI.FSType != "" || pv.Spec.AccessModes[0] != corev1.ReadWriteOnce {
 		t.Errorf("block PV: %+v", pv.Spec)
 	}

@@ -34,8 +34,9 @@ type StandbyVolumeSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.sourceVolumeID is immutable"
 	SourceVolumeID string `json:"sourceVolumeID"`
 	// NodeName is the node that keeps the copy; empty: the controller
-	// picks one. Cannot change once set.
-	// +kubebuilder:validation:MaxLength=253
+	// picks one. Cannot change once set. At most 63 characters (it is
+	// also the value of the node label).
+	// +kubebuilder:validation:MaxLength=63
 	NodeName string `json:"nodeName,omitempty"`
 	// PollInterval is how often the node looks for a newer backup
 	// (default 1m, at least 10s).
@@ -136,5 +137,7 @@ type StandbyVolumeList struct {
 // StandbyID is the data-root name of a StandbyVolume's copy.
 func StandbyID(uid types.UID) string { return "sb-" + string(uid) }
 
-// StandbyPVName is the PersistentVolume an activated StandbyVolume gets.
-func StandbyPVName(uid types.UID) string { return "standby-" + string(uid) }
+// StandbyVolumeName is the CSI name of the volume a StandbyVolume
+// becomes (its volume ID follows from it), and the name of its PV. Both
+// sides derive it from the object's UID, never from its status.
+func StandbyVolumeName(uid types.UID) string { return "standby-" + string(uid) }
