@@ -227,6 +227,7 @@ func (a *Agent) report(ctx context.Context) error {
 	patch := client.MergeFrom(sn.DeepCopy())
 	sn.Status.CapacityBytes = c.TotalBytes
 	sn.Status.AvailableBytes = c.AvailableBytes
+	sn.Status.FreeBytes, sn.Status.ReservedBytes = c.FreeBytes, c.ReservedBytes
 	if ready.Status != metav1.ConditionTrue {
 		sn.Status.AvailableBytes = 0
 	}

@@ -396,6 +396,11 @@ type StorageNodeStatus struct {
 	// AvailableBytes is what a new volume can get (free space minus what
 	// existing volumes may still allocate).
 	AvailableBytes int64 `json:"availableBytes,omitempty"`
+	// FreeBytes is the data root's free space; ReservedBytes what existing
+	// volumes and standby copies may still allocate (AvailableBytes is
+	// their difference). Capacity minus free is what is used.
+	FreeBytes     int64 `json:"freeBytes,omitempty"`
+	ReservedBytes int64 `json:"reservedBytes,omitempty"`
 	// CloneMode is reflink (O(1) snapshots and clones) or copy.
 	CloneMode string `json:"cloneMode,omitempty"`
 	// IOLimits says whether the node can enforce volumes' I/O limits
