@@ -23,6 +23,9 @@ Usage:
       certificate files, and the SnapshotMetadataService object (docs/CBT.md).
   cairn backup list|show|verify|restore|delete|gc --target URL
       Inspect and maintain a backup store (run "cairn backup help").
+  cairn ui [--kubeconfig FILE] [--context NAME] [--listen 127.0.0.1:8080]
+      A web UI over your cluster's volumes, snapshots, backups and nodes,
+      acting with your kubeconfig's identity (README, "Web UI").
   cairn version
       Print the version.
 
@@ -46,6 +49,8 @@ func main() {
 		err = runMetadataSetup(os.Args[2:])
 	case "backup":
 		os.Exit(runBackupCLI(os.Args[2:]))
+	case "ui":
+		err = runUI(os.Args[2:])
 	case "version", "--version":
 		fmt.Println(version())
 	case "help", "-h", "--help":

@@ -37,10 +37,11 @@ var allowed = map[string][]string{
 	"internal/control/metadatasvc": {},
 	"internal/control/policy":      {"internal/model", "internal/kube/api/v1alpha1"},
 	"internal/control/standby":     {"internal/model", "internal/kube/api/v1alpha1"},
+	"internal/ui":                  {"internal/model", "internal/kube/api/v1alpha1"},
 	"internal/agent":               {"internal/model", "internal/engine", "internal/kube", "internal/kube/api/v1alpha1", "internal/objstore", "internal/backup"},
 	"cmd/cairn": {"internal/model", "internal/csi", "internal/control/local", "internal/control/remote", "internal/agent",
 		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc", "internal/control/policy",
-		"internal/control/standby"},
+		"internal/control/standby", "internal/ui"},
 }
 
 // storage is what the controller side must not link, even indirectly: the
@@ -53,7 +54,7 @@ var storage = []string{
 // controllerSide are the packages `cairn controller` runs: the CSI
 // adapter, the remote backend, the protection policies, the standby
 // volumes' controller and what they share.
-var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote", "internal/control/policy", "internal/control/standby"}
+var controllerSide = []string{"internal/model", "internal/csi", "internal/kube", "internal/control/remote", "internal/control/policy", "internal/control/standby", "internal/ui"}
 
 type pkg struct {
 	ImportPath string

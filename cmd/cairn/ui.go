@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cairn-csi/cairn/internal/csi"
+	"github.com/cairn-csi/cairn/internal/kube"
+	"github.com/cairn-csi/cairn/internal/ui"
+)
+
+// userFlags are kubectl's flags for whose cluster and identity to use.
+type userFlags struct {
+	kubeconfig, context, namespace string
+}
+
+func (u *userFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&u.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+	fs.StringVar(&u.context, "context", "", "kubeconfig context (default: the current context)")
+}
+
+// clientConfig loads the user's kubeconfig as kubectl does.
+func (u *userFlags) clientConfig() clientcmd.ClientConfig {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = u.kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: u.context})
+}
+
+func (u *userFlags) restConfig() (*rest.Config, error) {
+	cfg, err := u.clientConfig().ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "cairn-ui/" + csi.Version
+	return cfg, nil
+}
+
+func (u *userFlags) client() (client.Client, error) {
+	cfg, err := u.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: kube.Scheme})
+}
+
+// runUI serves the web UI with the user's identity on a loopback address.
+func runUI(args []string) error {
+	fs := flag.NewFlagSet("ui", flag.ContinueOnError)
+	var uf userFlags
+	uf.register(fs)
+	listen := fs.String("listen", "127.0.0.1:8080", "where to serve the UI: a loopback address (local mode has no login: it acts with your kubeconfig's identity)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := checkLoopback(*listen); err != nil {
+		return err
+	}
+	c, err := uf.client()
+	if err != nil {
+		return err
+	}
+	srv, err := ui.New(c, csi.DriverName)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "Cairn UI on http://%s/ (Ctrl-C stops it)\n", ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}()
+	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// checkLoopback refuses a listen address that other machines reach.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("--listen %q: not a loopback address; the local UI has no login and acts with your identity, so it serves only this machine", addr)
+}

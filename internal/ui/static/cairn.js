@@ -1,0 +1,83 @@
+// Cairn UI: progressive enhancement only. Without it every page and
+// action still works (forms post, the server redirects back).
+"use strict";
+(function () {
+  // Buttons that open a confirmation dialog; buttons that close one.
+  document.addEventListener("click", function (ev) {
+    var open = ev.target.closest("[data-open]");
+    if (open) {
+      var d = document.getElementById(open.getAttribute("data-open"));
+      if (d && d.showModal) { d.showModal(); }
+      return;
+    }
+    var close = ev.target.closest("[data-close]");
+    if (close) {
+      var dlg = close.closest("dialog");
+      if (dlg) { dlg.close(); }
+    }
+  });
+
+  function flash(text, isError) {
+    var f = document.getElementById("flash");
+    if (!f) { return; }
+    var p = document.createElement("p");
+    p.className = isError ? "error" : "notice";
+    p.textContent = text;
+    f.replaceChildren(p);
+  }
+
+  // Actions are posted in the background; the result is shown at the
+  // top and the live parts of the page refresh.
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (form.method.toLowerCase() !== "post") { return; }
+    var ask = form.getAttribute("data-confirm");
+    if (ask && !window.confirm(ask)) { ev.preventDefault(); return; }
+    ev.preventDefault();
+    var dlg = form.closest("dialog");
+    fetch(form.action, {
+      method: "POST",
+      headers: { "X-Cairn-Fetch": "1" },
+      body: new URLSearchParams(new FormData(form)),
+      credentials: "same-origin"
+    }).then(function (r) {
+      return r.json().then(function (body) { return { ok: r.ok, body: body }; });
+    }).then(function (res) {
+      if (dlg) { dlg.close(); }
+      if (res.ok) {
+        flash(res.body.message, false);
+        if (/\/delete$/.test(form.action) && !form.closest("#snapshots")) { window.location = "/volumes"; return; }
+        refresh();
+      } else {
+        flash(res.body.error || "refused", true);
+      }
+    }).catch(function (err) {
+      if (dlg) { dlg.close(); }
+      flash(String(err), true);
+    });
+  });
+
+  // Parts with data-refresh reload themselves every two seconds; the
+  // volume's facts (its size) are read again with them.
+  function refresh() {
+    document.querySelectorAll("[data-refresh]").forEach(function (el) {
+      fetch(el.getAttribute("data-refresh"), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) { if (html !== null && el.innerHTML !== html) { el.innerHTML = html; } })
+        .catch(function () {});
+    });
+    var size = document.getElementById("pvc-size");
+    if (size) {
+      fetch(window.location.pathname, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (html === null) { return; }
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var fresh = doc.getElementById("pvc-size");
+          if (fresh && fresh.textContent !== size.textContent) { size.textContent = fresh.textContent; }
+        })
+        .catch(function () {});
+    }
+  }
+  if (document.querySelector("[data-refresh]")) { setInterval(refresh, 2000); }
+})();
