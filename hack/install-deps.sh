@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages Cairn's demo, tests and benchmarks need on a
 # Debian machine (gcc and libc6-dev for the race detector, cgo, of make test
-# and make race). Does nothing when they are all present.
+# and make race; Debian's chromium for the web UI's browser tests). Does
+# nothing when they are all present.
 set -euo pipefail
 need=()
 for pair in mkfs.xfs:xfsprogs xfs_growfs:xfsprogs mkfs.ext4:e2fsprogs resize2fs:e2fsprogs \
             e2fsck:e2fsprogs dumpe2fs:e2fsprogs blkid:util-linux losetup:mount blockdev:util-linux \
-            fio:fio gcc:gcc; do
+            fio:fio gcc:gcc chromium:chromium; do
   cmd=${pair%%:*} pkg=${pair##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/sbin/$cmd" ] && ! [ -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")

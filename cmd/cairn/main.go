@@ -29,10 +29,20 @@ Usage:
   cairn version
       Print the version.
 
+Named kubectl-cairn (a copy or symlink on PATH), the binary is kubectl's
+plugin: kubectl cairn volumes|snapshots|backups|nodes|ui.
+
 Run "cairn <command> -h" for a command's flags.
 `
 
 func main() {
+	if isPlugin(os.Args[0]) {
+		if err := runPlugin(os.Args[1:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "kubectl cairn: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

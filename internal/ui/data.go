@@ -91,9 +91,9 @@ type State struct {
 	Read            time.Time
 }
 
-// read lists what the pages need. Forbidden kinds do not fail the read:
+// Read lists what the pages (and kubectl cairn) need. Forbidden kinds do not fail the read:
 // RBAC decides what each person sees.
-func read(ctx context.Context, c client.Client, driver string) (*State, error) {
+func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 	s := &State{Read: time.Now()}
 	var (
 		pvcs   corev1.PersistentVolumeClaimList

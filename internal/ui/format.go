@@ -58,13 +58,13 @@ func funcs(now func() time.Time) template.FuncMap {
 			if t.IsZero() {
 				return "—"
 			}
-			return humanAge(now().Sub(t))
+			return HumanAge(now().Sub(t))
 		},
 		"ageptr": func(t *time.Time) string {
 			if t == nil {
 				return "never"
 			}
-			return humanAge(now().Sub(*t)) + " ago"
+			return HumanAge(now().Sub(*t)) + " ago"
 		},
 		"pct": func(part, whole int64) int64 {
 			if whole <= 0 {
@@ -136,7 +136,8 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-func humanAge(d time.Duration) string {
+// HumanAge is d as kubectl prints ages: 42s, 5m, 7h, 3d.
+func HumanAge(d time.Duration) string {
 	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d.Seconds()))

@@ -118,7 +118,7 @@ type view struct {
 func (s *Server) page(name string, _ any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.setCSRF(w, r)
-		st, err := read(r.Context(), s.Client, s.Driver)
+		st, err := Read(r.Context(), s.Client, s.Driver)
 		if err != nil {
 			s.fail(w, r, err)
 			return

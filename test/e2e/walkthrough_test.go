@@ -109,6 +109,8 @@ func TestKubernetesMode(t *testing.T) {
 	})
 	e.step("a Retain snapshot survives deletion of its VolumeSnapshot", e.retainSnapshot)
 	e.step("changed-block tracking: a backup application lists a block PVC's allocated and changed ranges through csi-snapshot-metadata", e.changedBlockTracking)
+	e.step("cairn ui in headless Chromium: dashboard, Snapshot on mysql-pvc turns Ready without a reload, Restore gives a Bound PVC, Expand grows one, a viewer is refused by RBAC", e.webUI)
+	e.step("kubectl cairn volumes, nodes, backups -o json, snapshots -o yaml (the binary as kubectl's plugin)", e.kubectlPlugin)
 	var drData []byte
 	var drHandle string
 	e.step("another cluster's backup (standalone driver, same target)", func() error {
