@@ -1621,3 +1621,45 @@ func TestChartSnapshotMetadata(t *testing.T) {
 		t.Error("the default chart renders snapshot metadata objects")
 	}
 }
+
+// TestChartUI renders ui.enabled: cairn ui --in-cluster behind the Service
+// cairn-ui, with a ServiceAccount that no role is bound to (every API
+// call is made with the user's token).
+func TestChartUI(t *testing.T) {
+	helm := helmBinary(t)
+	off, err := helmTemplate(t, helm, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(off, []byte("name: cairn-ui")) {
+		t.Error("the UI is rendered by default")
+	}
+	out, err := helmTemplate(t, helm, "ui:\n  enabled: true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := decodeStream("helm template (ui)", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := ms.get(t, "Deployment", "cairn-ui").obj.(*appsv1.Deployment).Spec.Template.Spec
+	c := spec.Containers[0]
+	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
+		t.Errorf("UI container: probes %v %v, security %+v", c.LivenessProbe, c.ReadinessProbe, c.SecurityContext)
+	}
+	if spec.ServiceAccountName != "cairn-ui" || !slices.Equal(spec.Containers[0].Args, []string{"ui", "--in-cluster", "--listen=:8080"}) {
+		t.Errorf("UI pod: account %s, args %v", spec.ServiceAccountName, spec.Containers[0].Args)
+	}
+	ms.get(t, "ServiceAccount", "cairn-ui")
+	if svc := ms.get(t, "Service", "cairn-ui").obj.(*corev1.Service); svc.Spec.Ports[0].Port != 80 {
+		t.Errorf("Service ports %+v", svc.Spec.Ports)
+	}
+	for _, o := range ms {
+		if b, ok := o.obj.(*rbacv1.ClusterRoleBinding); ok && slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool { return s.Name == "cairn-ui" }) {
+			t.Errorf("ClusterRoleBinding %s grants the UI's own account a role", b.Name)
+		}
+		if b, ok := o.obj.(*rbacv1.RoleBinding); ok && slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool { return s.Name == "cairn-ui" }) {
+			t.Errorf("RoleBinding %s grants the UI's own account a role", b.Name)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
 	"github.com/cairn-csi/cairn/internal/csi"
 	"github.com/cairn-csi/cairn/internal/kube"
@@ -60,18 +61,37 @@ func runUI(args []string) error {
 	fs := flag.NewFlagSet("ui", flag.ContinueOnError)
 	var uf userFlags
 	uf.register(fs)
-	listen := fs.String("listen", "127.0.0.1:8080", "where to serve the UI: a loopback address (local mode has no login: it acts with your kubeconfig's identity)")
+	listen := fs.String("listen", "127.0.0.1:8080", "where to serve the UI: a loopback address, unless --in-cluster (local mode has no login: it acts with your kubeconfig's identity)")
+	inCluster := fs.Bool("in-cluster", false, "serve in a pod for many users: each request must carry the user's bearer token (Authorization header, X-Forwarded-Access-Token, or signed in on /login), and every API call is made with it; the pod's own credentials only discover the API's kinds")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := checkLoopback(*listen); err != nil {
-		return err
+	var id ui.Identity
+	if *inCluster {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return fmt.Errorf("--in-cluster: %w", err)
+		}
+		hc, err := rest.HTTPClientFor(cfg)
+		if err != nil {
+			return err
+		}
+		mapper, err := apiutil.NewDynamicRESTMapper(cfg, hc)
+		if err != nil {
+			return err
+		}
+		id = &ui.BearerTokens{Base: rest.AnonymousClientConfig(cfg), Mapper: mapper}
+	} else {
+		if err := checkLoopback(*listen); err != nil {
+			return err
+		}
+		c, err := uf.client()
+		if err != nil {
+			return err
+		}
+		id = ui.Fixed{Client: c}
 	}
-	c, err := uf.client()
-	if err != nil {
-		return err
-	}
-	srv, err := ui.New(c, csi.DriverName)
+	srv, err := ui.New(id, csi.DriverName)
 	if err != nil {
 		return err
 	}

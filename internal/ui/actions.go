@@ -32,20 +32,20 @@ func name(r *http.Request, field string) (string, error) {
 }
 
 // pvc reads the PVC the path names (with the caller's identity).
-func (s *Server) pvc(ctx context.Context, r *http.Request) (*corev1.PersistentVolumeClaim, error) {
+func pvc(ctx context.Context, c client.Client, r *http.Request) (*corev1.PersistentVolumeClaim, error) {
 	var p corev1.PersistentVolumeClaim
-	err := s.Client.Get(ctx, client.ObjectKey{Namespace: r.PathValue("ns"), Name: r.PathValue("name")}, &p)
+	err := c.Get(ctx, client.ObjectKey{Namespace: r.PathValue("ns"), Name: r.PathValue("name")}, &p)
 	return &p, err
 }
 
 // snapshot creates a VolumeSnapshot of the PVC with the chosen class (a
 // local snapshot or a backup: the class decides).
-func (s *Server) snapshot(ctx context.Context, r *http.Request) (string, error) {
+func (s *Server) snapshot(ctx context.Context, c client.Client, r *http.Request) (string, error) {
 	class := r.PostFormValue("class")
 	if errs := validation.IsDNS1123Subdomain(class); len(errs) > 0 {
 		return "", badInput("class %q is not a VolumeSnapshotClass name", class)
 	}
-	p, err := s.pvc(ctx, r)
+	p, err := pvc(ctx, c, r)
 	if err != nil {
 		return "", err
 	}
@@ -54,7 +54,7 @@ func (s *Server) snapshot(ctx context.Context, r *http.Request) (string, error) 
 		ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: p.Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "cairn-ui"}},
 		Spec:       snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: &class, Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &p.Name}},
 	}
-	if err := s.Client.Create(ctx, vs); err != nil {
+	if err := c.Create(ctx, vs); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("VolumeSnapshot %s created (class %s)", n, class), nil
@@ -70,12 +70,12 @@ func snapshotName(pvc string, t time.Time) string {
 }
 
 // expand patches the PVC's storage request (csi-resizer does the rest).
-func (s *Server) expand(ctx context.Context, r *http.Request) (string, error) {
+func (s *Server) expand(ctx context.Context, c client.Client, r *http.Request) (string, error) {
 	q, err := resource.ParseQuantity(r.PostFormValue("size"))
 	if err != nil || q.Sign() <= 0 {
 		return "", badInput("size %q is not a storage size such as 2Gi", r.PostFormValue("size"))
 	}
-	p, err := s.pvc(ctx, r)
+	p, err := pvc(ctx, c, r)
 	if err != nil {
 		return "", err
 	}
@@ -87,25 +87,25 @@ func (s *Server) expand(ctx context.Context, r *http.Request) (string, error) {
 		p.Spec.Resources.Requests = corev1.ResourceList{}
 	}
 	p.Spec.Resources.Requests[corev1.ResourceStorage] = q
-	if err := s.Client.Patch(ctx, p, patch); err != nil {
+	if err := c.Patch(ctx, p, patch); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("PVC %s asked to grow to %s", p.Name, q.String()), nil
 }
 
 // restore creates a PVC from one of the PVC's VolumeSnapshots.
-func (s *Server) restore(ctx context.Context, r *http.Request) (string, error) {
+func (s *Server) restore(ctx context.Context, c client.Client, r *http.Request) (string, error) {
 	to, err := name(r, "newName")
 	if err != nil {
 		return "", err
 	}
 	from := r.PostFormValue("snapshot")
-	p, err := s.pvc(ctx, r)
+	p, err := pvc(ctx, c, r)
 	if err != nil {
 		return "", err
 	}
 	var vs snapv1.VolumeSnapshot
-	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: from}, &vs); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: from}, &vs); err != nil {
 		return "", err
 	}
 	size := p.Spec.Resources.Requests[corev1.ResourceStorage]
@@ -113,26 +113,26 @@ func (s *Server) restore(ctx context.Context, r *http.Request) (string, error) {
 		size = *st.RestoreSize
 	}
 	group := snapv1.GroupName
-	return s.newPVC(ctx, p, to, size, &corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: vs.Name},
+	return newPVC(ctx, c, p, to, size, &corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: vs.Name},
 		fmt.Sprintf("from VolumeSnapshot %s", vs.Name))
 }
 
 // clone creates a PVC with this PVC as its data source.
-func (s *Server) clone(ctx context.Context, r *http.Request) (string, error) {
+func (s *Server) clone(ctx context.Context, c client.Client, r *http.Request) (string, error) {
 	to, err := name(r, "newName")
 	if err != nil {
 		return "", err
 	}
-	p, err := s.pvc(ctx, r)
+	p, err := pvc(ctx, c, r)
 	if err != nil {
 		return "", err
 	}
-	return s.newPVC(ctx, p, to, p.Spec.Resources.Requests[corev1.ResourceStorage],
+	return newPVC(ctx, c, p, to, p.Spec.Resources.Requests[corev1.ResourceStorage],
 		&corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: p.Name}, "cloned from PVC "+p.Name)
 }
 
 // newPVC creates a PVC like p (class, access modes, volume mode) from src.
-func (s *Server) newPVC(ctx context.Context, p *corev1.PersistentVolumeClaim, to string, size resource.Quantity, src *corev1.TypedLocalObjectReference, what string) (string, error) {
+func newPVC(ctx context.Context, c client.Client, p *corev1.PersistentVolumeClaim, to string, size resource.Quantity, src *corev1.TypedLocalObjectReference, what string) (string, error) {
 	n := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: to, Namespace: p.Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "cairn-ui"}},
 		Spec: corev1.PersistentVolumeClaimSpec{
@@ -141,19 +141,19 @@ func (s *Server) newPVC(ctx context.Context, p *corev1.PersistentVolumeClaim, to
 			DataSource: src,
 		},
 	}
-	if err := s.Client.Create(ctx, n); err != nil {
+	if err := c.Create(ctx, n); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("PVC %s created, %s", to, what), nil
 }
 
 // deletePVC deletes the PVC (its reclaim policy decides about the data).
-func (s *Server) deletePVC(ctx context.Context, r *http.Request) (string, error) {
-	p, err := s.pvc(ctx, r)
+func (s *Server) deletePVC(ctx context.Context, c client.Client, r *http.Request) (string, error) {
+	p, err := pvc(ctx, c, r)
 	if err != nil {
 		return "", err
 	}
-	if err := s.Client.Delete(ctx, p, client.Preconditions{UID: uidPtr(p.UID)}); err != nil {
+	if err := c.Delete(ctx, p, client.Preconditions{UID: uidPtr(p.UID)}); err != nil {
 		return "", err
 	}
 	return "PVC " + p.Name + " deleted", nil
@@ -161,12 +161,12 @@ func (s *Server) deletePVC(ctx context.Context, r *http.Request) (string, error)
 
 // deleteSnapshot deletes a VolumeSnapshot (its class's deletion policy
 // decides about the data).
-func (s *Server) deleteSnapshot(ctx context.Context, r *http.Request) (string, error) {
+func (s *Server) deleteSnapshot(ctx context.Context, c client.Client, r *http.Request) (string, error) {
 	var vs snapv1.VolumeSnapshot
-	if err := s.Client.Get(ctx, client.ObjectKey{Namespace: r.PathValue("ns"), Name: r.PathValue("name")}, &vs); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: r.PathValue("ns"), Name: r.PathValue("name")}, &vs); err != nil {
 		return "", err
 	}
-	if err := s.Client.Delete(ctx, &vs, client.Preconditions{UID: uidPtr(vs.UID)}); err != nil {
+	if err := c.Delete(ctx, &vs, client.Preconditions{UID: uidPtr(vs.UID)}); err != nil {
 		return "", err
 	}
 	return "VolumeSnapshot " + vs.Name + " deleted", nil

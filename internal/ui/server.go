@@ -33,11 +33,11 @@ import (
 //go:embed templates/*.html static/*
 var assets embed.FS
 
-// Server serves the UI with one Kubernetes identity (local mode: the
-// user's kubeconfig).
+// Server serves the UI; every API call is made with the identity the
+// request's user has (Identity).
 type Server struct {
-	Client client.Client
-	Driver string
+	Identity Identity
+	Driver   string
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
 
@@ -47,9 +47,9 @@ type Server struct {
 
 const csrfCookie = "cairn_csrf"
 
-// New prepares a Server.
-func New(c client.Client, driver string) (*Server, error) {
-	s := &Server{Client: c, Driver: driver}
+// New prepares a Server that acts as id's users.
+func New(id Identity, driver string) (*Server, error) {
+	s := &Server{Identity: id, Driver: driver}
 	t, err := template.New("").Funcs(funcs(s.now)).ParseFS(assets, "templates/*.html")
 	if err != nil {
 		return nil, err
@@ -82,6 +82,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /backups", s.page("backups", nil))
 	mux.HandleFunc("GET /nodes", s.page("nodes", nil))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /login", s.login)
+	mux.HandleFunc("POST /login", s.login)
+	mux.HandleFunc("POST /logout", s.logout)
 	mux.HandleFunc("POST /volumes/{ns}/{name}/snapshot", s.action(s.snapshot))
 	mux.HandleFunc("POST /volumes/{ns}/{name}/expand", s.action(s.expand))
 	mux.HandleFunc("POST /volumes/{ns}/{name}/restore", s.action(s.restore))
@@ -112,18 +115,29 @@ type view struct {
 	CSRF        string
 	Notice      string
 	Error       string
+	Logout      bool // the user signed in with a token (in-cluster mode)
 }
 
 // page renders a template over a fresh read of the cluster.
 func (s *Server) page(name string, _ any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.setCSRF(w, r)
-		st, err := Read(r.Context(), s.Client, s.Driver)
+		c, err := s.Identity.ClientFor(r)
+		if errors.Is(err, ErrNoToken) {
+			http.Redirect(w, r, "/login", http.StatusSeeOther)
+			return
+		}
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
-		v := &view{Page: name, State: st, Query: r.URL.Query(), CSRF: s.csrf, Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
+		st, err := Read(r.Context(), c, s.Driver)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		v := &view{Page: name, State: st, Query: r.URL.Query(), CSRF: s.csrf, Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"),
+			Logout: s.Identity.Login()}
 		switch name {
 		case "dashboard":
 			v.Title = "Dashboard"
@@ -176,7 +190,7 @@ func (s *Server) checkCSRF(r *http.Request) error {
 }
 
 // actionFunc carries out an action and says what it did.
-type actionFunc func(ctx context.Context, r *http.Request) (string, error)
+type actionFunc func(ctx context.Context, c client.Client, r *http.Request) (string, error)
 
 // action wraps an action: CSRF first; then the result goes back as JSON
 // to the page's script (X-Cairn-Fetch), or as a redirect to the volume
@@ -188,7 +202,16 @@ func (s *Server) action(fn actionFunc) http.HandlerFunc {
 			s.reply(w, r, "", http.StatusForbidden, err)
 			return
 		}
-		msg, err := fn(r.Context(), r)
+		c, err := s.Identity.ClientFor(r)
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrNoToken) {
+				code = http.StatusUnauthorized
+			}
+			s.reply(w, r, "", code, err)
+			return
+		}
+		msg, err := fn(r.Context(), c, r)
 		code := http.StatusOK
 		if err != nil {
 			code = statusOf(err)

@@ -16,14 +16,17 @@ import (
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/cairn-csi/cairn/internal/kube"
@@ -128,7 +131,7 @@ func (e *uiEnv) fixtures() {
 }
 
 func (e *uiEnv) serve(c client.Client) {
-	s, err := New(c, driver)
+	s, err := New(Fixed{Client: c}, driver)
 	e.must(err)
 	e.srv = httptest.NewServer(s.Handler())
 	jar, _ := cookiejar.New(nil)
@@ -282,4 +285,80 @@ func TestActionsWithTheCallersIdentity(t *testing.T) {
 	if len(list.Items) != 0 {
 		t.Errorf("a forbidden snapshot was created: %v", list.Items)
 	}
+}
+
+// In-cluster mode: no token, no pages (the sign-in form); a
+// ServiceAccount's token in the Authorization header, or pasted on
+// /login, reads and acts as that account and nothing more.
+func TestBearerTokens(t *testing.T) {
+	e := newUIEnv(t)
+	kc := kubernetes.NewForConfigOrDie(e.cfg)
+	_, err := kc.CoreV1().ServiceAccounts("default").Create(e.ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "viewer"}}, metav1.CreateOptions{})
+	e.must(err)
+	e.must(e.c.Create(e.ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "viewer"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{"*"}, Resources: []string{"*"}, Verbs: []string{"get", "list", "watch"}}}}))
+	e.must(e.c.Create(e.ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "viewer"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "viewer"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "default", Name: "viewer"}}}))
+	tr, err := kc.CoreV1().ServiceAccounts("default").CreateToken(e.ctx, "viewer", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	e.must(err)
+	mapper, err := apiutil.NewDynamicRESTMapper(e.cfg, must(rest.HTTPClientFor(e.cfg)))
+	e.must(err)
+	s, err := New(&BearerTokens{Base: rest.AnonymousClientConfig(e.cfg), Mapper: mapper}, driver)
+	e.must(err)
+	e.srv.Close()
+	e.srv = httptest.NewServer(s.Handler())
+
+	if code, _ := e.get("/volumes"); code != http.StatusSeeOther {
+		t.Errorf("no token: %d, want a redirect to /login", code)
+	}
+	if code, body := e.get("/login"); code != 200 || !strings.Contains(body, `name="token"`) {
+		t.Errorf("login page: %d", code)
+	}
+	req, _ := http.NewRequest("GET", e.srv.URL+"/volumes", nil)
+	req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
+	resp, err := e.http.Do(req)
+	e.must(err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "mysql-pvc") {
+		t.Fatalf("with the viewer's token: %d", resp.StatusCode)
+	}
+	// Sign in by the form: the cookie carries the token from then on.
+	code, _ := e.postForm("/login", url.Values{"token": {tr.Status.Token}, "csrf": {e.csrfCookie()}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("sign in: %d", code)
+	}
+	code, out := e.post("/volumes/default/mysql-pvc/snapshot", url.Values{"class": {"cairn-snap"}, "csrf": {e.csrfCookie()}})
+	if code != http.StatusForbidden || !strings.Contains(out["error"], "system:serviceaccount:default:viewer") {
+		t.Errorf("snapshot with the viewer's token: %d %v", code, out)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// csrfCookie is the token the server gave this client's cookie jar.
+func (e *uiEnv) csrfCookie() string {
+	u, _ := url.Parse(e.srv.URL)
+	for _, c := range e.http.Jar.Cookies(u) {
+		if c.Name == csrfCookie {
+			return c.Value
+		}
+	}
+	e.t.Fatal("no CSRF cookie")
+	return ""
+}
+
+func (e *uiEnv) postForm(path string, form url.Values) (int, string) {
+	e.t.Helper()
+	resp, err := e.http.PostForm(e.srv.URL+path, form)
+	e.must(err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

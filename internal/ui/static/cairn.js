@@ -30,7 +30,7 @@
   // top and the live parts of the page refresh.
   document.addEventListener("submit", function (ev) {
     var form = ev.target;
-    if (form.method.toLowerCase() !== "post") { return; }
+    if (form.method.toLowerCase() !== "post" || form.hasAttribute("data-plain")) { return; }
     var ask = form.getAttribute("data-confirm");
     if (ask && !window.confirm(ask)) { ev.preventDefault(); return; }
     ev.preventDefault();
