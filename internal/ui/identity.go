@@ -100,7 +100,7 @@ func (*BearerTokens) Login() bool { return true }
 // login shows the sign-in form (GET) and keeps the pasted token in an
 // HttpOnly cookie (POST, CSRF-checked).
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
-	s.setCSRF(w, r)
+	csrf := s.setCSRF(w, r)
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := s.checkCSRF(r); err != nil {
@@ -119,7 +119,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = s.tmpl.ExecuteTemplate(w, "login.html", &view{Page: "login", Title: "Sign in", CSRF: s.csrf, State: &State{}})
+	_ = s.tmpl.ExecuteTemplate(w, "login.html", &view{Page: "login", Title: "Sign in", CSRF: csrf, State: &State{}})
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {

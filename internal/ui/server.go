@@ -42,7 +42,6 @@ type Server struct {
 	Now func() time.Time
 
 	tmpl *template.Template
-	csrf string // the double-submit token of this process
 }
 
 const csrfCookie = "cairn_csrf"
@@ -55,11 +54,6 @@ func New(id Identity, driver string) (*Server, error) {
 		return nil, err
 	}
 	s.tmpl = t
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return nil, err
-	}
-	s.csrf = hex.EncodeToString(b)
 	return s, nil
 }
 
@@ -121,7 +115,7 @@ type view struct {
 // page renders a template over a fresh read of the cluster.
 func (s *Server) page(name string, _ any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s.setCSRF(w, r)
+		tok := s.setCSRF(w, r)
 		c, err := s.Identity.ClientFor(r)
 		if errors.Is(err, ErrNoToken) {
 			http.Redirect(w, r, "/login", http.StatusSeeOther)
@@ -136,7 +130,7 @@ func (s *Server) page(name string, _ any) http.HandlerFunc {
 			s.fail(w, r, err)
 			return
 		}
-		v := &view{Page: name, State: st, Query: r.URL.Query(), CSRF: s.csrf, Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"),
+		v := &view{Page: name, State: st, Query: r.URL.Query(), CSRF: tok, Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"),
 			Logout: s.Identity.Login()}
 		switch name {
 		case "dashboard":
@@ -164,20 +158,32 @@ func (s *Server) page(name string, _ any) http.HandlerFunc {
 	}
 }
 
-// setCSRF gives the browser the double-submit cookie.
-func (s *Server) setCSRF(w http.ResponseWriter, r *http.Request) {
-	if c, err := r.Cookie(csrfCookie); err == nil && c.Value == s.csrf {
-		return
+// setCSRF gives this browser its own random double-submit token (a
+// cookie, and the value forms embed), keeping one it already has.
+func (s *Server) setCSRF(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && validCSRF(c.Value) {
+		return c.Value
 	}
-	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: s.csrf, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	tok := hex.EncodeToString(b)
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https"})
+	return tok
 }
 
-// checkCSRF: the form's token equals the cookie's and this process's, and
-// a browser's Origin (if sent) is this host.
+func validCSRF(v string) bool {
+	b, err := hex.DecodeString(v)
+	return err == nil && len(b) == 32
+}
+
+// checkCSRF: the form's token equals the browser's cookie (which another
+// site can neither read nor set), and a browser's Origin, if sent, is
+// this host.
 func (s *Server) checkCSRF(r *http.Request) error {
 	c, err := r.Cookie(csrfCookie)
 	form := r.PostFormValue("csrf")
-	if err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(s.csrf)) != 1 || subtle.ConstantTimeCompare([]byte(form), []byte(s.csrf)) != 1 {
+	if err != nil || !validCSRF(c.Value) || subtle.ConstantTimeCompare([]byte(c.Value), []byte(form)) != 1 {
 		return errors.New("the form's CSRF token is missing or wrong: reload the page and try again")
 	}
 	if o := r.Header.Get("Origin"); o != "" {

@@ -198,7 +198,7 @@ func TestActions(t *testing.T) {
 	e := newUIEnv(t)
 	tok := e.token()
 	// No token, a wrong token: refused, nothing made.
-	for _, bad := range []string{"", "0000"} {
+	for _, bad := range []string{"", "0000", strings.Repeat("ab", 32)} {
 		if code, out := e.post("/volumes/default/mysql-pvc/snapshot", url.Values{"class": {"cairn-snap"}, "csrf": {bad}}); code != http.StatusForbidden || !strings.Contains(out["error"], "CSRF") {
 			t.Errorf("CSRF token %q: %d %v", bad, code, out)
 		}
