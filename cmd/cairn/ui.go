@@ -99,10 +99,23 @@ func runUI(args []string) error {
 	if err != nil {
 		return err
 	}
+	if !*inCluster {
+		// Only this listener's loopback names are served: a page of
+		// another site whose name was pointed at 127.0.0.1 (DNS
+		// rebinding) gets nothing.
+		a := ln.Addr().(*net.TCPAddr)
+		if !a.IP.IsLoopback() {
+			ln.Close()
+			return fmt.Errorf("--listen %q: listening on %s, not a loopback address", *listen, a)
+		}
+		port := fmt.Sprint(a.Port)
+		srv.Hosts = []string{net.JoinHostPort(a.IP.String(), port), "localhost:" + port}
+	}
 	fmt.Fprintf(os.Stderr, "Cairn UI on http://%s/ (Ctrl-C stops it)\n", ln.Addr())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

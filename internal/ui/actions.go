@@ -8,8 +8,10 @@ import (
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -153,6 +155,9 @@ func (s *Server) deletePVC(ctx context.Context, c client.Client, r *http.Request
 	if err != nil {
 		return "", err
 	}
+	if err := sameObject(r, p.UID); err != nil {
+		return "", err
+	}
 	if err := c.Delete(ctx, p, client.Preconditions{UID: uidPtr(p.UID)}); err != nil {
 		return "", err
 	}
@@ -166,6 +171,9 @@ func (s *Server) deleteSnapshot(ctx context.Context, c client.Client, r *http.Re
 	if err := c.Get(ctx, client.ObjectKey{Namespace: r.PathValue("ns"), Name: r.PathValue("name")}, &vs); err != nil {
 		return "", err
 	}
+	if err := sameObject(r, vs.UID); err != nil {
+		return "", err
+	}
 	if err := c.Delete(ctx, &vs, client.Preconditions{UID: uidPtr(vs.UID)}); err != nil {
 		return "", err
 	}
@@ -173,3 +181,13 @@ func (s *Server) deleteSnapshot(ctx context.Context, c client.Client, r *http.Re
 }
 
 func uidPtr(u types.UID) *types.UID { return &u }
+
+// sameObject: a delete acts on the object the page showed (its form's
+// uid), not on one made since under the same name.
+func sameObject(r *http.Request, uid types.UID) error {
+	if got := r.PostFormValue("uid"); got != string(uid) {
+		return apierrors.NewConflict(schema.GroupResource{}, r.PathValue("name"),
+			fmt.Errorf("it is not the object the page showed (uid %q, now %q): reload the page", got, uid))
+	}
+	return nil
+}

@@ -20,6 +20,7 @@ import (
 // Volume is one Cairn PVC as the pages show it.
 type Volume struct {
 	Namespace, Name, Class, PV, VolumeID string
+	UID                                  string // the PVC's
 	Phase                                string // the PVC's phase
 	State                                string // Ready, Pending, Failed, Unhealthy (from the Volume object)
 	Message                              string
@@ -49,7 +50,8 @@ func (v Volume) count(backup bool) int {
 // Snapshot is a VolumeSnapshot of a Cairn PVC.
 type Snapshot struct {
 	Namespace, Name, Class, Handle string
-	Backup                         bool // a backup in a target (bs:// handle, or a backup class)
+	UID                            string // the VolumeSnapshot's
+	Backup                         bool   // a backup in a target (bs:// handle, or a backup class)
 	Target                         string
 	Ready                          bool
 	Error                          string
@@ -171,7 +173,7 @@ func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 		if src == nil {
 			continue
 		}
-		sn := Snapshot{Namespace: vs.Namespace, Name: vs.Name, Created: vs.CreationTimestamp.Time}
+		sn := Snapshot{Namespace: vs.Namespace, Name: vs.Name, UID: string(vs.UID), Created: vs.CreationTimestamp.Time}
 		if vs.Spec.VolumeSnapshotClassName != nil {
 			sn.Class = *vs.Spec.VolumeSnapshotClassName
 			cl := classBackup[sn.Class]
@@ -216,7 +218,7 @@ func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 		if !ours[class] && (pv == nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver) {
 			continue
 		}
-		v := Volume{Namespace: p.Namespace, Name: p.Name, Class: class, PV: p.Spec.VolumeName, Phase: string(p.Status.Phase),
+		v := Volume{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Class: class, PV: p.Spec.VolumeName, Phase: string(p.Status.Phase),
 			Created: p.CreationTimestamp.Time, Mode: "Filesystem", State: "Pending"}
 		if p.Spec.VolumeMode != nil {
 			v.Mode = string(*p.Spec.VolumeMode)

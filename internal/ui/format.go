@@ -84,6 +84,7 @@ func funcs(now func() time.Time) template.FuncMap {
 			return "/volumes?" + v.Encode()
 		},
 		"path":   url.PathEscape,
+		"redact": redact,
 		"states": states,
 		"stale":  func(t time.Time) bool { return now().Sub(t) > 2*time.Minute },
 		"since":  func(t time.Time) time.Duration { return now().Sub(t) },
@@ -147,4 +148,16 @@ func HumanAge(d time.Duration) string {
 		return fmt.Sprintf("%dh", int(d.Hours()))
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// redact drops a URL's user information (a password may be in it).
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User("…")
+	}
+	return u.String()
 }

@@ -102,7 +102,6 @@ func (*BearerTokens) Login() bool { return true }
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	csrf := s.setCSRF(w, r)
 	if r.Method == http.MethodPost {
-		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := s.checkCSRF(r); err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return

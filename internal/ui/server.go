@@ -22,6 +22,8 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +40,9 @@ var assets embed.FS
 type Server struct {
 	Identity Identity
 	Driver   string
+	// Hosts, if set, are the only Host header values served (local
+	// mode: the listener's loopback names).
+	Hosts []string
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
 
@@ -85,13 +90,26 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /volumes/{ns}/{name}/clone", s.action(s.clone))
 	mux.HandleFunc("POST /volumes/{ns}/{name}/delete", s.action(s.deletePVC))
 	mux.HandleFunc("POST /snapshots/{ns}/{name}/delete", s.action(s.deleteSnapshot))
-	return securityHeaders(mux)
+	return s.guard(mux)
 }
 
-// securityHeaders: no framing, no sniffing, scripts and styles only from
-// this origin.
-func securityHeaders(h http.Handler) http.Handler {
+// volumePage is a volume page's path: /volumes/<namespace>/<name>.
+var volumePage = regexp.MustCompile(`^/volumes/[a-z0-9][a-z0-9-]{0,62}/[a-z0-9][a-z0-9.-]{0,252}$`)
+
+// maxBody bounds every request's body.
+const maxBody = 64 << 10
+
+// guard: requests' bodies are bounded; in local mode only the loopback
+// names of this listener are served (a page from another site whose name
+// was re-pointed at 127.0.0.1 — DNS rebinding — is refused); no framing,
+// no sniffing, scripts and styles only from this origin.
+func (s *Server) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.Hosts) > 0 && !slices.Contains(s.Hosts, strings.ToLower(r.Host)) {
+			http.Error(w, fmt.Sprintf("host %q refused: this UI answers only to %s", r.Host, strings.Join(s.Hosts, ", ")), http.StatusForbidden)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		w.Header().Set("X-Frame-Options", "DENY")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "same-origin")
@@ -203,7 +221,6 @@ type actionFunc func(ctx context.Context, c client.Client, r *http.Request) (str
 // page with a notice or the API's error.
 func (s *Server) action(fn actionFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 		if err := s.checkCSRF(r); err != nil {
 			s.reply(w, r, "", http.StatusForbidden, err)
 			return
@@ -243,7 +260,9 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, msg string, code 
 	back := "/volumes/" + url.PathEscape(r.PathValue("ns")) + "/" + url.PathEscape(r.PathValue("name"))
 	if strings.HasPrefix(r.URL.Path, "/snapshots/") || strings.HasSuffix(r.URL.Path, "/delete") {
 		back = "/volumes"
-		if v := r.PostFormValue("back"); strings.HasPrefix(v, "/volumes/") && !strings.Contains(v, "//") {
+		// Only a volume page of valid names: never a path that a
+		// browser could read as another site's (/\evil, //evil).
+		if v := r.PostFormValue("back"); code != http.StatusForbidden && volumePage.MatchString(v) {
 			back = v
 		}
 	}

@@ -252,8 +252,11 @@ func TestActions(t *testing.T) {
 			t.Errorf("PVC %s: %+v", n, p.Spec)
 		}
 	}
-	// Delete the snapshot.
-	if code, out := e.post("/snapshots/default/"+list.Items[0].Name+"/delete", url.Values{"csrf": {tok}}); code != 200 {
+	// Delete the snapshot: only the one the page showed (its uid).
+	if code, out := e.post("/snapshots/default/"+list.Items[0].Name+"/delete", url.Values{"csrf": {tok}, "uid": {"another"}}); code != http.StatusConflict {
+		t.Errorf("delete of a snapshot the page did not show: %d %v", code, out)
+	}
+	if code, out := e.post("/snapshots/default/"+list.Items[0].Name+"/delete", url.Values{"csrf": {tok}, "uid": {string(list.Items[0].UID)}}); code != 200 {
 		t.Fatalf("delete snapshot: %d %v", code, out)
 	}
 }
@@ -361,4 +364,34 @@ func (e *uiEnv) postForm(path string, form url.Values) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// Redirects after a form go only to volume pages; in local mode a Host
+// other than the listener's loopback names is refused (DNS rebinding).
+func TestRedirectsAndHosts(t *testing.T) {
+	e := newUIEnv(t)
+	tok := e.token()
+	for back, want := range map[string]string{
+		"/volumes/default/mysql-pvc": "/volumes/default/mysql-pvc?",
+		"/volumes/../\\evil.example": "/volumes?",
+		"//evil.example/volumes/a/b": "/volumes?",
+	} {
+		req, _ := http.NewRequest("POST", e.srv.URL+"/snapshots/default/nope/delete", strings.NewReader(url.Values{"csrf": {tok}, "back": {back}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := e.http.Do(req)
+		e.must(err)
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, want) {
+			t.Errorf("back %q: redirected to %q, want %s…", back, loc, want)
+		}
+	}
+	s, err := New(Fixed{Client: e.c}, driver)
+	e.must(err)
+	s.Hosts = []string{"127.0.0.1:9"}
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "http://evil.example:9/", nil)
+	s.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("a page for Host evil.example: %d, want 403", rec.Code)
+	}
 }

@@ -58,26 +58,20 @@
   });
 
   // Parts with data-refresh reload themselves every two seconds; the
-  // volume's facts (its size) are read again with them.
+  // volume's size comes with the snapshot table.
   function refresh() {
     document.querySelectorAll("[data-refresh]").forEach(function (el) {
-      fetch(el.getAttribute("data-refresh"), { credentials: "same-origin" })
-        .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null && el.innerHTML !== html) { el.innerHTML = html; } })
-        .catch(function () {});
-    });
-    var size = document.getElementById("pvc-size");
-    if (size) {
-      fetch(window.location.pathname, { credentials: "same-origin" })
+      fetch(el.getAttribute("data-refresh"), { credentials: "same-origin", redirect: "error" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
           if (html === null) { return; }
-          var doc = new DOMParser().parseFromString(html, "text/html");
-          var fresh = doc.getElementById("pvc-size");
-          if (fresh && fresh.textContent !== size.textContent) { size.textContent = fresh.textContent; }
+          if (el.innerHTML !== html) { el.innerHTML = html; }
+          var fresh = document.getElementById("pvc-size-fresh");
+          var size = document.getElementById("pvc-size");
+          if (fresh && size && size.textContent !== fresh.textContent) { size.textContent = fresh.textContent; }
         })
         .catch(function () {});
-    }
+    });
   }
   if (document.querySelector("[data-refresh]")) { setInterval(refresh, 2000); }
 })();
