@@ -85,6 +85,7 @@ func funcs(now func() time.Time) template.FuncMap {
 		},
 		"path":   url.PathEscape,
 		"redact": redact,
+		"evtime": eventTime,
 		"states": states,
 		"stale":  func(t time.Time) bool { return now().Sub(t) > 2*time.Minute },
 		"since":  func(t time.Time) time.Duration { return now().Sub(t) },

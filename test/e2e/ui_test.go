@@ -131,28 +131,39 @@ func (e *env) webUI() error {
 		discard(chromedp.Evaluate[string](`window.__cairnNoReload = "still here"`)),
 		chromedp.Click(css(`button[data-open="dlg-snapshot"]`)),
 		chromedp.WaitVisible(css(`#dlg-snapshot button[type=submit]`)),
+		chromedp.SetValue(css(`#dlg-snapshot select[name=class]`), "longhorn"),
 		chromedp.Click(css(`#dlg-snapshot button[type=submit]`)),
-		chromedp.WaitVisible(css(`#flash .notice`)),
+		flashSays("VolumeSnapshot"),
 	)
 	if err != nil {
 		return fmt.Errorf("snapshot now: %w", err)
 	}
-	after, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).List(e.ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	var made string
 	known := map[string]bool{}
 	for _, vs := range before.Items {
 		known[vs.Name] = true
 	}
-	for _, vs := range after.Items {
-		if !known[vs.Name] {
-			made = vs.Name
+	var made string
+	if err := e.eventually(30*time.Second, func() error {
+		after, err := e.snaps.SnapshotV1().VolumeSnapshots(appNS).List(e.ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
 		}
-	}
-	if made == "" || len(after.Items) != len(before.Items)+1 {
-		return fmt.Errorf("snapshot now made %d VolumeSnapshots", len(after.Items)-len(before.Items))
+		var news []string
+		for _, vs := range after.Items {
+			if !known[vs.Name] {
+				news = append(news, vs.Name)
+				if vs.Spec.VolumeSnapshotClassName == nil || *vs.Spec.VolumeSnapshotClassName != "longhorn" || *vs.Spec.Source.PersistentVolumeClaimName != "mysql-pvc" {
+					return backoffStop(fmt.Errorf("snapshot now made %s of %v with class %v", vs.Name, vs.Spec.Source.PersistentVolumeClaimName, vs.Spec.VolumeSnapshotClassName))
+				}
+			}
+		}
+		if len(news) != 1 {
+			return fmt.Errorf("snapshot now made %d VolumeSnapshots (%v)", len(news), news)
+		}
+		made = news[0]
+		return nil
+	}); err != nil {
+		return err
 	}
 	readyRow := fmt.Sprintf(`#snapshot-table tr[data-snapshot="%s"] .state-Ready`, made)
 	if err := chromedp.Do(tctx, chromedp.WaitVisible(css(readyRow))); err != nil {
@@ -176,14 +187,18 @@ func (e *env) webUI() error {
 	// use: the test plays the scheduler's part (selected-node), as the
 	// other steps do.
 	if err := chromedp.Do(tctx,
-		chromedp.Click(css(`button[data-open="dlg-restore"]`)),
-		chromedp.WaitVisible(css(`#dlg-restore select[name=snapshot]`)),
-		chromedp.SetValue(css(`#dlg-restore select[name=snapshot]`), made),
+		chromedp.Click(css(fmt.Sprintf(`#snapshot-table tr[data-snapshot="%s"] button[data-open="dlg-restore"]`, made))),
+		chromedp.WaitVisible(css(`#dlg-restore input[name=newName]`)),
 		chromedp.SetValue(css(`#dlg-restore input[name=newName]`), "ui-restore-pvc"),
 		chromedp.Click(css(`#dlg-restore button[type=submit]`)),
-		chromedp.WaitVisible(css(`#flash .notice`)),
+		flashSays("ui-restore-pvc"),
 	); err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if p, err := e.kc.CoreV1().PersistentVolumeClaims(appNS).Get(e.ctx, "ui-restore-pvc", metav1.GetOptions{}); err != nil {
+		return err
+	} else if p.Spec.DataSource == nil || p.Spec.DataSource.Kind != "VolumeSnapshot" || p.Spec.DataSource.Name != made {
+		return fmt.Errorf("ui-restore-pvc's data source %+v, want VolumeSnapshot %s", p.Spec.DataSource, made)
 	}
 	if err := e.bindAtFirstUse("ui-restore-pvc"); err != nil {
 		return err
@@ -196,7 +211,7 @@ func (e *env) webUI() error {
 		chromedp.Click(css(`button[data-open="dlg-expand"]`)),
 		chromedp.SetValue(css(`#dlg-expand input[name=size]`), "2Gi"),
 		chromedp.Click(css(`#dlg-expand button[type=submit]`)),
-		chromedp.WaitVisible(css(`#flash .notice`)),
+		flashSays("grow"),
 	); err != nil {
 		return fmt.Errorf("expand: %w", err)
 	}
@@ -221,6 +236,11 @@ func (e *env) webUI() error {
 }
 
 func css(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+// flashSays waits until the page's notice (not an error) mentions text.
+func flashSays(text string) chromedp.Action[chromedp.Void] {
+	return discard(chromedp.Poll[bool](fmt.Sprintf(`(function () { var n = document.querySelector("#flash .notice"); return !!n && n.textContent.includes(%q); })()`, text)))
+}
 
 // discard runs an action for its effect only.
 func discard[T any](a chromedp.Action[T]) chromedp.Action[chromedp.Void] {
@@ -314,8 +334,8 @@ func (e *env) kubectlPlugin() error {
 	}
 	kubectl := filepath.Join(e.root, ".tools/bin/kubectl")
 	run := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(e.ctx, kubectl, append([]string{"--kubeconfig", e.c.AdminKubeconfig()}, args...)...)
-		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		cmd := exec.CommandContext(e.ctx, kubectl, args...)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "KUBECONFIG="+e.c.AdminKubeconfig())
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return "", fmt.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)

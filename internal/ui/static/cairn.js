@@ -7,6 +7,11 @@
     var open = ev.target.closest("[data-open]");
     if (open) {
       var d = document.getElementById(open.getAttribute("data-open"));
+      var snap = open.getAttribute("data-snapshot");
+      if (d && snap) {
+        var field = d.querySelector("input[name=snapshot]");
+        if (field) { field.value = snap; }
+      }
       if (d && d.showModal) { d.showModal(); }
       return;
     }
@@ -35,6 +40,8 @@
     if (ask && !window.confirm(ask)) { ev.preventDefault(); return; }
     ev.preventDefault();
     var dlg = form.closest("dialog");
+    var f = document.getElementById("flash");
+    if (f) { f.replaceChildren(); }
     fetch(form.action, {
       method: "POST",
       headers: { "X-Cairn-Fetch": "1" },
