@@ -37,7 +37,7 @@ var allowed = map[string][]string{
 	"internal/control/metadatasvc": {},
 	"internal/control/policy":      {"internal/model", "internal/kube/api/v1alpha1"},
 	"internal/control/standby":     {"internal/model", "internal/kube/api/v1alpha1"},
-	"internal/ui":                  {"internal/model", "internal/kube/api/v1alpha1"},
+	"internal/ui":                  {"internal/model", "internal/kube", "internal/kube/api/v1alpha1"},
 	"internal/agent":               {"internal/model", "internal/engine", "internal/kube", "internal/kube/api/v1alpha1", "internal/objstore", "internal/backup"},
 	"cmd/cairn": {"internal/model", "internal/csi", "internal/control/local", "internal/control/remote", "internal/agent",
 		"internal/kube", "internal/engine", "internal/backup", "internal/objstore", "internal/registrar", "internal/control/metadatasvc", "internal/control/policy",
