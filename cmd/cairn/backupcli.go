@@ -21,6 +21,7 @@ import (
 	"github.com/cairn-csi/cairn/internal/backup"
 	"github.com/cairn-csi/cairn/internal/model"
 	"github.com/cairn-csi/cairn/internal/objstore"
+	"github.com/cairn-csi/cairn/internal/ui"
 )
 
 // Exit codes of `cairn backup`, for scripts.
@@ -223,7 +224,7 @@ func (c *backupCLI) list(volume string) error {
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tBACKUP\tSNAPSHOT\tCOMPLETED\tSIZE\tPARENT")
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.VolumeID, m.ID, printable(m.SnapshotName), m.CompletedAt.Format(time.RFC3339), bytesHuman(m.SizeBytes), orDash(m.Parent))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.VolumeID, m.ID, printable(m.SnapshotName), m.CompletedAt.Format(time.RFC3339), ui.HumanBytes(m.SizeBytes), orDash(m.Parent))
 	}
 	return tw.Flush()
 }
@@ -252,7 +253,7 @@ func (c *backupCLI) standby(volume, to string, once bool, interval time.Duration
 			case rep.Applied:
 				d := rep.Delta
 				line += fmt.Sprintf("; applied: %d blocks fetched (%s), %d kept, %d zeroed, in %.1fs",
-					d.BlocksFetched, bytesHuman(d.BytesDownloaded), d.BlocksKept, d.BlocksZeroed, time.Since(start).Seconds())
+					d.BlocksFetched, ui.HumanBytes(d.BytesDownloaded), d.BlocksKept, d.BlocksZeroed, time.Since(start).Seconds())
 			default:
 				line += "; up to date"
 			}
@@ -313,11 +314,11 @@ func (c *backupCLI) show(args []string) error {
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	for _, kv := range [][2]string{
 		{"Backup", m.ID}, {"Volume", m.VolumeID}, {"Volume name", orDash(m.VolumeName)}, {"Snapshot", orDash(m.SnapshotName)},
-		{"Size", bytesHuman(m.SizeBytes)}, {"Access", map[bool]string{true: "block", false: "filesystem " + m.FsType}[m.Block]},
+		{"Size", ui.HumanBytes(m.SizeBytes)}, {"Access", map[bool]string{true: "block", false: "filesystem " + m.FsType}[m.Block]},
 		{"Parent", orDash(m.Parent)}, {"Created", m.CreatedAt.Format(time.RFC3339)}, {"Completed", m.CompletedAt.Format(time.RFC3339)},
-		{"Stored blocks", fmt.Sprintf("%d of %d (%s stored, in %d packs)", len(m.Blocks), (m.SizeBytes+m.BlockSize-1)/m.BlockSize, bytesHuman(m.StoredBytes()), len(packs))},
+		{"Stored blocks", fmt.Sprintf("%d of %d (%s stored, in %d packs)", len(m.Blocks), (m.SizeBytes+m.BlockSize-1)/m.BlockSize, ui.HumanBytes(m.StoredBytes()), len(packs))},
 		{"This run", fmt.Sprintf("read %s, uploaded %s; blocks new %d, unchanged %d, deduplicated %d, empty %d; %.1fs",
-			bytesHuman(m.Stats.BytesRead), bytesHuman(m.Stats.BytesUploaded), m.Stats.BlocksNew, m.Stats.BlocksReused, m.Stats.BlocksDeduped, m.Stats.BlocksSkipped, m.Stats.DurationSecond)},
+			ui.HumanBytes(m.Stats.BytesRead), ui.HumanBytes(m.Stats.BytesUploaded), m.Stats.BlocksNew, m.Stats.BlocksReused, m.Stats.BlocksDeduped, m.Stats.BlocksSkipped, m.Stats.DurationSecond)},
 	} {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], printable(kv[1]))
 	}
@@ -328,7 +329,7 @@ func (c *backupCLI) show(args []string) error {
 		}
 		request := "-"
 		if cl.RequestBytes > 0 {
-			request = bytesHuman(cl.RequestBytes)
+			request = ui.HumanBytes(cl.RequestBytes)
 		}
 		for _, kv := range [][2]string{
 			{"PVC", orDash(pvc)}, {"StorageClass", orDash(cl.StorageClassName)}, {"Access modes", orDash(strings.Join(cl.AccessModes, ","))},
@@ -373,7 +374,7 @@ func (c *backupCLI) verify(args []string) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(c.out, "verified %d backups: %d blocks, %s\n", rep.Backups, rep.Blocks, bytesHuman(rep.Bytes))
+		fmt.Fprintf(c.out, "verified %d backups: %d blocks, %s\n", rep.Backups, rep.Blocks, ui.HumanBytes(rep.Bytes))
 		for _, d := range rep.DamagedManifests {
 			fmt.Fprintf(c.out, "DAMAGED manifest of backup %s/%s (%s): %v\n", d.VolumeID, d.BackupID, d.Key, d.Err)
 		}
@@ -417,7 +418,7 @@ func (c *backupCLI) restore(args []string, to string) error {
 		os.Remove(to)
 		return err
 	}
-	fmt.Fprintf(c.out, "restored %s (%s) into %s\n", m.ID, bytesHuman(m.SizeBytes), to)
+	fmt.Fprintf(c.out, "restored %s (%s) into %s\n", m.ID, ui.HumanBytes(m.SizeBytes), to)
 	return nil
 }
 
@@ -447,7 +448,7 @@ func (c *backupCLI) gc(minAge time.Duration) error {
 		return c.printJSON(rep)
 	}
 	fmt.Fprintf(c.out, "packs: %d, referenced %d, deleted %d (%s), kept as too young %d; stale locks removed %d\n",
-		rep.Packs, rep.Referenced, rep.Deleted, bytesHuman(rep.BytesDeleted), rep.TooYoung, rep.StaleLocks)
+		rep.Packs, rep.Referenced, rep.Deleted, ui.HumanBytes(rep.BytesDeleted), rep.TooYoung, rep.StaleLocks)
 	return nil
 }
 
@@ -456,19 +457,6 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func bytesHuman(b int64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := int64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 // progressBar draws progress with throughput on stderr: a redrawn bar on a
@@ -504,7 +492,7 @@ func (p *progressBar) update(pr backup.Progress) {
 	const width = 30
 	n := int(frac * width)
 	bar := strings.Repeat("=", n) + strings.Repeat(" ", width-n)
-	line := fmt.Sprintf("%s [%s] %5.1f%% %s / %s  %s/s", p.label, bar, frac*100, bytesHuman(pr.BytesDone), bytesHuman(pr.BytesTotal), bytesHuman(int64(rate)))
+	line := fmt.Sprintf("%s [%s] %5.1f%% %s / %s  %s/s", p.label, bar, frac*100, ui.HumanBytes(pr.BytesDone), ui.HumanBytes(pr.BytesTotal), ui.HumanBytes(int64(rate)))
 	if p.tty {
 		fmt.Fprint(os.Stderr, "\r"+line)
 	} else {

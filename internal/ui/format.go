@@ -53,7 +53,7 @@ func backupTime(v Volume) time.Time {
 
 func funcs(now func() time.Time) template.FuncMap {
 	return template.FuncMap{
-		"bytes": humanBytes,
+		"bytes": HumanBytes,
 		"age": func(t time.Time) string {
 			if t.IsZero() {
 				return "—"
@@ -125,7 +125,9 @@ func states(vs []Volume) []struct {
 	return out
 }
 
-func humanBytes(n int64) string {
+// HumanBytes is n in binary units, as the UI and the backup CLI print
+// sizes: 512 B, 1.5 MiB, 2.0 GiB.
+func HumanBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -8,6 +8,7 @@ package standby
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -225,7 +226,7 @@ func PickNode(nodes []cairnv1.StorageNode, target string, now time.Time, timeout
 		switch {
 		case hb.IsZero() || now.Sub(hb.Time) > timeout:
 			why = fmt.Sprintf("node %s's agent is silent", n.Name)
-		case !contains(n.Status.BackupTargets, target):
+		case !slices.Contains(n.Status.BackupTargets, target):
 			why = fmt.Sprintf("no node has backup target %q configured (node %s has %v)", target, n.Name, n.Status.BackupTargets)
 		case n.Status.AvailableBytes > room || (n.Status.AvailableBytes == room && n.Name < best):
 			best, room = n.Name, n.Status.AvailableBytes
@@ -235,15 +236,6 @@ func PickNode(nodes []cairnv1.StorageNode, target string, now time.Time, timeout
 		return best, ""
 	}
 	return "", why
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // takeClaim gives the standby to the oldest PVC naming it, if it has no
