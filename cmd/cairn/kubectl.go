@@ -101,7 +101,7 @@ func runPlugin(args []string, out io.Writer) error {
 	switch cmd {
 	case "volumes":
 		var rows []ui.Volume
-		t.head("NAMESPACE", "NAME", "SIZE", "NODE", "MODE", "FS", "STATE", "SNAPSHOTS", "BACKUPS", "LAST-BACKUP", "AGE", "|VOLUME", "|CLASS")
+		t.head("NAMESPACE", "NAME", "SIZE", "USED", "NODE", "MODE", "FS", "STATE", "SNAPSHOTS", "BACKUPS", "LAST-BACKUP", "AGE", "|VOLUME", "|CLASS")
 		for _, v := range st.Volumes {
 			if ns != "" && v.Namespace != ns {
 				continue
@@ -111,7 +111,7 @@ func runPlugin(args []string, out io.Writer) error {
 			if v.LastBackup != nil {
 				last = since(*v.LastBackup)
 			}
-			t.row(v.Namespace, v.Name, size(v.SizeBytes), v.Node, v.Mode, v.FsType, v.State, fmt.Sprint(v.SnapshotCount()), fmt.Sprint(v.BackupCount()), last, since(v.Created), v.VolumeID, v.Class)
+			t.row(v.Namespace, v.Name, size(v.SizeBytes), size(v.UsedBytes), v.Node, v.Mode, v.FsType, v.State, fmt.Sprint(v.SnapshotCount()), fmt.Sprint(v.BackupCount()), last, since(v.Created), v.VolumeID, v.Class)
 		}
 		items = rows
 	case "snapshots", "backups":

@@ -80,6 +80,7 @@ type Agent struct {
 	// (deletions hold it shared, the recovery of one object exclusively).
 	recoverKick chan struct{}
 	dataMu      sync.RWMutex
+	verify      verifies // backup verifications running (verify.go)
 }
 
 // CacheOptions restricts a node agent's informers to what it needs:
@@ -112,6 +113,8 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	a.events = mgr.GetEventRecorder("cairn-node")
 	a.kick = make(chan struct{}, 1)
+	a.verify.runs = map[string]*verifyRun{}
+	a.verify.ctx, a.verify.stop = context.WithCancel(context.Background())
 	a.recoverKick = make(chan struct{}, 1)
 	a.targets = map[string]string{}
 	a.targetMu = make(chan struct{}, 1)
@@ -190,6 +193,8 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			a.verify.stop()
+			a.verify.wg.Wait()
 			return nil
 		case <-t.C:
 		case <-a.kick:

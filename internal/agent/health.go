@@ -35,29 +35,40 @@ func (a *Agent) checkHealth(ctx context.Context) error {
 			continue // not ours, going, or not made yet
 		}
 		problems, ok := all[v.Name]
-		if !ok {
-			if _, err := a.Engine.GetVolume(ctx, v.Name); model.KindOf(err) == model.ErrNotFound && a.stillWanted(ctx, v) {
-				problems = []model.HealthProblem{{Kind: model.HealthDataLoss, Reason: "VolumeMissing",
-					Message: fmt.Sprintf("the volume's directory is gone from node %s's data root %s (deleted by hand?): its data is lost; restore it from a snapshot or backup into a new PVC, then delete this one", a.Node, a.Engine.Root())}}
-			}
+		alloc := v.Status.AllocatedBytes
+		ev, err := a.Engine.GetVolume(ctx, v.Name)
+		switch {
+		case err == nil:
+			alloc = ev.AllocatedBytes
+		case !ok && model.KindOf(err) == model.ErrNotFound && a.stillWanted(ctx, v):
+			problems = []model.HealthProblem{{Kind: model.HealthDataLoss, Reason: "VolumeMissing",
+				Message: fmt.Sprintf("the volume's directory is gone from node %s's data root %s (deleted by hand?): its data is lost; restore it from a snapshot or backup into a new PVC, then delete this one", a.Node, a.Engine.Root())}}
 		}
-		if err := a.recordHealth(ctx, v, problems); err != nil {
+		if err := a.recordHealth(ctx, v, problems, alloc); err != nil {
 			klog.ErrorS(err, "Recording volume health failed", "volume", v.Name)
 		}
 	}
 	return nil
 }
 
-func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []model.HealthProblem) error {
+// recordHealth writes a Volume's health when it changed, and its
+// allocated bytes when they moved by AllocatedStep or more, in one patch.
+func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []model.HealthProblem, alloc int64) error {
 	var health []cairnv1.HealthProblem
 	for _, p := range problems {
 		health = append(health, cairnv1.HealthProblem{Type: string(p.Kind), Reason: p.Reason, Message: p.Message})
 	}
 	known := meta.FindStatusCondition(v.Status.Conditions, cairnv1.ConditionHealthy) != nil
-	if known && slices.Equal(health, v.Status.Health) {
+	same := known && slices.Equal(health, v.Status.Health)
+	moved := alloc-v.Status.AllocatedBytes >= cairnv1.AllocatedStep || v.Status.AllocatedBytes-alloc >= cairnv1.AllocatedStep
+	if same && !moved {
 		return nil
 	}
 	orig := v.DeepCopy()
+	v.Status.AllocatedBytes = alloc
+	if same {
+		return a.client.Status().Patch(ctx, v, client.MergeFrom(orig))
+	}
 	v.Status.Health = health
 	v.Status.HealthChangedTime = &metav1.Time{Time: metav1.Now().Time}
 	cond := metav1.Condition{Type: cairnv1.ConditionHealthy, Status: metav1.ConditionTrue, Reason: "Healthy", Message: "no problems found on node " + a.Node, ObservedGeneration: v.Generation}

@@ -24,13 +24,14 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	}
 	log := klog.FromContext(ctx).WithValues("snapshot", s.Name, "type", s.Spec.Type, "handle", s.Spec.Handle)
 	if !s.DeletionTimestamp.IsZero() {
+		a.stopVerify(s.Name)
 		return reconcile.Result{}, a.deleteSnapshot(ctx, log, &s)
 	}
 	if why := snapshotNameProblem(&s); why != "" {
 		return reconcile.Result{}, a.refuse(ctx, &s, snapshotStatus(&s), why)
 	}
 	if s.Status.ReadyToUse && s.Status.ObservedGeneration == s.Generation {
-		return reconcile.Result{}, nil
+		return a.reconcileVerify(ctx, &s)
 	}
 	orig := s.DeepCopy()
 	var err error
@@ -68,7 +69,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 			case info.LastError != "":
 				err = model.Errorf(model.ErrUnavailable, "upload to %s failed, retrying: %s", info.Handle.Target, info.LastError)
 			default:
-				err = model.Errorf(model.ErrAborted, "uploading: %d of %d bytes", info.BytesDone, info.SizeBytes)
+				err = model.Errorf(model.ErrAborted, "uploading: %s", model.TransferProgress(info.BytesDone, info.SizeBytes, info.Elapsed))
 			}
 		}
 	}

@@ -24,6 +24,23 @@ import (
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
+// fileTarget creates the BackupTarget "default", a directory, and waits
+// until the agent has configured it; it returns the directory.
+func (f *fixture) fileTarget() string {
+	f.t.Helper()
+	target := f.t.TempDir()
+	if err := f.cl.Create(f.ctx, &cairnv1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: cairnv1.BackupTargetSpec{URL: "file://" + target}}); err != nil {
+		f.t.Fatal(err)
+	}
+	f.eventually(time.Minute, func() error {
+		if !slices.Contains(f.eng.BackupTargets(), "default") {
+			return errors.New("target not configured by the agent yet")
+		}
+		return nil
+	})
+	return target
+}
+
 // sourceBackup writes data at off into the engine volume id's file and
 // backs it up to target "default", returning the backup ID.
 func (f *fixture) sourceBackup(id, name string, off int64, data []byte) string {
@@ -58,16 +75,7 @@ func (f *fixture) sourceBackup(id, name string, off int64, data []byte) string {
 // controller creates its PV pre-bound to the PVC.
 func TestStandbyVolumeFollowsAndActivates(t *testing.T) {
 	f := newFixture(t)
-	target := t.TempDir()
-	if err := f.cl.Create(f.ctx, &cairnv1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: cairnv1.BackupTargetSpec{URL: "file://" + target}}); err != nil {
-		t.Fatal(err)
-	}
-	f.eventually(time.Minute, func() error {
-		if !slices.Contains(f.eng.BackupTargets(), "default") {
-			return errors.New("target not configured by the agent yet")
-		}
-		return nil
-	})
+	f.fileTarget()
 	src, err := f.eng.CreateVolume(f.ctx, model.CreateVolumeRequest{Name: "primary", RequiredBytes: 16 * mib, Block: true})
 	if err != nil {
 		t.Fatal(err)

@@ -65,6 +65,7 @@ func (j *backupJob) handle() model.BackupHandle {
 type jobRun struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
+	start     time.Time
 	bytesDone atomic.Int64
 	lastErr   atomic.Value // string
 }
@@ -262,7 +263,7 @@ func (e *Engine) jobInfo(j *backupJob) *model.BackupInfo {
 	run := e.bk.runs[j.BackupID]
 	e.bk.mu.Unlock()
 	if run != nil && !info.Ready {
-		info.BytesDone = run.bytesDone.Load()
+		info.BytesDone, info.Elapsed = run.bytesDone.Load(), time.Since(run.start)
 		if s, ok := run.lastErr.Load().(string); ok {
 			info.LastError = s
 		}
@@ -279,7 +280,7 @@ func (e *Engine) startJob(j *backupJob) {
 		return
 	}
 	ctx, cancel := context.WithCancel(b.bg)
-	run := &jobRun{cancel: cancel, done: make(chan struct{})}
+	run := &jobRun{cancel: cancel, done: make(chan struct{}), start: time.Now()}
 	b.runs[j.BackupID] = run
 	b.wg.Add(1)
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -206,4 +207,26 @@ func TestIncrementalDistrustsRewrittenParent(t *testing.T) {
 	second := waitBackup(t, e, "child", v.ID) // nothing changed on the volume
 	r := must(e.CreateVolume(ctx, model.CreateVolumeRequest{Name: "restored", RequiredBytes: 8 * mib, Block: true, SourceSnapshotID: second.Handle.String()}))(t)
 	assertContent(t, e.volumeData(r.ID), want)
+}
+
+// VerifyBackup reads one backup back: no problems for an intact one, its
+// progress reported to the end; NotFound for a backup the target lacks and
+// for a handle that is not one.
+func TestVerifyBackup(t *testing.T) {
+	e, v := newBackupEngine(t)
+	info := waitBackup(t, e, "b1", v.ID)
+	var done, total int64
+	res := must(e.VerifyBackup(context.Background(), info.Handle.String(), func(d, t int64) { done, total = d, t }))(t)
+	if len(res.Problems) != 0 || res.Blocks == 0 || res.Bytes == 0 {
+		t.Fatalf("verify: %+v", res)
+	}
+	if done != res.Bytes || total != res.Bytes {
+		t.Errorf("progress ended at %d of %d, want %d", done, total, res.Bytes)
+	}
+	gone := info.Handle
+	gone.BackupID = strings.Repeat("0", 32)
+	_, err := e.VerifyBackup(context.Background(), gone.String(), nil)
+	wantErr(t, err, model.ErrNotFound, "not found")
+	_, err = e.VerifyBackup(context.Background(), "bs://nothing", nil)
+	wantErr(t, err, model.ErrNotFound, "well-formed")
 }

@@ -18,11 +18,12 @@ import (
 // restoreRun is a restore from a backup or a copy from another node
 // running in the background (inBackground); callers wait for it.
 type restoreRun struct {
-	done chan struct{}
-	err  error
-	vol  *model.Volume
-	prog atomic.Int64
-	size atomic.Int64 // the backup's size, once its manifest is read
+	done  chan struct{}
+	err   error
+	vol   *model.Volume
+	prog  atomic.Int64
+	size  atomic.Int64 // the backup's size, once its manifest is read
+	start time.Time
 }
 
 // restoreVolume creates a volume from a backup. The download runs in the
@@ -48,7 +49,7 @@ func (e *Engine) inBackground(ctx context.Context, req model.CreateVolumeRequest
 	b.mu.Lock()
 	run := b.restore[id]
 	if run == nil {
-		run = &restoreRun{done: make(chan struct{})}
+		run = &restoreRun{done: make(chan struct{}), start: time.Now()}
 		b.restore[id] = run
 		b.wg.Add(1)
 		go func() {
@@ -71,7 +72,7 @@ func (e *Engine) inBackground(ctx context.Context, req model.CreateVolumeRequest
 		// for the same name that joined it.
 		return e.matchExisting(run.vol, req)
 	case <-ctx.Done():
-		return nil, model.Errorf(model.ErrAborted, "%s in progress (%d of %d bytes)", what, run.prog.Load(), run.size.Load())
+		return nil, model.Errorf(model.ErrAborted, "%s in progress (%s)", what, model.TransferProgress(run.prog.Load(), run.size.Load(), time.Since(run.start)))
 	}
 }
 

@@ -75,8 +75,18 @@ type BackupInfo struct {
 	SizeBytes    int64
 	CreatedAt    time.Time
 	Ready        bool
-	BytesDone    int64  // upload progress while not ready
-	LastError    string // last upload error while retrying
+	BytesDone    int64         // upload progress while not ready
+	Elapsed      time.Duration // how long the upload has run (this node's process)
+	LastError    string        // last upload error while retrying
+}
+
+// VerifyResult is what reading back every block of one backup found.
+type VerifyResult struct {
+	Blocks int   // distinct stored blocks checked
+	Bytes  int64 // their raw bytes
+	// Problems describe the damage found, each naming the volume offset,
+	// the block and its pack (or the manifest); none: the backup restores.
+	Problems []string
 }
 
 // ExpandResult is a volume's size after an expansion and whether the node

@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cairnv1 "github.com/cairn-csi/cairn/internal/kube/api/v1alpha1"
 )
 
 // inputError is a form field the UI refuses before any API call.
@@ -178,6 +180,29 @@ func (s *Server) deleteSnapshot(ctx context.Context, c client.Client, r *http.Re
 		return "", err
 	}
 	return "VolumeSnapshot " + vs.Name + " deleted", nil
+}
+
+// verify asks the node agent to read a backup back: it sets the backup
+// Snapshot object's verify-request annotation to the time now (the
+// object's status.verification then shows the progress and the outcome).
+func (s *Server) verify(ctx context.Context, c client.Client, r *http.Request) (string, error) {
+	var o cairnv1.Snapshot
+	if err := c.Get(ctx, client.ObjectKey{Name: r.PathValue("name")}, &o); err != nil {
+		return "", err
+	}
+	if err := sameObject(r, o.UID); err != nil {
+		return "", err
+	}
+	if o.Spec.Type != cairnv1.SnapshotBackup || !o.Status.ReadyToUse {
+		return "", badInput("snapshot %s is not a committed backup: only those can be verified", o.Name)
+	}
+	req := s.now().UTC().Format("2006-01-02T15:04:05.000Z")
+	patch := client.MergeFrom(o.DeepCopy())
+	metav1.SetMetaDataAnnotation(&o.ObjectMeta, cairnv1.VerifyRequestAnnotation, req)
+	if err := c.Patch(ctx, &o, patch); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("Verification of backup %s asked for (%s): node %s reads every block back", o.Status.SnapshotID, req, o.Spec.NodeName), nil
 }
 
 func uidPtr(u types.UID) *types.UID { return &u }

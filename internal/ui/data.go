@@ -25,6 +25,7 @@ type Volume struct {
 	State                                string // Ready, Pending, Failed, Unhealthy (from the Volume object)
 	Message                              string
 	SizeBytes                            int64
+	UsedBytes                            int64 // on the node's data root (the Volume object's allocatedBytes)
 	Node, Mode, FsType                   string
 	Snapshots                            []Snapshot // newest first
 	LastBackup                           *time.Time
@@ -60,6 +61,25 @@ type Snapshot struct {
 	Created                        time.Time
 }
 
+// Backup is one backup in a target, as the backups page lists it: from
+// Cairn's Snapshot object where the caller may read it (which knows
+// imports and verification), joined with its VolumeSnapshot (which knows
+// the PVC) where there is one.
+type Backup struct {
+	Target, Handle, Node string
+	Object, ObjectUID    string // Cairn's Snapshot object ("" if unreadable)
+	Ready                bool
+	Message              string // upload progress or the last error
+	SizeBytes            int64
+	Created              time.Time
+	Verification         *cairnv1.Verification
+	// Snapshot is its VolumeSnapshot, if any, of the PVC PVCNamespace/
+	// PVCName; without one, those name the source claim the backup
+	// recorded.
+	Snapshot              *Snapshot
+	PVCNamespace, PVCName string
+}
+
 // Node is a StorageNode.
 type Node struct {
 	Name                                               string
@@ -88,6 +108,7 @@ type State struct {
 	SnapshotClasses []Class
 	Targets         []cairnv1.BackupTarget
 	Standbys        []cairnv1.StandbyVolume
+	Backups         []Backup // by target, newest first
 	Events          []corev1.Event
 	Denied          []string
 	Read            time.Time
@@ -232,7 +253,7 @@ func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 			v.VolumeID = pv.Spec.CSI.VolumeHandle
 			if o := volByID[v.VolumeID]; o != nil {
 				v.Node, v.FsType, v.Message = o.Spec.NodeName, o.Status.FsType, o.Status.Message
-				v.State = o.Status.Phase
+				v.State, v.UsedBytes = o.Status.Phase, o.Status.AllocatedBytes
 				if h := meta.FindStatusCondition(o.Status.Conditions, cairnv1.ConditionHealthy); h != nil && h.Status == "False" {
 					v.State, v.Message = "Unhealthy", h.Message
 				}
@@ -252,6 +273,7 @@ func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 		}
 		s.Volumes = append(s.Volumes, v)
 	}
+	s.Backups = backups(snaps.Items, s.Volumes)
 	for _, n := range nodes.Items {
 		st := n.Status
 		nd := Node{Name: n.Name, CapacityBytes: st.CapacityBytes, FreeBytes: st.FreeBytes, ReservedBytes: st.ReservedBytes,
@@ -281,6 +303,80 @@ func Read(ctx context.Context, c client.Client, driver string) (*State, error) {
 		s.Events = s.Events[:30]
 	}
 	return s, nil
+}
+
+// backups joins Cairn's backup Snapshot objects with the volumes'
+// backup VolumeSnapshots (by handle, or by the CSI name before the handle
+// is known); a VolumeSnapshot without a readable object is a row of its
+// own.
+func backups(objs []cairnv1.Snapshot, vols []Volume) []Backup {
+	type vsRef struct {
+		sn      *Snapshot
+		ns, pvc string
+	}
+	byHandle, byCSIName := map[string]vsRef{}, map[string]vsRef{}
+	for i := range vols {
+		for j := range vols[i].Snapshots {
+			sn := &vols[i].Snapshots[j]
+			if !sn.Backup {
+				continue
+			}
+			r := vsRef{sn, vols[i].Namespace, vols[i].Name}
+			byCSIName["snapshot-"+sn.UID] = r // csi-snapshotter's name for it
+			if sn.Handle != "" {
+				byHandle[sn.Handle] = r
+			}
+		}
+	}
+	var out []Backup
+	joined := map[*Snapshot]bool{}
+	for _, o := range objs {
+		if o.Spec.Type != cairnv1.SnapshotBackup {
+			continue
+		}
+		b := Backup{Target: o.Spec.BackupTarget, Handle: o.Status.SnapshotID, Node: o.Spec.NodeName, Object: o.Name, ObjectUID: string(o.UID),
+			Ready: o.Status.ReadyToUse, SizeBytes: o.Status.SizeBytes, Created: o.CreationTimestamp.Time, Verification: o.Status.Verification}
+		if b.Handle == "" {
+			b.Handle = o.Spec.Handle
+		}
+		if h, err := model.ParseBackupHandle(b.Handle); err == nil {
+			b.Target = h.Target
+		}
+		if o.Status.CreationTime != nil {
+			b.Created = o.Status.CreationTime.Time
+		}
+		if !b.Ready {
+			b.Message = o.Status.Message
+		}
+		r, ok := byHandle[b.Handle]
+		if !ok && o.Spec.Name != "" {
+			r, ok = byCSIName[o.Spec.Name]
+		}
+		if ok {
+			b.Snapshot, b.PVCNamespace, b.PVCName = r.sn, r.ns, r.pvc
+			joined[r.sn] = true
+		} else if c := o.Spec.SourceClaim; c != nil {
+			b.PVCNamespace, b.PVCName = c.Namespace, c.Name
+		}
+		out = append(out, b)
+	}
+	for _, r := range byCSIName {
+		if joined[r.sn] {
+			continue
+		}
+		out = append(out, Backup{Target: r.sn.Target, Handle: r.sn.Handle, Ready: r.sn.Ready, Message: r.sn.Progress + r.sn.Error,
+			SizeBytes: r.sn.RestoreBytes, Created: r.sn.Created, Snapshot: r.sn, PVCNamespace: r.ns, PVCName: r.pvc})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Target != out[j].Target {
+			return out[i].Target < out[j].Target
+		}
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.After(out[j].Created)
+		}
+		return out[i].Handle < out[j].Handle
+	})
+	return out
 }
 
 // relevant: events about storage objects.

@@ -11,7 +11,7 @@ import (
 
 // filterSort applies the volume list's query: q (a substring of
 // namespace/name, node, class or state), ns (a namespace), sort (name,
-// size, node, state, backup; a leading "-" reverses).
+// size, used, node, state, backup; a leading "-" reverses).
 func filterSort(vs []Volume, q url.Values) []Volume {
 	needle, ns := strings.ToLower(q.Get("q")), q.Get("ns")
 	var out []Volume
@@ -28,6 +28,8 @@ func filterSort(vs []Volume, q url.Values) []Volume {
 	switch key {
 	case "size":
 		less = func(a, b Volume) bool { return a.SizeBytes < b.SizeBytes }
+	case "used":
+		less = func(a, b Volume) bool { return a.UsedBytes < b.UsedBytes }
 	case "node":
 		less = func(a, b Volume) bool { return a.Node < b.Node }
 	case "state":

@@ -79,6 +79,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /volumes/{ns}/{name}", s.page("volume", nil))
 	mux.HandleFunc("GET /volumes/{ns}/{name}/snapshots", s.page("snapshots", nil))
 	mux.HandleFunc("GET /backups", s.page("backups", nil))
+	mux.HandleFunc("GET /backups/table", s.page("backups-table", nil))
 	mux.HandleFunc("GET /nodes", s.page("nodes", nil))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /login", s.login)
@@ -90,6 +91,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /volumes/{ns}/{name}/clone", s.action(s.clone))
 	mux.HandleFunc("POST /volumes/{ns}/{name}/delete", s.action(s.deletePVC))
 	mux.HandleFunc("POST /snapshots/{ns}/{name}/delete", s.action(s.deleteSnapshot))
+	mux.HandleFunc("POST /backups/{name}/verify", s.action(s.verify))
 	return s.guard(mux)
 }
 
@@ -163,7 +165,7 @@ func (s *Server) page(name string, _ any) http.HandlerFunc {
 				return
 			}
 			v.Title = v.Volume.Namespace + "/" + v.Volume.Name
-		case "backups":
+		case "backups", "backups-table":
 			v.Title = "Backups"
 		case "nodes":
 			v.Title = "Nodes"
@@ -258,11 +260,14 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, msg string, code 
 		return
 	}
 	back := "/volumes/" + url.PathEscape(r.PathValue("ns")) + "/" + url.PathEscape(r.PathValue("name"))
-	if strings.HasPrefix(r.URL.Path, "/snapshots/") || strings.HasSuffix(r.URL.Path, "/delete") {
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/backups/"):
+		back = "/backups"
+	case strings.HasPrefix(r.URL.Path, "/snapshots/") || strings.HasSuffix(r.URL.Path, "/delete"):
 		back = "/volumes"
-		// Only a volume page of valid names: never a path that a
-		// browser could read as another site's (/\evil, //evil).
-		if v := r.PostFormValue("back"); code != http.StatusForbidden && volumePage.MatchString(v) {
+		// Only a volume page of valid names, or the backups page: never a
+		// path that a browser could read as another site's (/\evil, //evil).
+		if v := r.PostFormValue("back"); code != http.StatusForbidden && (volumePage.MatchString(v) || v == "/backups") {
 			back = v
 		}
 	}

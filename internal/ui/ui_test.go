@@ -395,3 +395,74 @@ func TestRedirectsAndHosts(t *testing.T) {
 		t.Errorf("a page for Host evil.example: %d, want 403", rec.Code)
 	}
 }
+
+// The backups page lists Cairn's backup Snapshot objects per target, an
+// import with no VolumeSnapshot too, with their verification; Verify sets
+// the object's verify-request annotation, only for a committed backup and
+// only for the object the page showed. The volume list shows what the
+// volume occupies on its node.
+func TestBackupsPageAndVerify(t *testing.T) {
+	e := newUIEnv(t)
+	var vol cairnv1.Volume
+	e.must(e.c.Get(e.ctx, client.ObjectKey{Name: "v-1"}, &vol))
+	vol.Status.AllocatedBytes = 300 << 20
+	e.must(e.c.Status().Update(e.ctx, &vol))
+	if _, body := e.get("/volumes?sort=-used"); !strings.Contains(body, "300.0 MiB") {
+		t.Errorf("the volume list does not show the used bytes")
+	}
+	if _, body := e.get("/volumes/default/mysql-pvc"); !strings.Contains(body, "300.0 MiB on the node") {
+		t.Errorf("the volume page does not show the used bytes")
+	}
+
+	handle := "bs://default/v-1/b-0123456789abcdef0123456789abcdef"
+	mk := func(name, h string, ready bool, v *cairnv1.Verification) *cairnv1.Snapshot {
+		s := &cairnv1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: cairnv1.SnapshotSpec{Type: cairnv1.SnapshotBackup, NodeName: "node-a", BackupTarget: "default", Handle: h,
+			SourceClaim: &cairnv1.SourceClaim{Namespace: "shop", Name: "orders"}}}
+		e.must(e.c.Create(e.ctx, s))
+		s.Status = cairnv1.SnapshotStatus{SnapshotID: h, ReadyToUse: ready, SizeBytes: 1 << 30, Verification: v}
+		if !ready {
+			s.Status.Message = "uploading: 1 of 2 bytes, 50%"
+		}
+		e.must(e.c.Status().Update(e.ctx, s))
+		return s
+	}
+	done := metav1.Now()
+	ok := mk(kube.SnapshotObjectName(handle), handle, true, &cairnv1.Verification{Request: "r", Phase: cairnv1.VerifyOK, StartTime: &done, CompletionTime: &done, Blocks: 3, Message: "3 blocks read back and checked"})
+	h2 := "bs://default/v-1/b-fedcba9876543210fedcba9876543210"
+	pending := mk(kube.SnapshotObjectName(h2), h2, false, nil)
+	for _, path := range []string{"/backups", "/backups/table"} {
+		code, body := e.get(path)
+		for _, w := range []string{"Target default", handle, h2, "shop/orders", "none (imported)", "3 blocks read back and checked", "50%", ">Verify<"} {
+			if code != 200 || !strings.Contains(body, w) {
+				t.Errorf("GET %s: %d, want %q in it", path, code, w)
+			}
+		}
+		if strings.Count(body, ">Verify<") != 1 {
+			t.Errorf("GET %s: %d Verify buttons, want one (only the committed backup)", path, strings.Count(body, ">Verify<"))
+		}
+	}
+
+	tok := e.token()
+	if code, out := e.post("/backups/"+ok.Name+"/verify", url.Values{"csrf": {tok}, "uid": {"another"}}); code != http.StatusConflict {
+		t.Errorf("verify of an object the page did not show: %d %v", code, out)
+	}
+	if code, out := e.post("/backups/"+pending.Name+"/verify", url.Values{"csrf": {tok}, "uid": {string(pending.UID)}}); code != http.StatusBadRequest || !strings.Contains(out["error"], "not a committed backup") {
+		t.Errorf("verify of an upload in progress: %d %v", code, out)
+	}
+	if code, out := e.post("/backups/"+ok.Name+"/verify", url.Values{"csrf": {""}, "uid": {string(ok.UID)}}); code != http.StatusForbidden {
+		t.Errorf("verify without the CSRF token: %d %v", code, out)
+	}
+	var got cairnv1.Snapshot
+	e.must(e.c.Get(e.ctx, client.ObjectKey{Name: ok.Name}, &got))
+	if v := got.Annotations[cairnv1.VerifyRequestAnnotation]; v != "" {
+		t.Fatalf("a refused verify set the annotation to %q", v)
+	}
+	code, out := e.post("/backups/"+ok.Name+"/verify", url.Values{"csrf": {tok}, "uid": {string(ok.UID)}})
+	if code != 200 || !strings.Contains(out["message"], handle) {
+		t.Fatalf("verify: %d %v", code, out)
+	}
+	e.must(e.c.Get(e.ctx, client.ObjectKey{Name: ok.Name}, &got))
+	if v := got.Annotations[cairnv1.VerifyRequestAnnotation]; v == "" || len(v) > cairnv1.MaxVerifyValue {
+		t.Errorf("verify-request annotation %q", v)
+	}
+}

@@ -231,6 +231,31 @@ func (e *env) webUI() error {
 		return fmt.Errorf("the page never showed the expanded size: %w", err)
 	}
 
+	// The volume list shows what mysql-pvc occupies on its node (the
+	// agent's heartbeat reports it), and Verify on the backups page reads
+	// one of its backups back: the row turns Verified by the page's own
+	// refresh.
+	used := fmt.Sprintf(`#volumes tr[data-pvc="%s/mysql-pvc"] td:nth-child(4)`, appNS)
+	if err := chromedp.Do(tctx, chromedp.Navigate(url+"/volumes"), chromedp.WaitVisible(css(used))); err != nil {
+		return fmt.Errorf("volume list: %w", err)
+	}
+	if u, err := chromedp.Run(tctx, chromedp.Text(css(used))); err != nil || !strings.HasSuffix(u, "iB") {
+		return fmt.Errorf("mysql-pvc's used column says %q (%v), want a size", u, err)
+	}
+	verify := `table.backups tr:has(a[href$="/mysql-pvc"]) form[action$="/verify"] button`
+	if err := chromedp.Do(tctx,
+		chromedp.Navigate(url+"/backups"),
+		chromedp.WaitVisible(css(verify)),
+		chromedp.Click(css(verify)),
+		flashSays("Verification of backup"),
+		chromedp.WaitVisible(css(`table.backups tr:has(a[href$="/mysql-pvc"]) .verification .state-Verified`)),
+	); err != nil {
+		return fmt.Errorf("verify a backup of mysql-pvc: %w", err)
+	}
+	if err := shot("ui-backups.png"); err != nil {
+		return err
+	}
+
 	// A viewer (get, list, watch only) is refused with the API's message.
 	return e.viewerRefused(tctx)
 }

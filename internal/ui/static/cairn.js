@@ -53,7 +53,7 @@
       if (dlg) { dlg.close(); }
       if (res.ok) {
         flash(res.body.message, false);
-        if (/\/delete$/.test(form.action) && !form.closest("#snapshots")) { window.location = "/volumes"; return; }
+        if (/\/delete$/.test(form.action) && !form.closest("[data-refresh]")) { window.location = "/volumes"; return; }
         refresh();
       } else {
         flash(res.body.error || "refused", true);
@@ -65,7 +65,8 @@
   });
 
   // Parts with data-refresh reload themselves every two seconds; the
-  // volume's size comes with the snapshot table.
+  // volume's facts (state and progress, size, used) come with the
+  // snapshot table, each in a hidden data-fresh="<id of the fact>".
   function refresh() {
     document.querySelectorAll("[data-refresh]").forEach(function (el) {
       fetch(el.getAttribute("data-refresh"), { credentials: "same-origin", redirect: "error" })
@@ -73,9 +74,10 @@
         .then(function (html) {
           if (html === null) { return; }
           if (el.innerHTML !== html) { el.innerHTML = html; }
-          var fresh = document.getElementById("pvc-size-fresh");
-          var size = document.getElementById("pvc-size");
-          if (fresh && size && size.textContent !== fresh.textContent) { size.textContent = fresh.textContent; }
+          el.querySelectorAll("[data-fresh]").forEach(function (src) {
+            var dst = document.getElementById(src.getAttribute("data-fresh"));
+            if (dst && dst.innerHTML !== src.innerHTML) { dst.innerHTML = src.innerHTML; }
+          });
         })
         .catch(function () {});
     });

@@ -32,6 +32,10 @@ const (
 	// creates data for such an object: if the data is gone, it reports
 	// NotFound instead of making a new, empty volume or a new snapshot.
 	RecoveredAnnotation = "cairn.csi.dev/recovered"
+	// VerifyRequestAnnotation on a ready backup Snapshot asks its node
+	// agent to verify the backup; a new value (1 to 63 characters) asks
+	// again. status.verification answers the value (docs/FORMAT.md).
+	VerifyRequestAnnotation = "cairn.csi.dev/verify-request"
 	// ConditionReady is True once the object is usable.
 	ConditionReady = "Ready"
 	// ConditionHealthy is False while a Volume has health problems.
@@ -142,7 +146,16 @@ type VolumeStatus struct {
 	// HealthChangedTime is when the node agent last found the volume's
 	// health changed (it checks every heartbeat, writes on change only).
 	HealthChangedTime *metav1.Time `json:"healthChangedTime,omitempty"`
+	// AllocatedBytes is what the volume's sparse file occupies on the
+	// node's data root: the bytes written, file system metadata included,
+	// not counting extents shared with snapshots twice. The node agent
+	// refreshes it each heartbeat when it moved by AllocatedStep or more.
+	AllocatedBytes int64 `json:"allocatedBytes,omitempty"`
 }
+
+// AllocatedStep is the smallest change of a volume's allocated bytes that
+// the node agent writes to its status (fewer writes for busy volumes).
+const AllocatedStep = 1 << 20
 
 // HealthProblem is one abnormal condition of a volume.
 type HealthProblem struct {
@@ -250,6 +263,35 @@ type SnapshotStatus struct {
 	Reason             string             `json:"reason,omitempty"`
 	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
 	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	// Verification is the last verification of a backup, asked for by
+	// VerifyRequestAnnotation.
+	Verification *Verification `json:"verification,omitempty"`
+}
+
+// Verification phases.
+const (
+	VerifyRunning  = "Verifying"
+	VerifyOK       = "Verified"
+	VerifyDamaged  = "Damaged"
+	VerifyFailed   = "Failed" // could not run (the target unreachable, a bad request)
+	MaxVerifyValue = 63       // the longest VerifyRequestAnnotation value
+)
+
+// Verification reports reading back every block of one backup.
+type Verification struct {
+	// Request is the VerifyRequestAnnotation value this answers.
+	Request string `json:"request"`
+	// +kubebuilder:validation:Enum=Verifying;Verified;Damaged;Failed
+	Phase          string       `json:"phase"`
+	StartTime      *metav1.Time `json:"startTime,omitempty"`
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// Blocks is the number of distinct stored blocks checked.
+	Blocks int64 `json:"blocks,omitempty"`
+	// Bytes is the backup's raw block bytes; BytesDone those checked so far.
+	Bytes     int64 `json:"bytes,omitempty"`
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// Message names the first problems found, or why it could not run.
+	Message string `json:"message,omitempty"`
 }
 
 // Snapshot is one Cairn snapshot: a local reflink or a backup.
