@@ -19,7 +19,8 @@ import (
 	"github.com/cairn-csi/cairn/internal/model"
 )
 
-// A backup Snapshot's verify-request annotation makes its agent read the
+// A Volume's status reports the bytes its file occupies. A backup
+// Snapshot's verify-request annotation makes its agent read the
 // backup back: Verified while the target is intact, Damaged naming the
 // pack once a byte of it is flipped, Failed for a value that is too long;
 // the same value again changes nothing.
@@ -40,6 +41,17 @@ func TestVerifyBackupThroughObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	file.Close()
+	// The heartbeat reports what the volume now occupies.
+	f.eventually(30*time.Second, func() error {
+		var o cairnv1.Volume
+		if err := f.cl.Get(f.ctx, client.ObjectKey{Name: v.ID}, &o); err != nil {
+			return err
+		}
+		if o.Status.AllocatedBytes < int64(len(data)) {
+			return fmt.Errorf("allocatedBytes %d, want at least the %d written", o.Status.AllocatedBytes, len(data))
+		}
+		return nil
+	})
 	var info *model.BackupInfo
 	f.eventually(time.Minute, func() error {
 		if info, err = f.remote.CreateBackup(f.ctx, "bk-verify", v.ID, "default"); err == nil && !info.Ready {
