@@ -22,6 +22,7 @@ type fioJob struct {
 	Engine   string
 	IODepth  int
 	Runtime  time.Duration // 0: run until Size is done once
+	IOSize   int64         // > 0: stop after this many bytes (spread over Size)
 	Ramp     time.Duration
 	JSONPath string
 }
@@ -74,6 +75,9 @@ func (j fioJob) run(ctx context.Context) (fioResult, error) {
 		"--norandommap",
 		"--output-format=json",
 		"--output=" + j.JSONPath,
+	}
+	if j.IOSize > 0 {
+		args = append(args, "--io_size="+strconv.FormatInt(j.IOSize, 10))
 	}
 	if j.Runtime > 0 {
 		args = append(args, "--time_based", fmt.Sprintf("--runtime=%ds", int(j.Runtime.Seconds())))

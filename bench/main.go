@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,11 @@ type config struct {
 	fsLarge     bool
 	skipData    bool
 	skipSnap    bool
+	scaleCounts []int         // checkpoints of the many-volumes run (none: not run)
+	cowHints    []string      // CoW extent size hints to compare ("" = XFS default; none: not run)
+	cowGiB      int64         // size of the CoW run's volume
+	cowSnaps    int           // snapshots the CoW run takes
+	cowRuntime  time.Duration // each CoW fio run
 	out         string
 	imageDir    string
 	commandLine string
@@ -60,9 +66,33 @@ func main() {
 	flag.BoolVar(&c.fsLarge, "fs-large", true, "also measure the freeze path on the large volume (writes another large/2 GiB)")
 	flag.BoolVar(&c.skipData, "skip-datapath", false, "skip the fio data-path benchmark")
 	flag.BoolVar(&c.skipSnap, "skip-snapshots", false, "skip the snapshot/clone latency benchmark")
+	scale := flag.String("scale", "", "many volumes: checkpoints, e.g. 10,100,1000 (empty: not run); each volume is created, staged as raw block and snapshotted")
+	cow := flag.String("cow", "", "copy-on-write after snapshots: the CoW extent size hints to compare, e.g. default,1m,16m (empty: not run)")
+	flag.Int64Var(&c.cowGiB, "cow-gib", 2, "size of the copy-on-write run's volume, GiB")
+	flag.IntVar(&c.cowSnaps, "cow-snapshots", 1000, "snapshots the copy-on-write run takes (IOPS measured after the 1st, 100th, 1,000th and last)")
+	flag.DurationVar(&c.cowRuntime, "cow-runtime", 5*time.Second, "each copy-on-write fio run (no ramp: the first writes after a snapshot are what is measured)")
 	flag.StringVar(&c.out, "out", "", "work directory: results, logs, mounts (default <module root>/_out/bench)")
 	flag.StringVar(&c.imageDir, "image-dir", "", "directory of the data root's sparse image (default: the work directory); e.g. /dev/shm to take the disk out of a data-path run")
 	flag.Parse()
+	for _, f := range strings.Split(*scale, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 || len(c.scaleCounts) > 0 && n <= c.scaleCounts[len(c.scaleCounts)-1] {
+				fmt.Fprintf(os.Stderr, "bench: -scale %q: want increasing counts such as 10,100,1000\n", *scale)
+				os.Exit(2)
+			}
+			c.scaleCounts = append(c.scaleCounts, n)
+		}
+	}
+	for _, h := range strings.Split(*cow, ",") {
+		switch h = strings.TrimSpace(h); h {
+		case "":
+		case "default":
+			c.cowHints = append(c.cowHints, "")
+		default:
+			c.cowHints = append(c.cowHints, h)
+		}
+	}
 	c.commandLine = strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " ")
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench failed:", err)
@@ -116,6 +146,9 @@ func run(c config) (err error) {
 	if !c.skipSnap {
 		need += c.largeGiB*gib/2 + c.smallGiB*gib
 	}
+	if len(c.cowHints) > 0 {
+		need += c.cowGiB*gib + 2*gib
+	}
 	if free, err := benchutil.FreeBytes(c.imageDir); err != nil {
 		return err
 	} else if free < need {
@@ -128,6 +161,12 @@ func run(c config) (err error) {
 	imageSize := 4*c.sizeGiB*gib + 8*gib
 	if !c.skipSnap {
 		imageSize = max(imageSize, 3*c.largeGiB*gib+32*gib)
+	}
+	if len(c.scaleCounts) > 0 {
+		imageSize = max(imageSize, int64(c.scaleCounts[len(c.scaleCounts)-1])*(64<<20)+16*gib)
+	}
+	if len(c.cowHints) > 0 {
+		imageSize = max(imageSize, 4*c.cowGiB*gib+16*gib)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -195,6 +234,16 @@ func run(c config) (err error) {
 	if !c.skipSnap {
 		if err := b.snapshots(ctx); err != nil {
 			return fmt.Errorf("snapshot/clone benchmark: %w", err)
+		}
+	}
+	if len(c.cowHints) > 0 {
+		if err := b.cow(ctx); err != nil {
+			return fmt.Errorf("copy-on-write benchmark: %w", err)
+		}
+	}
+	if len(c.scaleCounts) > 0 {
+		if err := b.scale(ctx); err != nil {
+			return fmt.Errorf("many-volumes benchmark: %w", err)
 		}
 	}
 	return nil

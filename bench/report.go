@@ -27,6 +27,8 @@ type results struct {
 	started, finished time.Time
 	data              []*dataRow
 	latency           map[latencyKey][]time.Duration
+	cow               []*cowRow
+	scale             *scaleResult
 	notes             []string
 	leaksAfterDriver  []string
 	leaksAfterScratch []string
@@ -147,6 +149,12 @@ func (r *results) markdown() string {
 		}
 	}
 
+	if len(r.cow) > 0 {
+		cowMarkdown(&b, c, r.cow)
+	}
+	if r.scale != nil {
+		r.scale.markdown(&b)
+	}
 	if len(r.notes) > 0 {
 		fmt.Fprintf(&b, "\n## Notes\n\n")
 		for _, n := range r.notes {
