@@ -107,6 +107,12 @@ bench: deps tools
 	$(GO) run ./bench
 	$(GO) run ./bench/backup
 
+# Scale: writes right after snapshots (copy-on-write) with up to 1,000
+# snapshots of one volume, and 1,000 volumes on one node (results in
+# docs/BENCHMARKS.md; about 25 minutes, opt-in).
+bench-scale: deps
+	$(GO) run ./bench -skip-datapath -skip-snapshots -cow default -cow-snapshots 1000 -cow-runtime 2s -cow-gib 1 -scale 10,100,1000
+
 # Changed-block tracking latency and exactness at 1 and 64 GiB (results
 # in docs/CBT.md; about a minute, opt-in).
 bench-cbt: deps

@@ -489,6 +489,9 @@ func (e *Engine) attach(id string) (string, error) {
 		return devs[0].Path, nil
 	}
 	d, err := loop.Attach(data, false, "cairn:"+id)
+	if errors.Is(err, loop.ErrNoFreeDevice) {
+		return "", model.Errorf(model.ErrResourceExhausted, "attach volume %s: the kernel has no free loop device (%v): unstage volumes on this node, or raise the kernel's loop device limit", id, err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("attach volume %s: %w", id, err)
 	}

@@ -57,6 +57,14 @@ type Device struct {
 	Dev, Inode uint64
 }
 
+// ErrNoFreeDevice is returned by Attach when the kernel hands out no free
+// loop device (all are in use and no new one can be made).
+var ErrNoFreeDevice = errors.New("no free loop device")
+
+// getFree asks the loop control device for a free device number (a
+// variable so that tests can make the kernel run out).
+var getFree = func(ctl int) (int, error) { return unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE) }
+
 // Attach maps file to a free loop device and returns it. readOnly attaches
 // the device read-only. tag (at most 63 bytes) is stored as the loop
 // device's file name to make the device recognisable in `losetup -l`.
@@ -80,9 +88,9 @@ func Attach(file string, readOnly bool, tag string) (*Device, error) {
 	// LOOP_CTL_GET_FREE hands out the same device to racing callers; the
 	// loser of LOOP_CONFIGURE gets EBUSY and asks again.
 	for attempt := 0; attempt < 64; attempt++ {
-		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		n, err := getFree(int(ctl.Fd()))
 		if err != nil {
-			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
+			return nil, fmt.Errorf("%w: LOOP_CTL_GET_FREE: %w", ErrNoFreeDevice, err)
 		}
 		path := fmt.Sprintf("/dev/loop%d", n)
 		dev, err := openDevice(path, flags)
@@ -116,7 +124,7 @@ func Attach(file string, readOnly bool, tag string) (*Device, error) {
 		}
 		return d, nil
 	}
-	return nil, fmt.Errorf("no free loop device after repeated EBUSY")
+	return nil, fmt.Errorf("%w: every device offered was taken by another caller (EBUSY, 64 tries)", ErrNoFreeDevice)
 }
 
 // openDevice opens a loop device node, creating it if udev is absent (as in

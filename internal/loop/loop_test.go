@@ -357,3 +357,29 @@ func TestFindAfterTheAttachingMountIsGone(t *testing.T) {
 		t.Fatalf("FindUnder(%s) = %+v, %v: want none (nothing there now)", other, under, err)
 	}
 }
+
+// When the kernel hands out no free device, Attach says so with
+// ErrNoFreeDevice (which the engine reports as RESOURCE_EXHAUSTED) and
+// leaves nothing attached to the file.
+func TestAttachWithNoFreeDevice(t *testing.T) {
+	requireLoop(t)
+	file := backingFile(t, 4*mib)
+	orig := getFree
+	t.Cleanup(func() { getFree = orig })
+	getFree = func(int) (int, error) { return 0, unix.ENOSPC }
+	d, err := Attach(file, false, "test-exhausted")
+	if !errors.Is(err, ErrNoFreeDevice) || !errors.Is(err, unix.ENOSPC) || d != nil {
+		t.Fatalf("Attach with the kernel out of devices: %v, %v; want ErrNoFreeDevice wrapping ENOSPC", d, err)
+	}
+	if devs, err := FindByBackingFile(file); err != nil || len(devs) != 0 {
+		t.Errorf("devices on the file after the failed attach: %v %v", devs, err)
+	}
+	getFree = orig
+	d, err = Attach(file, false, "test-after")
+	if err != nil {
+		t.Fatalf("Attach once devices are free again: %v", err)
+	}
+	if err := Detach(d.Path); err != nil {
+		t.Fatal(err)
+	}
+}
