@@ -81,7 +81,42 @@ type Agent struct {
 	recoverKick chan struct{}
 	dataMu      sync.RWMutex
 	verify      verifies // backup verifications running (verify.go)
+	progress    progressGate
 }
+
+// progressGate spaces out the status writes of work in progress: each
+// write is an update event that queues the object again at once, so
+// without it an upload or a verification whose progress moves would be
+// reconciled (and written) as fast as the API client allows.
+type progressGate struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+// due says how long until the progress of key may be written again; 0
+// means now, and the write is noted.
+func (g *progressGate) due(key string, every time.Duration) time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if wait := every - time.Since(g.last[key]); wait > 0 {
+		return wait
+	}
+	if g.last == nil {
+		g.last = map[string]time.Time{}
+	}
+	g.last[key] = time.Now()
+	return 0
+}
+
+// forget drops key (its work ended).
+func (g *progressGate) forget(key string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.last, key)
+}
+
+// progressDue is a.progress.due with the agent's Progress interval.
+func (a *Agent) progressDue(key string) time.Duration { return a.progress.due(key, a.Progress) }
 
 // CacheOptions restricts a node agent's informers to what it needs:
 // the Volumes, Snapshots, GroupSnapshots and StandbyVolumes labelled with its node, its own StorageNode,
@@ -114,6 +149,7 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	a.events = mgr.GetEventRecorder("cairn-node")
 	a.kick = make(chan struct{}, 1)
 	a.verify.runs = map[string]*verifyRun{}
+	a.verify.slots = make(chan struct{}, verifySlots)
 	a.verify.ctx, a.verify.stop = context.WithCancel(context.Background())
 	a.recoverKick = make(chan struct{}, 1)
 	a.targets = map[string]string{}

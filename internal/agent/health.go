@@ -53,6 +53,7 @@ func (a *Agent) checkHealth(ctx context.Context) error {
 
 // recordHealth writes a Volume's health when it changed, and its
 // allocated bytes when they moved by AllocatedStep or more, in one patch.
+// (Volumes whose data is being written cost one patch per heartbeat each.)
 func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []model.HealthProblem, alloc int64) error {
 	var health []cairnv1.HealthProblem
 	for _, p := range problems {
@@ -60,7 +61,8 @@ func (a *Agent) recordHealth(ctx context.Context, v *cairnv1.Volume, problems []
 	}
 	known := meta.FindStatusCondition(v.Status.Conditions, cairnv1.ConditionHealthy) != nil
 	same := known && slices.Equal(health, v.Status.Health)
-	moved := alloc-v.Status.AllocatedBytes >= cairnv1.AllocatedStep || v.Status.AllocatedBytes-alloc >= cairnv1.AllocatedStep
+	step := cairnv1.AllocatedStep(v.Status.SizeBytes)
+	moved := alloc-v.Status.AllocatedBytes >= step || v.Status.AllocatedBytes-alloc >= step
 	if same && !moved {
 		return nil
 	}

@@ -25,6 +25,7 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 	log := klog.FromContext(ctx).WithValues("snapshot", s.Name, "type", s.Spec.Type, "handle", s.Spec.Handle)
 	if !s.DeletionTimestamp.IsZero() {
 		a.stopVerify(s.Name)
+		a.progress.forget("upload/" + s.Name)
 		return reconcile.Result{}, a.deleteSnapshot(ctx, log, &s)
 	}
 	if why := snapshotNameProblem(&s); why != "" {
@@ -72,6 +73,15 @@ func (a *Agent) reconcileSnapshot(ctx context.Context, req reconcile.Request) (r
 				err = model.Errorf(model.ErrAborted, "uploading: %s", model.TransferProgress(info.BytesDone, info.SizeBytes, info.Elapsed))
 			}
 		}
+	}
+	if errors.Is(err, model.ErrAborted) && orig.Status.Phase == cairnv1.PhasePending && orig.Status.CreationTime != nil {
+		// An upload under way whose progress was written lately.
+		if wait := a.progressDue("upload/" + s.Name); wait > 0 {
+			return reconcile.Result{RequeueAfter: wait}, nil
+		}
+	}
+	if s.Status.ReadyToUse || err == nil {
+		a.progress.forget("upload/" + s.Name)
 	}
 	setOutcome(snapshotStatus(&s), s.Generation, err, msg)
 	switch {

@@ -22,8 +22,9 @@ import (
 // A Volume's status reports the bytes its file occupies. A backup
 // Snapshot's verify-request annotation makes its agent read the
 // backup back: Verified while the target is intact, Damaged naming the
-// pack once a byte of it is flipped, Failed for a value that is too long;
-// the same value again changes nothing.
+// pack once a byte of it is flipped, Damaged when its manifest is gone,
+// Failed for a value that is too long; the same value again changes
+// nothing.
 func TestVerifyBackupThroughObjects(t *testing.T) {
 	f := newFixture(t)
 	target := f.fileTarget()
@@ -140,10 +141,30 @@ func TestVerifyBackupThroughObjects(t *testing.T) {
 		t.Errorf("damaged verification's message %q names no pack", bad.Message)
 	}
 
-	long := strings.Repeat("x", cairnv1.MaxVerifyValue+1)
+	// The manifest gone from the target: the backup is lost, Damaged.
+	h := info.Handle
+	if err := os.Remove(filepath.Join(target, "backups", h.VolumeID, h.BackupID+".json")); err != nil {
+		t.Fatal(err)
+	}
+	ask("three")
+	if gone := answer("three", cairnv1.VerifyDamaged); !strings.Contains(gone.Message, "manifest is missing") {
+		t.Errorf("verification of a backup whose manifest is gone: %q", gone.Message)
+	}
+
+	// Too long a value (of multi-byte characters: what the status keeps
+	// must be cut on a character boundary, or it never matches again and
+	// the agent rewrites the status forever).
+	long := strings.Repeat("é", cairnv1.MaxVerifyValue)
 	ask(long)
-	failed := answer(long[:cairnv1.MaxVerifyValue], cairnv1.VerifyFailed)
+	failed := answer(clipRequest(long), cairnv1.VerifyFailed)
 	if !strings.Contains(failed.Message, cairnv1.VerifyRequestAnnotation) {
 		t.Errorf("too long a value: %q does not name the annotation", failed.Message)
+	}
+	time.Sleep(2 * time.Second)
+	if err := f.cl.Get(f.ctx, client.ObjectKey{Name: name}, &s); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Status.Verification.CompletionTime.Equal(failed.CompletionTime) {
+		t.Errorf("the refusal was written again: %+v, was %+v", s.Status.Verification, failed)
 	}
 }

@@ -197,7 +197,7 @@ func (s *Server) verify(ctx context.Context, c client.Client, r *http.Request) (
 		return "", badInput("snapshot %s is not a committed backup: only those can be verified", o.Name)
 	}
 	req := s.now().UTC().Format("2006-01-02T15:04:05.000Z")
-	patch := client.MergeFrom(o.DeepCopy())
+	patch := client.MergeFromWithOptions(o.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	metav1.SetMetaDataAnnotation(&o.ObjectMeta, cairnv1.VerifyRequestAnnotation, req)
 	if err := c.Patch(ctx, &o, patch); err != nil {
 		return "", err

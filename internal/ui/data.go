@@ -374,7 +374,10 @@ func backups(objs []cairnv1.Snapshot, vols []Volume) []Backup {
 		if !out[i].Created.Equal(out[j].Created) {
 			return out[i].Created.After(out[j].Created)
 		}
-		return out[i].Handle < out[j].Handle
+		if out[i].Handle != out[j].Handle {
+			return out[i].Handle < out[j].Handle
+		}
+		return out[i].Object < out[j].Object
 	})
 	return out
 }

@@ -69,6 +69,9 @@
   // snapshot table, each in a hidden data-fresh="<id of the fact>".
   function refresh() {
     document.querySelectorAll("[data-refresh]").forEach(function (el) {
+      // Not while the user is typing or choosing in it (a new copy would
+      // reset the field).
+      if (el.contains(document.activeElement) && document.activeElement.matches("input, select, textarea")) { return; }
       fetch(el.getAttribute("data-refresh"), { credentials: "same-origin", redirect: "error" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {

@@ -147,15 +147,17 @@ type VolumeStatus struct {
 	// health changed (it checks every heartbeat, writes on change only).
 	HealthChangedTime *metav1.Time `json:"healthChangedTime,omitempty"`
 	// AllocatedBytes is what the volume's sparse file occupies on the
-	// node's data root: the bytes written, file system metadata included,
-	// not counting extents shared with snapshots twice. The node agent
-	// refreshes it each heartbeat when it moved by AllocatedStep or more.
+	// node's data root (its allocated blocks, file system metadata
+	// included; extents it shares with snapshots count in full). The node
+	// agent refreshes it each heartbeat when it moved by AllocatedStep(size)
+	// or more.
 	AllocatedBytes int64 `json:"allocatedBytes,omitempty"`
 }
 
-// AllocatedStep is the smallest change of a volume's allocated bytes that
-// the node agent writes to its status (fewer writes for busy volumes).
-const AllocatedStep = 1 << 20
+// AllocatedStep is the smallest change of the allocated bytes of a volume
+// of size bytes that the node agent writes to its status: 1 MiB, or 1/256
+// of the size for volumes over 256 MiB (fewer writes for busy volumes).
+func AllocatedStep(size int64) int64 { return max(1<<20, size/256) }
 
 // HealthProblem is one abnormal condition of a volume.
 type HealthProblem struct {
