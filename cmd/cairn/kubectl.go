@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"unicode"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -173,7 +174,20 @@ type table struct {
 }
 
 func (t *table) head(cols ...string) { t.cols = cols }
-func (t *table) row(cells ...string) { t.rows = append(t.rows, cells) }
+// row adds a line; control characters in the cells (object fields are
+// untrusted: a name or message could carry terminal escapes or tabs that
+// break the columns) are shown as '?'.
+func (t *table) row(cells ...string) {
+	for i, c := range cells {
+		cells[i] = strings.Map(func(r rune) rune {
+			if unicode.IsControl(r) {
+				return '?'
+			}
+			return r
+		}, c)
+	}
+	t.rows = append(t.rows, cells)
+}
 
 func (t *table) print(out io.Writer) error {
 	w := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
