@@ -10,8 +10,8 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-	"unicode"
 	"time"
+	"unicode"
 
 	"sigs.k8s.io/yaml"
 
@@ -174,6 +174,7 @@ type table struct {
 }
 
 func (t *table) head(cols ...string) { t.cols = cols }
+
 // row adds a line; control characters in the cells (object fields are
 // untrusted: a name or message could carry terminal escapes or tabs that
 // break the columns) are shown as '?'.
