@@ -219,7 +219,9 @@ func (a *Agent) startVerify(name, request, handle string) *verifyRun {
 		}
 		run.queued.Store(false)
 		run.res, run.err = a.Engine.VerifyBackup(ctx, handle, func(done, total int64) {
-			run.done.Store(done)
+			// Called from parallel readers: keep the largest.
+			for old := run.done.Load(); done > old && !run.done.CompareAndSwap(old, done); old = run.done.Load() {
+			}
 			run.total.Store(total)
 		})
 	}()

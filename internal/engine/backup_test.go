@@ -215,8 +215,16 @@ func TestIncrementalDistrustsRewrittenParent(t *testing.T) {
 func TestVerifyBackup(t *testing.T) {
 	e, v := newBackupEngine(t)
 	info := waitBackup(t, e, "b1", v.ID)
-	var done, total int64
-	res := must(e.VerifyBackup(context.Background(), info.Handle.String(), func(d, t int64) { done, total = d, t }))(t)
+	var (
+		mu          sync.Mutex
+		done, total int64
+	)
+	res := must(e.VerifyBackup(context.Background(), info.Handle.String(), func(d, t int64) {
+		// Called from the parallel readers.
+		mu.Lock()
+		defer mu.Unlock()
+		done, total = max(done, d), t
+	}))(t)
 	if len(res.Problems) != 0 || res.Blocks == 0 || res.Bytes == 0 {
 		t.Fatalf("verify: %+v", res)
 	}
